@@ -1,0 +1,72 @@
+// The "hello world" of the WarpDrive layer: compress a file through an
+// accelerator queue of the emulated ZIP device, then check the result with
+// stock zlib's own `uncompress`.
+//
+//   swift run warpdrive-hello [FILE]      (default: this program's binary)
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import WarpDrive
+
+func eprint(_ message: String) {
+    var m = message + "\n"
+    m.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+func readFile(_ path: String) -> [UInt8]? {
+    guard let f = fopen(path, "rb") else { return nil }
+    defer { fclose(f) }
+    var data: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = fread(&chunk, 1, chunk.count, f)
+        if n == 0 { break }
+        data += chunk[0..<n]
+    }
+    return data
+}
+
+let path = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : CommandLine.arguments[0]
+guard var data = readFile(path) else {
+    eprint("warpdrive-hello: cannot read \(path): \(String(cString: strerror(errno)))")
+    exit(1)
+}
+if data.count > ZipSQE.maxRequestBytes {
+    print("\(path) is \(data.count) bytes; using its first 8 MiB (the device's request limit)")
+    data = Array(data.prefix(ZipSQE.maxRequestBytes))
+}
+
+do {
+    // Discover the emulated device, open a zlib compression session over one queue.
+    let registry = DeviceRegistry()
+    let device = try registry.device(for: .zlib)
+    let a = device.attributes
+    print("device \(a.name): api \(a.api), SVA \(a.supportsSVA), algorithms \(a.algorithms.joined(separator: ",")), "
+        + "free queues \(a.availableInstances ?? 0)")
+    let session = try CompressionSession(device: device,
+                                         configuration: SessionConfiguration(algorithm: .zlib, direction: .compress, level: 6))
+    let compressed = try session.compress(data)
+    print("queue \(session.currentQueues[0].number) (PASID \(session.currentQueues[0].pasid)): "
+        + "\(data.count) bytes -> \(compressed.count) bytes")
+
+    // Check with stock zlib.
+    var restored = [UInt8](repeating: 0, count: max(data.count, 1))
+    var restoredLength = UInt(restored.count)
+    let rc = uncompress(&restored, &restoredLength, compressed, UInt(compressed.count))
+    guard rc == Z_OK, Int(restoredLength) == data.count, Array(restored.prefix(data.count)) == data else {
+        print("MISMATCH: zlib's uncompress gave rc \(rc), \(restoredLength) bytes")
+        exit(1)
+    }
+    var reference = [UInt8](repeating: 0, count: Int(compressBound(UInt(data.count))))
+    var referenceLength = UInt(reference.count)
+    _ = compress2(&reference, &referenceLength, data, UInt(data.count), 6)
+    let identical = Array(reference.prefix(Int(referenceLength))) == compressed
+    print("zlib's uncompress restores the input: OK; byte-identical to zlib's compress2: \(identical ? "yes" : "no")")
+    print("queue counters: \(session.currentQueues[0].counters)")
+    session.close()
+    device.shutdown()
+} catch {
+    eprint("warpdrive-hello: \(error)")
+    exit(1)
+}

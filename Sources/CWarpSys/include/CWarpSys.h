@@ -1,0 +1,53 @@
+#ifndef CWARPSYS_H
+#define CWARPSYS_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <zlib.h>
+
+/* Atomics on memory Swift does not own as a value (shared ring memory). */
+uint32_t wd_load_acquire_u32(const uint32_t *p);
+void wd_store_release_u32(uint32_t *p, uint32_t v);
+uint64_t wd_load_acquire_u64(const uint64_t *p);
+void wd_store_release_u64(uint64_t *p, uint64_t v);
+uint32_t wd_fetch_add_u32(uint32_t *p, uint32_t v);
+void wd_fence_seq_cst(void);
+void wd_cpu_relax(void);
+
+/* Futex on a 32-bit word (shared, so it works across processes on a memfd).
+   wait: returns 0 when woken or the value differed, ETIMEDOUT on time-out,
+   EINTR when interrupted. timeout_ns < 0 waits for ever. */
+int wd_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns);
+int wd_futex_wake(uint32_t *addr, int count);
+
+/* memfd_create with MFD_CLOEXEC | MFD_ALLOW_SEALING. Returns fd or -1. */
+int wd_memfd_create(const char *name);
+/* Seal a memfd against shrinking and growing. Returns 0 or -1. */
+int wd_memfd_seal_size(int fd);
+/* eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK). */
+int wd_eventfd(void);
+/* Adds 1 to an eventfd; returns 0 or -errno. */
+int wd_eventfd_signal(int fd);
+/* Reads and resets an eventfd counter; returns the count, 0 if none. */
+uint64_t wd_eventfd_drain(int fd);
+/* poll() one fd for POLLIN; returns 1 ready, 0 time-out, -errno. */
+int wd_poll_in(int fd, int timeout_ms);
+
+/* Cross-address-space copies (the IOMMU emulation). Return bytes copied or
+   -errno (EFAULT for an unmapped address, ESRCH for a gone process). */
+ssize_t wd_vm_read(pid_t pid, void *local, const void *remote, size_t len);
+ssize_t wd_vm_write(pid_t pid, const void *remote_dst, const void *local, size_t len);
+
+/* Monotonic clock in nanoseconds; thread CPU time in nanoseconds. */
+uint64_t wd_now_ns(void);
+uint64_t wd_thread_cpu_ns(void);
+uint64_t wd_process_cpu_ns(void);
+/* gettid(). */
+pid_t wd_gettid(void);
+
+/* zlib's macro entry points as functions. */
+int wd_deflate_init2(z_stream *strm, int level, int window_bits, int mem_level, int strategy);
+int wd_inflate_init2(z_stream *strm, int window_bits);
+
+#endif

@@ -1,0 +1,122 @@
+#define _GNU_SOURCE
+#include "CWarpSys.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+uint32_t wd_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+void wd_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+uint64_t wd_load_acquire_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+void wd_store_release_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+uint32_t wd_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+void wd_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+void wd_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+int wd_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) {
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = timeout_ns / 1000000000LL;
+        ts.tv_nsec = timeout_ns % 1000000000LL;
+        tsp = &ts;
+    }
+    long r = syscall(SYS_futex, addr, FUTEX_WAIT, expected, tsp, NULL, 0);
+    if (r == 0) return 0;
+    if (errno == EAGAIN) return 0;
+    return errno;
+}
+
+int wd_futex_wake(uint32_t *addr, int count) {
+    return (int)syscall(SYS_futex, addr, FUTEX_WAKE, count, NULL, NULL, 0);
+}
+
+int wd_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING); }
+int wd_memfd_seal_size(int fd) { return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL); }
+int wd_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+int wd_eventfd_signal(int fd) {
+    uint64_t one = 1;
+    for (;;) {
+        ssize_t n = write(fd, &one, sizeof one);
+        if (n == (ssize_t)sizeof one) return 0;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return 0; /* counter saturated: already readable */
+        return -errno;
+    }
+}
+
+uint64_t wd_eventfd_drain(int fd) {
+    uint64_t v = 0;
+    for (;;) {
+        ssize_t n = read(fd, &v, sizeof v);
+        if (n == (ssize_t)sizeof v) return v;
+        if (n < 0 && errno == EINTR) continue;
+        return 0;
+    }
+}
+
+int wd_poll_in(int fd, int timeout_ms) {
+    struct pollfd p = { .fd = fd, .events = POLLIN, .revents = 0 };
+    for (;;) {
+        int r = poll(&p, 1, timeout_ms);
+        if (r >= 0) return r;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+}
+
+ssize_t wd_vm_read(pid_t pid, void *local, const void *remote, size_t len) {
+    struct iovec l = { .iov_base = local, .iov_len = len };
+    struct iovec r = { .iov_base = (void *)remote, .iov_len = len };
+    size_t done = 0;
+    while (done < len) {
+        l.iov_base = (char *)local + done; l.iov_len = len - done;
+        r.iov_base = (char *)remote + done; r.iov_len = len - done;
+        ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+        if (n < 0) { if (errno == EINTR) continue; return -errno; }
+        if (n == 0) return -EFAULT;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+ssize_t wd_vm_write(pid_t pid, const void *remote_dst, const void *local, size_t len) {
+    struct iovec l, r;
+    size_t done = 0;
+    while (done < len) {
+        l.iov_base = (char *)local + done; l.iov_len = len - done;
+        r.iov_base = (char *)remote_dst + done; r.iov_len = len - done;
+        ssize_t n = process_vm_writev(pid, &l, 1, &r, 1, 0);
+        if (n < 0) { if (errno == EINTR) continue; return -errno; }
+        if (n == 0) return -EFAULT;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+static uint64_t clock_ns(clockid_t c) {
+    struct timespec ts;
+    clock_gettime(c, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+uint64_t wd_now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
+uint64_t wd_thread_cpu_ns(void) { return clock_ns(CLOCK_THREAD_CPUTIME_ID); }
+uint64_t wd_process_cpu_ns(void) { return clock_ns(CLOCK_PROCESS_CPUTIME_ID); }
+pid_t wd_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
+int wd_deflate_init2(z_stream *strm, int level, int window_bits, int mem_level, int strategy) {
+    return deflateInit2(strm, level, Z_DEFLATED, window_bits, mem_level, strategy);
+}
+int wd_inflate_init2(z_stream *strm, int window_bits) { return inflateInit2(strm, window_bits); }

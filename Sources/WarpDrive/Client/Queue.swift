@@ -1,0 +1,353 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import Synchronization
+
+/// How a waiting caller learns of completions.
+public enum NotificationMode: Sendable {
+    /// Spin on the CQ: lowest latency, burns a core while waiting.
+    case busyPoll
+    /// Sleep until the device raises an interrupt (futex on the status page;
+    /// the queue's eventfd is also signalled for event loops).
+    case interrupt
+}
+
+/// A request as the client tracks it between submission and completion
+/// (plain data: copied, never allocated per request).
+struct PendingRequest {
+    var tag: UInt64 = 0
+    var waiter: UnsafeMutablePointer<SyncWaiter>? = nil
+    var algorithm: CompressionAlgorithm = .deflate
+    var direction: Direction = .compress
+    var destination: UnsafeMutableRawPointer? = nil
+    var destinationCapacity = 0
+    var headerLength = 0
+    var bodyLength = 0
+    var expectedChecksum: UInt32 = 0
+    var expectedISize: UInt32 = 0
+    // Results, filled in when reaped.
+    var status: UInt8 = 0
+    var endOfStream = false
+    var consumed = 0
+    var produced = 0
+    var checksum: UInt32 = 0
+    var faultAddress: UInt64 = 0
+    /// Set when the queue failed before the device answered.
+    var failure: QueueFailure = .none
+}
+
+enum QueueFailure: UInt8 { case none, timedOut, reset, released }
+
+/// A synchronous caller's completion slot, on the caller's stack.
+struct SyncWaiter {
+    var done: UInt32 = 0
+    var request = PendingRequest()
+}
+
+/// One accelerator queue pair, user side (a UADK "ctx"): opened from a
+/// device, its two regions mapped, its direction set, started, used, released.
+///
+/// Follows uacce's state machine: regions map once each (`alreadyMapped`),
+/// the context is set and the queue started only in INIT (`invalidState`),
+/// nothing works after `release()`. Thread-safe: submissions and reaping are
+/// serialised by a per-queue lock held for a few hundred nanoseconds.
+public final class Queue: @unchecked Sendable {
+    /// The device serving the queue.
+    public let device: EmulatedZipDevice
+    /// Queue number on the device (`qn` in the doorbell).
+    public let number: Int
+    /// Ring geometry.
+    public let layout: RingLayout
+    /// The address-space binding requests are translated with.
+    public var pasid: UInt32 { hw.binding.pasid }
+
+    let hw: HardwareQueue
+    private var mmio: SharedMapping?
+    private var dus: SharedMapping?
+    private(set) var direction: Direction = .compress
+    let lock = Mutex(())
+
+    // Guarded by lock.
+    private var sqTail = 0
+    private var sqHead = 0
+    private var cqHead = 0
+    private var cqPhase: UInt32 = 1
+    private var pending: UnsafeMutablePointer<PendingRequest>
+    private var failure: QueueFailure = .none
+    private var failureError: WarpDriveError?
+    private(set) var phaseFlips = 0
+    private let busyCount = Atomic<UInt64>(0)
+
+    /// Opens a queue in INIT on `device`, bound to the address space of
+    /// process `pid` (default: this process). Takes one of the device's
+    /// instances; `WarpDriveError.busy` when none is left.
+    public init(device: EmulatedZipDevice, pid: pid_t = getpid()) throws {
+        let binding = try device.iommu.bind(pid: pid)
+        do {
+            hw = try device.openQueue(binding: binding)
+        } catch {
+            binding.unbind()
+            throw error
+        }
+        self.device = device
+        number = hw.number
+        layout = device.layout
+        pending = .allocate(capacity: layout.depth)
+        pending.initialize(repeating: PendingRequest(), count: layout.depth)
+    }
+
+    /// Opens, maps, sets the direction and starts a queue: ready for requests.
+    public static func started(device: EmulatedZipDevice, direction: Direction,
+                               notification: NotificationMode = .interrupt) throws -> Queue {
+        let q = try Queue(device: device)
+        do {
+            try q.map(.mmio)
+            try q.map(.dus)
+            try q.setContext(direction)
+            try q.start()
+        } catch {
+            q.release()
+            throw error
+        }
+        return q
+    }
+
+    /// Current state (INIT, STARTED, ZOMBIE).
+    public var state: QueueState { device.lock.withLock { _ in hw.state } }
+
+    /// Maps a region (uacce `mmap` at `region * PAGE_SIZE`). Each region maps once.
+    public func map(_ region: QueueRegion) throws {
+        let file = try device.map(hw, region: region)
+        let m = try file.map()
+        switch region {
+        case .mmio: mmio = m
+        case .dus: dus = m
+        }
+    }
+
+    /// Sets the queue's direction (HiSilicon `SET_QP_CTX` qc_type). INIT only.
+    public func setContext(_ direction: Direction) throws {
+        try device.setContext(hw, direction: direction)
+        self.direction = direction
+    }
+
+    /// Starts the queue (`START_Q`). INIT only, both regions mapped.
+    public func start() throws { try device.start(hw) }
+
+    /// Stops and frees the queue (`PUT_Q` / close): its instance returns to
+    /// the device and its address space is unbound. Pending requests fail.
+    /// Idempotent.
+    public func release() { failPending(.released) }
+
+    /// The eventfd that becomes readable when the device raises a completion
+    /// interrupt, for `poll`/`epoll` loops (enable with `setFDNotification`).
+    public var notificationFD: Int32 { hw.eventFD }
+
+    /// Asks the device to also signal `notificationFD` on completion interrupts.
+    public func setFDNotification(_ on: Bool) {
+        guard let dus else { return }
+        Words(dus.base + layout.statusOffset).storeRelease(RingLayout.irqFlags / 4, on ? 1 : 0)
+    }
+
+    /// Interrupt moderation: interrupt once at least `n` completions wait
+    /// (or the queue has drained). 1 = every completion.
+    public func setInterruptThreshold(_ n: Int) {
+        guard let dus else { return }
+        Words(dus.base + layout.statusOffset).storeRelease(RingLayout.irqThreshold / 4, UInt32(max(1, min(n, layout.depth))))
+    }
+
+    /// Requests submitted and not yet reaped.
+    public var inFlight: Int { lock.withLock { _ in (sqTail - sqHead + layout.depth) % layout.depth } }
+
+    /// Ring positions, for tests and diagnostics.
+    public struct RingPosition: Sendable, Equatable {
+        public var sqHead: Int, sqTail: Int, cqHead: Int, phase: UInt32, phaseFlips: Int
+    }
+    /// The client's view of the rings.
+    public var ringPosition: RingPosition {
+        lock.withLock { _ in RingPosition(sqHead: sqHead, sqTail: sqTail, cqHead: cqHead, phase: cqPhase, phaseFlips: phaseFlips) }
+    }
+
+    /// Counters the device keeps for this queue, plus ring-full rejections.
+    public var counters: WorkCounters {
+        var c = hw.counters.snapshot
+        c.busyRejections = busyCount.load(ordering: .relaxed)
+        return c
+    }
+
+    deinit {
+        release()
+        pending.deinitialize(count: layout.depth)
+        pending.deallocate()
+    }
+
+    // MARK: Submission
+
+    private var stopped: Bool {
+        guard let dus else { return false }
+        return Words(dus.base + layout.rxStopOffset).loadAcquire(0) != 0
+            || Words(dus.base + layout.txStopOffset).loadAcquire(0) != 0
+    }
+
+    private var statusWords: Words { Words(dus!.base + layout.statusOffset) }
+
+    private func ring(_ cmd: Doorbell.Command, _ index: Int) {
+        let raw = Doorbell(queueNumber: UInt16(number), command: cmd, index: UInt16(index)).raw
+        wd_store_release_u64((mmio!.base + RingLayout.doorbellOffset).assumingMemoryBound(to: UInt64.self), raw)
+        device.doorbell(hw, raw)
+    }
+
+    /// Writes one SQE and rings the doorbell. Returns false when the ring is full.
+    func trySubmit(_ request: PendingRequest, source: UInt64, sourceLength: Int, destination: UInt64,
+                   destinationCapacity: Int, type: ZipSQE.RequestType, level: Int, window: Int) throws -> Bool {
+        try lock.withLock { _ in
+            if let e = failureError { throw e }
+            guard let _ = dus, let _ = mmio, hw.state == .started else {
+                throw WarpDriveError.invalidState(operation: "submit", state: hw.state.rawValue)
+            }
+            if stopped { throw WarpDriveError.deviceReset(device: device.name, queue: number) }
+            let next = (sqTail + 1) % layout.depth
+            if next == sqHead {
+                busyCount.add(1, ordering: .relaxed)
+                device.counters.busy.add(1, ordering: .relaxed)
+                return false
+            }
+            let sqe = ZipSQE(dus!.base + layout.sqOffset + sqTail * RingLayout.sqeSize)
+            sqe.clear()
+            sqe.inputLength = UInt32(sourceLength)
+            sqe.destinationCapacity = UInt32(destinationCapacity)
+            sqe.sourceAddress = source
+            sqe.destinationAddress = destination
+            sqe.dw7 = 1 << 25 | 0x3 << 28   // flush: finish; stateless; v3 SQE
+            sqe.dw9 = UInt32(type.rawValue) | UInt32(window & 0xf) << 12 | UInt32(level & 0xff) << 16
+            sqe.tag = UInt32(truncatingIfNeeded: sqTail)
+            pending[sqTail] = request
+            sqTail = next
+            ring(.sq, sqTail)
+            return true
+        }
+    }
+
+    // MARK: Completion
+
+    /// Reaps every posted completion. Synchronous waiters are marked done;
+    /// asynchronous ones are handed to `deliver` outside the lock.
+    /// Returns the number reaped.
+    @discardableResult
+    func reap(_ deliver: (inout PendingRequest) -> Void) -> Int {
+        var total = 0
+        withUnsafeTemporaryAllocation(of: PendingRequest.self, capacity: 32) { batch in
+            var more = true
+            while more {
+                var n = 0
+                lock.withLock { _ in
+                    more = false
+                    guard let dus, failure == .none else { return }
+                    var reaped = 0
+                    while true {
+                        if n == batch.count { more = true; break }
+                        let cqe = CQE(dus.base + layout.cqOffset + cqHead * RingLayout.cqeSize)
+                        guard cqe.phase() == cqPhase else { break }
+                        let slot = Int(cqe.sqHead) % layout.depth
+                        let sqe = ZipSQE(dus.base + layout.sqOffset + slot * RingLayout.sqeSize)
+                        var req = pending[slot]
+                        let sw = sqe.statusWord
+                        req.status = UInt8(sw & 0xff)
+                        req.endOfStream = sw & 0x100 != 0
+                        req.consumed = Int(sqe.consumed)
+                        req.produced = Int(sqe.produced)
+                        req.checksum = sqe.checksum
+                        req.faultAddress = UInt64(sqe.faultAddressLow) | UInt64(sqe.faultAddressHigh) << 32
+                        pending[slot].waiter = nil
+                        sqHead = (slot + 1) % layout.depth
+                        cqHead += 1
+                        if cqHead == layout.depth { cqHead = 0; cqPhase ^= 1; phaseFlips += 1 }
+                        reaped += 1
+                        if let w = req.waiter {
+                            w.pointee.request = req
+                            wd_store_release_u32(&w.pointee.done, 1)
+                        } else {
+                            (batch.baseAddress! + n).initialize(to: req)
+                            n += 1
+                        }
+                    }
+                    if reaped > 0 { ring(.cq, cqHead) }
+                    total += reaped
+                }
+                for i in 0..<n { deliver(&batch[i]) }
+                batch.baseAddress!.deinitialize(count: n)
+            }
+        }
+        return total
+    }
+
+    /// Waits (reaping as it goes) until `done()` holds, the deadline passes
+    /// (`timedOut`; the queue is failed) or the device is reset (`deviceReset`).
+    func wait(until done: () -> Bool, deadline: UInt64, timeoutMilliseconds: Int, mode: NotificationMode,
+              deliver: (inout PendingRequest) -> Void) throws {
+        var spins = 0
+        while true {
+            let irq = statusWords.loadAcquire(RingLayout.irqCounter / 4)
+            reap(deliver)
+            if done() { return }
+            if let e = lock.withLock({ _ in failureError }) { throw e }
+            if stopped {
+                failPending(.reset, deliver: deliver)
+                throw lock.withLock { _ in failureError! }
+            }
+            let now = wd_now_ns()
+            if now >= deadline {
+                failPending(.timedOut, timeoutMilliseconds: timeoutMilliseconds, deliver: deliver)
+                throw lock.withLock { _ in failureError! }
+            }
+            if mode == .busyPoll || spins < 64 {
+                spins += 1
+                wd_cpu_relax()
+                continue
+            }
+            let s = statusWords
+            _ = wd_fetch_add_u32(s.pointer(RingLayout.irqWaiters / 4), 1)
+            _ = wd_futex_wait(s.pointer(RingLayout.irqCounter / 4), irq, Int64(min(deadline - now, 50_000_000)))
+            _ = wd_fetch_add_u32(s.pointer(RingLayout.irqWaiters / 4), UInt32.max)
+        }
+    }
+
+    /// Fails the queue: the device side is released first (so it writes no
+    /// more into callers' buffers), then every pending request completes
+    /// with the failure. Only the first failure counts; idempotent.
+    func failPending(_ why: QueueFailure, timeoutMilliseconds: Int = 0,
+                     deliver: (inout PendingRequest) -> Void = { _ in }) {
+        let first: Bool = lock.withLock { _ in
+            guard failure == .none else { return false }
+            failure = why
+            switch why {
+            case .timedOut: failureError = .timedOut(device: device.name, queue: number, milliseconds: timeoutMilliseconds)
+            case .reset: failureError = .deviceReset(device: device.name, queue: number)
+            case .released, .none: failureError = .invalidState(operation: "submit", state: QueueState.released.rawValue)
+            }
+            return true
+        }
+        guard first else { return }
+        device.put(hw)
+        var orphans: [PendingRequest] = []
+        lock.withLock { _ in
+            while sqHead != sqTail {
+                var req = pending[sqHead]
+                req.failure = why
+                pending[sqHead].waiter = nil
+                if let w = req.waiter {
+                    w.pointee.request = req
+                    wd_store_release_u32(&w.pointee.done, 1)
+                } else {
+                    orphans.append(req)
+                }
+                sqHead = (sqHead + 1) % layout.depth
+            }
+        }
+        for i in orphans.indices { deliver(&orphans[i]) }
+    }
+
+    /// Whether the queue has failed (reset, time-out or released).
+    public var hasFailed: Bool { lock.withLock { _ in failure != .none } }
+}

@@ -1,0 +1,104 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// Lists accelerator devices: the emulated ZIP device(s) this process runs,
+/// and real uacce devices found under `<sysfsRoot>/class/uacce`.
+///
+/// Real devices are listed with their attributes; driving them (opening
+/// `/dev/<name>`, `mmap`, `ioctl`) is not implemented yet, so `device(for:)`
+/// only returns emulated devices.
+public final class DeviceRegistry: Sendable {
+    /// One listed device.
+    public struct Entry: Sendable {
+        /// The device's attributes (live for emulated devices, read once for sysfs ones).
+        public var attributes: DeviceAttributes
+        /// The emulated device, or nil for a real uacce device.
+        public var emulated: EmulatedZipDevice?
+        /// The sysfs directory of a real device.
+        public var sysfsPath: String?
+    }
+
+    private let emulated: [EmulatedZipDevice]
+    /// Where sysfs is mounted (a fixture tree in tests).
+    public let sysfsRoot: String
+
+    /// A registry with the given emulated devices (empty to disable
+    /// emulation) and real devices read from `sysfsRoot`.
+    public init(emulated: [EmulatedZipDevice], sysfsRoot: String = "/sys") {
+        self.emulated = emulated
+        self.sysfsRoot = sysfsRoot
+    }
+
+    /// A registry with one emulated ZIP device built from `configuration`.
+    public convenience init(configuration: EmulatedDeviceConfiguration = .init(), sysfsRoot: String = "/sys") {
+        self.init(emulated: [EmulatedZipDevice(configuration: configuration)], sysfsRoot: sysfsRoot)
+    }
+
+    /// Every device: emulated first, then uacce devices from sysfs by name.
+    public var devices: [Entry] {
+        emulated.map { Entry(attributes: $0.attributes, emulated: $0, sysfsPath: nil) }
+            + DeviceRegistry.scan(sysfsRoot: sysfsRoot).map { Entry(attributes: $0.1, emulated: nil, sysfsPath: $0.0) }
+    }
+
+    /// The first drivable, non-isolated device offering `algorithm` with a free instance.
+    public func device(for algorithm: CompressionAlgorithm) throws -> EmulatedZipDevice {
+        var reasons: [String] = []
+        for d in emulated {
+            let a = d.attributes
+            if a.isolated { reasons.append("\(a.name) is isolated"); continue }
+            if !a.algorithms.contains(algorithm.rawValue) { reasons.append("\(a.name) lacks \(algorithm)"); continue }
+            if (a.availableInstances ?? 0) == 0 { reasons.append("\(a.name) has no free queue"); continue }
+            return d
+        }
+        throw WarpDriveError.noDevice(reasons.isEmpty ? "no emulated device is enabled" : reasons.joined(separator: "; "))
+    }
+
+    /// Reads `<root>/class/uacce/*/` attributes. Unreadable attributes are
+    /// left nil or default; a device without `api` is skipped.
+    public static func scan(sysfsRoot: String) -> [(String, DeviceAttributes)] {
+        let dir = sysfsRoot + "/class/uacce"
+        guard let d = opendir(dir) else { return [] }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            if name.hasPrefix(".") { continue }
+            names.append(name)
+        }
+        return names.sorted().compactMap { name in
+            let path = dir + "/" + name
+            func read(_ attr: String) -> String? {
+                guard let f = fopen(path + "/" + attr, "r") else { return nil }
+                defer { fclose(f) }
+                var buf = [CChar](repeating: 0, count: 4096)
+                let n = fread(&buf, 1, buf.count - 1, f)
+                let bytes = buf[0..<n].map { UInt8(bitPattern: $0) }
+                return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: " \n\t")
+            }
+            guard let api = read("api"), !api.isEmpty else { return nil }
+            let attrs = DeviceAttributes(
+                name: name, api: api, flags: read("flags").flatMap { UInt32($0) } ?? 0,
+                algorithms: (read("algorithms") ?? "").split(whereSeparator: { $0 == "\n" || $0 == " " }).map(String.init),
+                availableInstances: read("available_instances").flatMap { Int($0) },
+                queueDepth: nil,
+                regionMMIOSize: read("region_mmio_size").flatMap { Int($0) },
+                regionDUSSize: read("region_dus_size").flatMap { Int($0) },
+                isolated: read("isolate") == "1",
+                isolateStrategy: read("isolate_strategy").flatMap { Int($0) } ?? 0,
+                numaNode: read("device/numa_node").flatMap { Int($0) } ?? -1)
+            return (path, attrs)
+        }
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        let chars = Set(set)
+        var s = Substring(self)
+        while let f = s.first, chars.contains(f) { s = s.dropFirst() }
+        while let l = s.last, chars.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,143 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import Synchronization
+
+/// The emulated IOMMU: PASID-tagged address translation for the device.
+///
+/// Binding a process's address space (SVA) yields a PASID; the device then
+/// touches memory only through `IOMMU.read`/`IOMMU.write` with that PASID.
+/// Addresses inside a buffer region registered for the address space are
+/// reached directly through the device's own mapping of the region's memfd
+/// (zero copy). Any other address is read or written in the bound process
+/// with `process_vm_readv`/`process_vm_writev`, which return `EFAULT` for an
+/// unmapped address: the device reports an I/O page fault, never crashes and
+/// never reads another address space's memory.
+public final class IOMMU: Sendable {
+    /// The system IOMMU (one PASID space per host, as in the kernel).
+    public static let shared = IOMMU()
+
+    /// The PASID space.
+    public let pasids: PASIDAllocator
+
+    private struct Space {
+        let pid: pid_t
+        var references: Int
+        var regions: [RegisteredRegion]
+    }
+    private let spaces = Mutex<[UInt32: Space]>([:])
+    private let pidToPASID = Mutex<[pid_t: UInt32]>([:])
+
+    public init(pasids: PASIDAllocator = PASIDAllocator()) { self.pasids = pasids }
+
+    /// Binds the address space of process `pid` (default: this process).
+    /// One process has one PASID however many queues bind it (as the kernel
+    /// keeps one PASID per mm); each binding holds a reference.
+    public func bind(pid: pid_t = getpid()) throws -> SVABinding {
+        let pasid: UInt32 = try pidToPASID.withLock { map in
+            if let p = map[pid] {
+                spaces.withLock { $0[p]!.references += 1 }
+                return p
+            }
+            guard kill(pid, 0) == 0 || errno == EPERM else {
+                throw WarpDriveError.system(call: "bind address space of pid \(pid)", errno: ESRCH)
+            }
+            guard let p = pasids.allocate() else { throw WarpDriveError.system(call: "PASID allocation", errno: ENOSPC) }
+            map[pid] = p
+            spaces.withLock { $0[p] = Space(pid: pid, references: 1, regions: []) }
+            return p
+        }
+        return SVABinding(iommu: self, pasid: pasid, pid: pid)
+    }
+
+    fileprivate func release(pasid: UInt32) {
+        pidToPASID.withLock { map in
+            let gone: pid_t? = spaces.withLock { s in
+                guard var space = s[pasid] else { return nil }
+                space.references -= 1
+                if space.references > 0 { s[pasid] = space; return nil }
+                s[pasid] = nil
+                return space.pid
+            }
+            if let pid = gone {
+                map[pid] = nil
+                pasids.free(pasid)
+            }
+        }
+    }
+
+    /// The process bound to `pasid`, or nil if none.
+    public func boundProcess(pasid: UInt32) -> pid_t? { spaces.withLock { $0[pasid]?.pid } }
+
+    func register(_ region: RegisteredRegion, pasid: UInt32) {
+        spaces.withLock { $0[pasid]?.regions.append(region) }
+    }
+
+    func unregister(_ region: RegisteredRegion, pasid: UInt32) {
+        spaces.withLock { s in s[pasid]?.regions.removeAll { $0 === region } }
+    }
+
+    /// How the device reaches a range of a bound address space.
+    enum Route {
+        /// Direct pointer through the device's mapping of a registered region
+        /// (the region object keeps the mapping alive while used).
+        case direct(UnsafeMutableRawPointer, RegisteredRegion)
+        /// Copy through the bound process.
+        case process(pid_t)
+        /// No address space is bound to the PASID.
+        case unbound
+    }
+
+    func route(pasid: UInt32, address: UInt64, length: Int) -> Route {
+        spaces.withLock { s in
+            guard let space = s[pasid] else { return .unbound }
+            for r in space.regions where r.contains(address: address, length: length) {
+                return .direct(r.deviceBase + Int(address - r.clientAddress), r)
+            }
+            return .process(space.pid)
+        }
+    }
+}
+
+/// A bound address space: a PASID and the process it names. Unbinds on
+/// `unbind()` or deinit; the PASID is freed when the last binding of the
+/// process goes.
+public final class SVABinding: @unchecked Sendable {
+    /// The PASID requests from this address space carry.
+    public let pasid: UInt32
+    /// The bound process.
+    public let pid: pid_t
+    /// The IOMMU holding the binding.
+    public let iommu: IOMMU
+    private let bound = Atomic<Bool>(true)
+
+    init(iommu: IOMMU, pasid: UInt32, pid: pid_t) {
+        self.iommu = iommu; self.pasid = pasid; self.pid = pid
+    }
+
+    /// Drops this binding's reference (idempotent).
+    public func unbind() {
+        if bound.exchange(false, ordering: .acquiringAndReleasing) { iommu.release(pasid: pasid) }
+    }
+
+    deinit { unbind() }
+}
+
+/// A memfd-backed buffer region registered with an address space: the client
+/// uses it at `clientAddress`, the device reaches it through its own mapping.
+final class RegisteredRegion: @unchecked Sendable {
+    let clientAddress: UInt64
+    let length: Int
+    let deviceMapping: SharedMapping
+    var deviceBase: UnsafeMutableRawPointer { deviceMapping.base }
+
+    init(clientAddress: UInt64, length: Int, deviceMapping: SharedMapping) {
+        self.clientAddress = clientAddress; self.length = length; self.deviceMapping = deviceMapping
+    }
+
+    func contains(address: UInt64, length n: Int) -> Bool {
+        address >= clientAddress && n >= 0 && address - clientAddress <= UInt64(length)
+            && UInt64(n) <= UInt64(length) - (address - clientAddress)
+    }
+}

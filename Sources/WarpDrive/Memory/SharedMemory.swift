@@ -1,0 +1,55 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+
+/// A memfd-backed region of shared memory. Ring memory and registered buffer
+/// pools live in these, so the device side can map the same pages from
+/// another mapping (or, later, another process) without changing the protocol.
+public final class SharedMemoryFile: @unchecked Sendable {
+    /// The memfd (close-on-exec, size sealed).
+    public let fd: Int32
+    /// Size in bytes.
+    public let size: Int
+
+    /// Creates a zero-filled memfd of `size` bytes, sealed against resizing.
+    public init(name: String, size: Int) throws {
+        let fd = wd_memfd_create(name)
+        guard fd >= 0 else { throw WarpDriveError.system(call: "memfd_create(\(name))", errno: errno) }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            let e = errno; close(fd)
+            throw WarpDriveError.system(call: "ftruncate(memfd \(name), \(size))", errno: e)
+        }
+        _ = wd_memfd_seal_size(fd)
+        self.fd = fd
+        self.size = size
+    }
+
+    /// Maps the whole file shared, read-write. Each call is a distinct mapping.
+    public func map() throws -> SharedMapping {
+        try SharedMapping(fd: fd, size: size)
+    }
+
+    deinit { close(fd) }
+}
+
+/// One `mmap` of a shared memory file; unmapped on deinit.
+public final class SharedMapping: @unchecked Sendable {
+    /// First byte of the mapping.
+    public let base: UnsafeMutableRawPointer
+    /// Length in bytes.
+    public let size: Int
+
+    init(fd: Int32, size: Int) throws {
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw WarpDriveError.system(call: "mmap(\(size) bytes)", errno: errno)
+        }
+        base = p
+        self.size = size
+    }
+
+    /// The mapping as a raw buffer.
+    public var buffer: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: size) }
+
+    deinit { munmap(base, size) }
+}
