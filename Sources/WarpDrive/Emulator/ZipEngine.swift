@@ -35,6 +35,12 @@ final class ZipEngine: @unchecked Sendable {
     func start() -> pthread_t {
         let box = Unmanaged.passRetained(self)
         var t = pthread_t()
+        // Engines never take process signals (SIGTERM and friends belong to
+        // the application's main thread): create them with all blocked.
+        var all = sigset_t(), old = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_SETMASK, &all, &old)
+        defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
         let rc = pthread_create(&t, nil, { arg in
             let engine = Unmanaged<ZipEngine>.fromOpaque(arg!).takeRetainedValue()
             engine.run()
