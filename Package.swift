@@ -5,7 +5,9 @@ let package = Package(
     name: "WarpFS",
     platforms: [.macOS(.v15)],
     products: [
+        .executable(name: "warpfs", targets: ["WarpFSCommand"]),
         .library(name: "WarpDrive", targets: ["WarpDrive"]),
+        .library(name: "WarpFSCore", targets: ["WarpFSCore"]),
         .executable(name: "warpdrive-bench", targets: ["WarpDriveBench"]),
         .executable(name: "warpdrive-hello", targets: ["WarpDriveHello"]),
     ],
@@ -19,11 +21,39 @@ let package = Package(
             name: "CWarpSys",
             linkerSettings: [.linkedLibrary("z")]
         ),
+        // libfuse3's low-level API with its macros and bitfields as functions.
+        .target(
+            name: "CFuse",
+            linkerSettings: [.linkedLibrary("fuse3")]
+        ),
         // The accelerator queue layer: discovery, queues and rings, PASID and
         // IOMMU emulation, the emulated ZIP device, and the client sessions.
         .target(
             name: "WarpDrive",
             dependencies: ["CWarpSys"]
+        ),
+        // The on-disk container format: headers, slots, checksums. Pure, fuzzable.
+        .target(
+            name: "WarpFSFormat",
+            dependencies: ["CWarpSys"]
+        ),
+        // The file system: inodes, open files, block store, caches; no FUSE.
+        .target(
+            name: "WarpFSCore",
+            dependencies: ["WarpDrive", "WarpFSFormat", "CWarpSys"]
+        ),
+        // The FUSE low-level operations table, forwarding to WarpFSCore.
+        .target(
+            name: "FUSEAdapter",
+            dependencies: ["WarpFSCore", "CFuse", "CWarpSys"]
+        ),
+        // The `warpfs` command: mount, unmount, compress, decompress.
+        .executableTarget(
+            name: "WarpFSCommand",
+            dependencies: [
+                "FUSEAdapter", "WarpFSCore", "WarpFSFormat", "WarpDrive", "CWarpSys",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .executableTarget(
             name: "WarpDriveBench",
@@ -40,6 +70,10 @@ let package = Package(
         .testTarget(
             name: "WarpDriveTests",
             dependencies: ["WarpDrive", "CWarpSys"]
+        ),
+        .testTarget(
+            name: "WarpFSTests",
+            dependencies: ["WarpFSCore", "WarpFSFormat", "WarpDrive", "CWarpSys", "WarpFSCommand"]
         ),
     ]
 )

@@ -120,3 +120,9 @@ int wd_deflate_init2(z_stream *strm, int level, int window_bits, int mem_level, 
     return deflateInit2(strm, level, Z_DEFLATED, window_bits, mem_level, strategy);
 }
 int wd_inflate_init2(z_stream *strm, int window_bits) { return inflateInit2(strm, window_bits); }
+
+int wd_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned flags) {
+    return (int)syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+int wd_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }

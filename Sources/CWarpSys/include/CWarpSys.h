@@ -5,6 +5,21 @@
 #include <stddef.h>
 #include <sys/types.h>
 #include <zlib.h>
+#include <sys/xattr.h>
+#include <linux/falloc.h>
+
+/* GNU constants the Swift importer does not see without _GNU_SOURCE. */
+enum {
+    WD_O_PATH = 010000000,
+    WD_AT_EMPTY_PATH = 0x1000,
+    WD_SEEK_DATA = 3,
+    WD_SEEK_HOLE = 4,
+    WD_UTIME_NOW = 1073741823,
+    WD_UTIME_OMIT = 1073741822
+};
+
+/* fallocate(2). Returns 0 or -1 with errno. */
+int wd_fallocate(int fd, int mode, int64_t offset, int64_t length);
 
 /* Atomics on memory Swift does not own as a value (shared ring memory). */
 uint32_t wd_load_acquire_u32(const uint32_t *p);
@@ -45,6 +60,9 @@ uint64_t wd_thread_cpu_ns(void);
 uint64_t wd_process_cpu_ns(void);
 /* gettid(). */
 pid_t wd_gettid(void);
+
+/* renameat2(2) (RENAME_NOREPLACE = 1, RENAME_EXCHANGE = 2). */
+int wd_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned flags);
 
 /* zlib's macro entry points as functions. */
 int wd_deflate_init2(z_stream *strm, int level, int window_bits, int mem_level, int strategy);

@@ -1,0 +1,27 @@
+#ifndef CFUSE_H
+#define CFUSE_H
+
+/* libfuse3's low-level API at version 3.5, plus small functions for what
+   Swift cannot call directly (macros, variadics, the loop configuration). */
+#define FUSE_USE_VERSION 35
+#include <fuse3/fuse_lowlevel.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+
+/* Runs the multithreaded loop; clone_fd 0/1; max_idle_threads. */
+int wf_session_loop_mt(struct fuse_session *se, int clone_fd, unsigned max_idle_threads);
+
+/* Sets the capability bits WarpFS wants on init; returns the final want mask. */
+void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, unsigned max_write);
+
+/* fuse_file_info bitfields, which Swift cannot set. */
+void wf_fi_set_keep_cache(struct fuse_file_info *fi, int on);
+void wf_fi_set_direct_io(struct fuse_file_info *fi, int on);
+void wf_fi_set_parallel_direct_writes(struct fuse_file_info *fi, int on);
+int wf_fi_flush(const struct fuse_file_info *fi);
+
+/* fuse_log goes to the given fd (stderr or a log file). */
+void wf_log_to_fd(int fd);
+
+#endif

@@ -1,0 +1,55 @@
+#define _GNU_SOURCE
+#include "CFuse.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int wf_session_loop_mt(struct fuse_session *se, int clone_fd, unsigned max_idle_threads) {
+    struct fuse_loop_config cfg;
+    cfg.clone_fd = clone_fd;
+    cfg.max_idle_threads = max_idle_threads;
+    return fuse_session_loop_mt(se, &cfg);
+}
+
+
+void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, unsigned max_write) {
+    if (writeback_cache && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
+        conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+    else
+        conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+    if (splice) {
+        if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+        if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
+        if (conn->capable & FUSE_CAP_SPLICE_READ) conn->want |= FUSE_CAP_SPLICE_READ;
+    }
+    if (conn->capable & FUSE_CAP_EXPORT_SUPPORT) conn->want |= FUSE_CAP_EXPORT_SUPPORT;
+    if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+    if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+    if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+    if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+    if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+    if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+    if (max_write) conn->max_write = max_write;
+    conn->max_readahead = 1u << 20;
+}
+
+void wf_fi_set_keep_cache(struct fuse_file_info *fi, int on) { fi->keep_cache = on ? 1 : 0; }
+void wf_fi_set_direct_io(struct fuse_file_info *fi, int on) { fi->direct_io = on ? 1 : 0; }
+void wf_fi_set_parallel_direct_writes(struct fuse_file_info *fi, int on) {
+#if FUSE_USE_VERSION >= 35 && defined(FUSE_CAP_PARALLEL_DIROPS)
+    (void)fi; (void)on;
+#endif
+}
+int wf_fi_flush(const struct fuse_file_info *fi) { return fi->flush; }
+
+static int log_fd = 2;
+static void log_func(enum fuse_log_level level, const char *fmt, va_list ap) {
+    (void)level;
+    char buf[1024];
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    if (n > 0) { if (n > (int)sizeof buf - 1) n = sizeof buf - 1; (void)!write(log_fd, buf, (size_t)n); }
+}
+void wf_log_to_fd(int fd) { log_fd = fd; fuse_set_log_func(log_func); }

@@ -1,0 +1,340 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse
+import CWarpSys
+import WarpFSCore
+
+/// Serves a `WarpFileSystem` through libfuse3's low-level API: mounts it,
+/// runs the multithreaded loop, and turns each kernel request into one call
+/// of the core and exactly one reply. Holds no file-system logic.
+public final class FUSEServer: @unchecked Sendable {
+    public let fs: WarpFileSystem
+    public let mountpoint: String
+    private var session: OpaquePointer?
+    private let writebackCache: Bool
+
+    /// Creates the FUSE session (nothing is mounted yet). Throws with a
+    /// message when libfuse rejects the options.
+    public init(fs: WarpFileSystem, mountpoint: String, fsname: String, writebackCache: Bool = false) throws {
+        self.fs = fs
+        self.mountpoint = mountpoint
+        self.writebackCache = writebackCache
+        var opts = "fsname=\(fsname.replacingComma()),subtype=warpfs,default_permissions"
+        if fs.options.allowOther { opts += ",allow_other" }
+        if fs.options.readOnly { opts += ",ro" }
+        var argv = ["warpfs", "-o", opts]
+        if fs.options.debug { argv.append("-d") }
+        var args = fuse_args(argc: 0, argv: nil, allocated: 0)
+        for a in argv { fuse_opt_add_arg(&args, a) }
+        defer { fuse_opt_free_args(&args) }
+        var ops = FUSEServer.operations()
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        guard let se = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, me) else {
+            throw FSError(EINVAL, "libfuse refused the session options '\(opts)'")
+        }
+        session = se
+    }
+
+    /// Mounts at `mountpoint`.
+    public func mount() throws {
+        guard let se = session else { throw FSError(EINVAL, "no session") }
+        guard fuse_session_mount(se, mountpoint) == 0 else {
+            throw FSError(EIO, "cannot mount on '\(mountpoint)' (is it an existing directory, not already mounted?)")
+        }
+    }
+
+    /// Runs the request loop until unmounted or signalled (SIGINT, SIGTERM,
+    /// SIGHUP), then stores buffered data and unmounts.
+    public func run() -> Int32 {
+        guard let se = session else { return 1 }
+        fuse_set_signal_handlers(se)
+        let rc = wf_session_loop_mt(se, 0, 16)
+        fuse_remove_signal_handlers(se)
+        fs.flushAll()
+        fuse_session_unmount(se)
+        return rc
+    }
+
+    deinit {
+        if let se = session { fuse_session_destroy(se) }
+    }
+
+    // MARK: Plumbing
+
+    static func server(_ req: fuse_req_t?) -> FUSEServer {
+        Unmanaged<FUSEServer>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
+    }
+
+    static func fail(_ req: fuse_req_t?, _ error: Error) {
+        let e = (error as? FSError)?.errno ?? EIO
+        fuse_reply_err(req, e)
+    }
+
+    static func caller(_ req: fuse_req_t?) -> WarpFileSystem.Caller {
+        let c = fuse_req_ctx(req)!.pointee
+        return WarpFileSystem.Caller(uid: c.uid, gid: c.gid, umask: c.umask)
+    }
+
+    static func replyEntry(_ req: fuse_req_t?, _ e: WarpFileSystem.Entry, _ timeout: Double) {
+        var p = entryParam(e, timeout)
+        fuse_reply_entry(req, &p)
+    }
+
+    static func entryParam(_ e: WarpFileSystem.Entry, _ timeout: Double) -> fuse_entry_param {
+        var p = fuse_entry_param()
+        p.ino = e.nodeID
+        p.generation = e.generation
+        p.attr = e.attributes
+        p.attr_timeout = timeout
+        p.entry_timeout = timeout
+        return p
+    }
+
+    static func name(_ p: UnsafePointer<CChar>?) -> String { String(cString: p!) }
+
+    static func fh(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(bitPattern: UInt(fi!.pointee.fh))!
+    }
+
+    static func operations() -> fuse_lowlevel_ops {
+        var ops = fuse_lowlevel_ops()
+        ops.`init` = { userdata, conn in
+            let s = Unmanaged<FUSEServer>.fromOpaque(userdata!).takeUnretainedValue()
+            wf_init_conn(conn, s.writebackCache ? 1 : 0, 0, 1 << 20)
+        }
+        ops.lookup = { req, parent, name in
+            let s = FUSEServer.server(req)
+            do { FUSEServer.replyEntry(req, try s.fs.lookup(parent: parent, name: FUSEServer.name(name)), s.fs.attributeTimeout) }
+            catch { FUSEServer.fail(req, error) }
+        }
+        ops.forget = { req, ino, n in
+            FUSEServer.server(req).fs.forget(ino, n)
+            fuse_reply_none(req)
+        }
+        ops.forget_multi = { req, count, list in
+            let s = FUSEServer.server(req)
+            for i in 0..<count { s.fs.forget(list![i].ino, list![i].nlookup) }
+            fuse_reply_none(req)
+        }
+        ops.getattr = { req, ino, _ in
+            let s = FUSEServer.server(req)
+            do {
+                var st = try s.fs.getattr(ino)
+                fuse_reply_attr(req, &st, s.fs.attributeTimeout)
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.setattr = { req, ino, attr, toSet, _ in
+            let s = FUSEServer.server(req)
+            let a = attr!.pointee
+            var ch = WarpFileSystem.AttributeChanges()
+            if toSet & FUSE_SET_ATTR_MODE != 0 { ch.mode = a.st_mode }
+            if toSet & FUSE_SET_ATTR_UID != 0 { ch.uid = a.st_uid }
+            if toSet & FUSE_SET_ATTR_GID != 0 { ch.gid = a.st_gid }
+            if toSet & FUSE_SET_ATTR_SIZE != 0 { ch.size = UInt64(a.st_size) }
+            let now = timespec(tv_sec: 0, tv_nsec: Int(WD_UTIME_NOW))
+            if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { ch.atime = now } else if toSet & FUSE_SET_ATTR_ATIME != 0 { ch.atime = a.st_atim }
+            if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { ch.mtime = now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { ch.mtime = a.st_mtim }
+            do {
+                var st = try s.fs.setattr(ino, ch)
+                fuse_reply_attr(req, &st, s.fs.attributeTimeout)
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.readlink = { req, ino in
+            do { fuse_reply_readlink(req, try FUSEServer.server(req).fs.readlink(ino)) } catch { FUSEServer.fail(req, error) }
+        }
+        ops.mknod = { req, parent, name, mode, rdev in
+            let s = FUSEServer.server(req)
+            do { FUSEServer.replyEntry(req, try s.fs.mknod(parent: parent, name: FUSEServer.name(name), mode: mode, rdev: rdev, caller: FUSEServer.caller(req)), s.fs.attributeTimeout) }
+            catch { FUSEServer.fail(req, error) }
+        }
+        ops.mkdir = { req, parent, name, mode in
+            let s = FUSEServer.server(req)
+            do { FUSEServer.replyEntry(req, try s.fs.mkdir(parent: parent, name: FUSEServer.name(name), mode: mode, caller: FUSEServer.caller(req)), s.fs.attributeTimeout) }
+            catch { FUSEServer.fail(req, error) }
+        }
+        ops.symlink = { req, target, parent, name in
+            let s = FUSEServer.server(req)
+            do {
+                FUSEServer.replyEntry(req, try s.fs.symlink(parent: parent, name: FUSEServer.name(name), target: FUSEServer.name(target), caller: FUSEServer.caller(req)),
+                           s.fs.attributeTimeout)
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.link = { req, ino, newParent, newName in
+            let s = FUSEServer.server(req)
+            do { FUSEServer.replyEntry(req, try s.fs.link(ino, newParent: newParent, newName: FUSEServer.name(newName)), s.fs.attributeTimeout) }
+            catch { FUSEServer.fail(req, error) }
+        }
+        ops.unlink = { req, parent, name in
+            do { try FUSEServer.server(req).fs.unlink(parent: parent, name: FUSEServer.name(name)); fuse_reply_err(req, 0) } catch { FUSEServer.fail(req, error) }
+        }
+        ops.rmdir = { req, parent, name in
+            do { try FUSEServer.server(req).fs.rmdir(parent: parent, name: FUSEServer.name(name)); fuse_reply_err(req, 0) } catch { FUSEServer.fail(req, error) }
+        }
+        ops.rename = { req, parent, name, newParent, newName, flags in
+            do {
+                try FUSEServer.server(req).fs.rename(parent: parent, name: FUSEServer.name(name), newParent: newParent,
+                                          newName: FUSEServer.name(newName), flags: flags)
+                fuse_reply_err(req, 0)
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.open = { req, ino, fi in
+            do {
+                let h = try FUSEServer.server(req).fs.open(ino, flags: fi!.pointee.flags)
+                fi!.pointee.fh = UInt64(UInt(bitPattern: h))
+                wf_fi_set_keep_cache(fi, 0)
+                if fuse_reply_open(req, fi) != 0 { FUSEServer.server(req).fs.release(h) }
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.create = { req, parent, name, mode, fi in
+            let s = FUSEServer.server(req)
+            do {
+                let (e, h) = try s.fs.create(parent: parent, name: FUSEServer.name(name), mode: mode, flags: fi!.pointee.flags, caller: FUSEServer.caller(req))
+                fi!.pointee.fh = UInt64(UInt(bitPattern: h))
+                var p = FUSEServer.entryParam(e, s.fs.attributeTimeout)
+                if fuse_reply_create(req, &p, fi) != 0 { s.fs.release(h) }
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.read = { req, _, size, off, fi in
+            let s = FUSEServer.server(req)
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: max(size, 1), alignment: 4096)
+            defer { buf.deallocate() }
+            do {
+                let n = try s.fs.read(FUSEServer.fh(fi), offset: UInt64(off), count: size, into: buf)
+                fuse_reply_buf(req, buf.assumingMemoryBound(to: CChar.self), n)
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.write = { req, _, data, size, off, fi in
+            do {
+                let n = try FUSEServer.server(req).fs.write(FUSEServer.fh(fi), offset: UInt64(off), count: size, from: UnsafeRawPointer(data!))
+                fuse_reply_write(req, n)
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.flush = { req, _, fi in
+            do { try FUSEServer.server(req).fs.flush(FUSEServer.fh(fi)); fuse_reply_err(req, 0) } catch { FUSEServer.fail(req, error) }
+        }
+        ops.release = { req, _, fi in
+            FUSEServer.server(req).fs.release(FUSEServer.fh(fi))
+            fuse_reply_err(req, 0)
+        }
+        ops.fsync = { req, _, datasync, fi in
+            do { try FUSEServer.server(req).fs.fsync(FUSEServer.fh(fi), dataOnly: datasync != 0); fuse_reply_err(req, 0) } catch { FUSEServer.fail(req, error) }
+        }
+        ops.fallocate = { req, _, mode, off, len, fi in
+            do {
+                try FUSEServer.server(req).fs.fallocate(FUSEServer.fh(fi), mode: mode, offset: UInt64(off), length: UInt64(len))
+                fuse_reply_err(req, 0)
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.lseek = { req, _, off, whence, fi in
+            do { fuse_reply_lseek(req, off_t(try FUSEServer.server(req).fs.lseek(FUSEServer.fh(fi), offset: UInt64(off), whence: whence))) }
+            catch { FUSEServer.fail(req, error) }
+        }
+        ops.opendir = { req, ino, fi in
+            do {
+                let h = try FUSEServer.server(req).fs.opendir(ino)
+                fi!.pointee.fh = UInt64(UInt(bitPattern: h))
+                if fuse_reply_open(req, fi) != 0 { FUSEServer.server(req).fs.releasedir(h) }
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.readdir = { req, ino, size, off, fi in FUSEServer.readdir(req, ino, size, off, fi, plus: false) }
+        ops.readdirplus = { req, ino, size, off, fi in FUSEServer.readdir(req, ino, size, off, fi, plus: true) }
+        ops.releasedir = { req, _, fi in
+            FUSEServer.server(req).fs.releasedir(FUSEServer.fh(fi))
+            fuse_reply_err(req, 0)
+        }
+        ops.fsyncdir = { req, _, _, _ in fuse_reply_err(req, 0) }
+        ops.statfs = { req, _ in
+            do {
+                var st = try FUSEServer.server(req).fs.statfs()
+                fuse_reply_statfs(req, &st)
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.setxattr = { req, ino, name, value, size, flags in
+            do {
+                try FUSEServer.server(req).fs.setxattr(ino, name: FUSEServer.name(name), value: UnsafeRawBufferPointer(start: value, count: size), flags: flags)
+                fuse_reply_err(req, 0)
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.getxattr = { req, ino, name, size in
+            let s = FUSEServer.server(req)
+            do {
+                if size == 0 {
+                    fuse_reply_xattr(req, try s.fs.getxattr(ino, name: FUSEServer.name(name), into: UnsafeMutableRawBufferPointer(start: nil, count: 0)))
+                } else {
+                    let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
+                    defer { buf.deallocate() }
+                    let n = try s.fs.getxattr(ino, name: FUSEServer.name(name), into: buf)
+                    fuse_reply_buf(req, buf.baseAddress!.assumingMemoryBound(to: CChar.self), n)
+                }
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.listxattr = { req, ino, size in
+            let s = FUSEServer.server(req)
+            do {
+                if size == 0 {
+                    fuse_reply_xattr(req, try s.fs.listxattr(ino, into: UnsafeMutableRawBufferPointer(start: nil, count: 0)))
+                } else {
+                    let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
+                    defer { buf.deallocate() }
+                    let n = try s.fs.listxattr(ino, into: buf)
+                    fuse_reply_buf(req, buf.baseAddress!.assumingMemoryBound(to: CChar.self), n)
+                }
+            } catch { FUSEServer.fail(req, error) }
+        }
+        ops.removexattr = { req, ino, name in
+            do { try FUSEServer.server(req).fs.removexattr(ino, name: FUSEServer.name(name)); fuse_reply_err(req, 0) } catch { FUSEServer.fail(req, error) }
+        }
+        return ops
+    }
+
+    static func readdir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ off: off_t,
+                        _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
+        let s = server(req)
+        let h = fh(fi)
+        let entries = s.fs.readdir(h, offset: Int(off))
+        let buf = UnsafeMutablePointer<CChar>.allocate(capacity: max(size, 1))
+        defer { buf.deallocate() }
+        var pos = 0
+        var index = Int(off)
+        for e in entries {
+            index += 1
+            let dots = e.name == "." || e.name == ".."
+            if plus {
+                var p = fuse_entry_param()
+                var looked: WarpFileSystem.Entry?
+                if dots {
+                    p.attr.st_ino = ino_t(e.ino)
+                    p.attr.st_mode = mode_t(e.type) << 12
+                } else {
+                    do {
+                        let en = try s.fs.lookup(parent: ino, name: e.name)
+                        looked = en
+                        p = entryParam(en, s.fs.attributeTimeout)
+                    } catch {
+                        index -= 0
+                        continue  // vanished since opendir
+                    }
+                }
+                let n = fuse_add_direntry_plus(req, buf + pos, size - pos, e.name, &p, off_t(index))
+                if n > size - pos {
+                    if let looked { s.fs.forget(looked.nodeID, 1) }
+                    break
+                }
+                pos += n
+            } else {
+                var st = stat()
+                st.st_ino = ino_t(e.ino)
+                st.st_mode = mode_t(e.type) << 12
+                let n = fuse_add_direntry(req, buf + pos, size - pos, e.name, &st, off_t(index))
+                if n > size - pos { break }
+                pos += n
+            }
+        }
+        fuse_reply_buf(req, buf, pos)
+    }
+}
+
+extension String {
+    func replacingComma() -> String { String(map { $0 == "," ? "_" : $0 }) }
+}

@@ -1,0 +1,527 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import WarpDrive
+import WarpFSFormat
+
+/// One decompressed block held in memory.
+final class CachedBlock {
+    let data: UnsafeMutableRawBufferPointer
+    var dirty = false
+    var lastUse: UInt64 = 0
+    init(size: Int) {
+        data = .allocate(byteCount: size, alignment: 4096)
+        data.initializeMemory(as: UInt8.self, repeating: 0)
+    }
+    deinit { data.deallocate() }
+}
+
+/// The content of one compressed backing file: its header, the index of
+/// block versions (rebuilt from the slot headers on open), a cache of
+/// decompressed blocks, and the write and sync protocol of `docs/FORMAT.md`.
+///
+/// Not thread-safe: the owner serialises calls (one lock per file).
+public final class CompressedFile {
+    /// Per block: what each of its two slots holds, which is newest, and
+    /// which holds the last durable version.
+    struct Entry {
+        var slot: (SlotHeader?, SlotHeader?) = (nil, nil)
+        var current: Int? = nil
+        var durable: Int? = nil
+
+        func header(_ s: Int) -> SlotHeader? { s == 0 ? slot.0 : slot.1 }
+        mutating func set(_ s: Int, _ h: SlotHeader?) { if s == 0 { slot.0 = h } else { slot.1 = h } }
+        var newest: SlotHeader? { current.flatMap { header($0) } }
+        var isHole: Bool { newest == nil || newest!.encoding == .zero }
+        var hasStale: Bool { slot.0 != nil && slot.1 != nil }
+    }
+
+    /// Backing file descriptor (owned).
+    public let fd: Int32
+    /// Name for messages (path relative to the backing root).
+    public let name: String
+    let codec: BlockCodec
+    public private(set) var header: FileHeader
+    let layout: BlockLayout
+    var entries: [Entry] = []
+    /// Logical size in bytes.
+    public private(set) var size: UInt64
+    private var cache: [Int: CachedBlock] = [:]
+    private var clock: UInt64 = 0
+    private var nextGeneration: UInt64 = 1
+    private var headerDirty = false
+    private var durableHeaderCopy: Int?
+    private var lastHeaderCopy: Int?
+    private var tailVerified = false
+    /// Most decompressed blocks kept per file.
+    var cacheLimit = 64
+    /// Dirty blocks that trigger a write-out.
+    var dirtyLimit = 32
+
+    public var blockSize: Int { layout.blockSize }
+
+    private init(fd: Int32, name: String, codec: BlockCodec, header: FileHeader, copy: Int?) {
+        self.fd = fd
+        self.name = name
+        self.codec = codec
+        self.header = header
+        layout = BlockLayout(blockSize: header.blockSize)
+        size = header.logicalSize
+        durableHeaderCopy = copy
+        lastHeaderCopy = copy
+        nextGeneration = header.generation + 1
+    }
+
+    deinit { close(fd) }
+
+    /// What the first bytes of a backing file say it is.
+    public enum Kind {
+        case compressed(FileHeader)
+        case plain
+    }
+
+    /// Classifies the file open at `fd`: a WarpFS container, or a plain file.
+    /// A file with the magic but no valid header copy is an error (EIO),
+    /// never silently shown as plain bytes.
+    public static func kind(fd: Int32, name: String) throws -> Kind {
+        var buf = [UInt8](repeating: 0, count: 1024)
+        let n = try buf.withUnsafeMutableBytes { (b) throws -> Int in
+            try preadFully(fd, b.baseAddress!, 1024, 0, "read header of \(name)")
+        }
+        return try buf.withUnsafeBytes { (b) throws -> Kind in
+            let got = UnsafeRawBufferPointer(rebasing: b[0..<n])
+            guard FileHeader.hasMagic(got) else { return .plain }
+            do {
+                return .compressed(try FileHeader.decodeNewest(got).header)
+            } catch {
+                throw FSError(EIO, "\(name): damaged WarpFS header (\(error))")
+            }
+        }
+    }
+
+    /// Creates an empty container in the (empty) file at `fd`.
+    public static func create(fd: Int32, name: String, codec: BlockCodec, blockSize: Int, encoding: BlockEncoding) throws -> CompressedFile {
+        let h = FileHeader(blockSize: blockSize, encoding: encoding, level: UInt8(codec.level), generation: 1, logicalSize: 0)
+        let f = CompressedFile(fd: fd, name: name, codec: codec, header: h, copy: nil)
+        try f.writeHeader()
+        return f
+    }
+
+    /// Opens the container at `fd` and rebuilds the block index from the slot headers.
+    public static func open(fd: Int32, name: String, codec: BlockCodec) throws -> CompressedFile {
+        var buf = [UInt8](repeating: 0, count: 1024)
+        let n = try buf.withUnsafeMutableBytes { (b) throws -> Int in
+            try preadFully(fd, b.baseAddress!, 1024, 0, "read header of \(name)")
+        }
+        let decoded: (header: FileHeader, copy: Int)
+        do {
+            decoded = try buf.withUnsafeBytes { b in try FileHeader.decodeNewest(UnsafeRawBufferPointer(rebasing: b[0..<n])) }
+        } catch {
+            throw FSError(EIO, "\(name): damaged WarpFS header (\(error))")
+        }
+        let f = CompressedFile(fd: fd, name: name, codec: codec, header: decoded.header, copy: decoded.copy)
+        try f.loadIndex()
+        return f
+    }
+
+    private func loadIndex() throws {
+        let count = layout.blockCount(logicalSize: size)
+        entries = Array(repeating: Entry(), count: count)
+        var maxGen = header.generation
+        var page = [UInt8](repeating: 0, count: BlockLayout.headerPageSize)
+        var group = 0
+        var stale = false
+        while group * BlockLayout.blocksPerGroup < count {
+            let first = group * BlockLayout.blocksPerGroup
+            let off = layout.slotHeaderOffset(block: first, slot: 0)
+            let n = try page.withUnsafeMutableBytes { (b) throws -> Int in
+                try preadFully(fd, b.baseAddress!, b.count, off, "read slot headers of \(name)")
+            }
+            page.withUnsafeBytes { b in
+                for k in 0..<BlockLayout.blocksPerGroup where first + k < count {
+                    for s in 0..<2 {
+                        let at = (k * 2 + s) * BlockLayout.slotHeaderSize
+                        guard at + BlockLayout.slotHeaderSize <= n else { continue }
+                        let h = SlotHeader.decode(UnsafeRawBufferPointer(rebasing: b[at..<(at + BlockLayout.slotHeaderSize)]),
+                                                  block: first + k, blockSize: layout.blockSize)
+                        entries[first + k].set(s, h)
+                        if let h { maxGen = max(maxGen, h.generation) }
+                    }
+                    var e = entries[first + k]
+                    switch (e.slot.0, e.slot.1) {
+                    case (nil, nil): e.current = nil
+                    case (_?, nil): e.current = 0
+                    case (nil, _?): e.current = 1
+                    case (let a?, let b?): e.current = a.generation >= b.generation ? 0 : 1; stale = true
+                    }
+                    e.durable = e.current
+                    entries[first + k] = e
+                }
+            }
+            group += 1
+        }
+        nextGeneration = maxGen + 1
+        // What is on disk now is what the next writes must not overwrite:
+        // make it durable, then drop older copies.
+        if stale {
+            _ = fdatasync(fd)
+            try dropStaleCopies()
+        }
+    }
+
+    // MARK: Reading
+
+    /// Reads up to `count` bytes at `offset` into `out`; returns bytes read (0 at or past EOF).
+    public func read(offset: UInt64, count: Int, into out: UnsafeMutableRawPointer) throws -> Int {
+        guard offset < size, count > 0 else { return 0 }
+        let end = min(size, offset + UInt64(count))
+        let bs = UInt64(layout.blockSize)
+        try prefetch(Int(offset / bs)...Int((end - 1) / bs))
+        var pos = offset
+        while pos < end {
+            let b = Int(pos / bs)
+            let inBlock = Int(pos % bs)
+            let n = Int(min(end - pos, bs - UInt64(inBlock)))
+            let block = try cached(b, load: true)
+            (out + Int(pos - offset)).copyMemory(from: block.data.baseAddress! + inBlock, byteCount: n)
+            pos += UInt64(n)
+        }
+        try trimCache()
+        return Int(end - offset)
+    }
+
+    /// Decompresses the uncached blocks of `range` together, so the engines
+    /// work on them in parallel.
+    private func prefetch(_ range: ClosedRange<Int>) throws {
+        var missing: [Int] = []
+        for b in range where cache[b] == nil && b < entries.count && !entries[b].isHole { missing.append(b) }
+        guard missing.count > 1 else { return }
+        try loadBlocks(missing)
+    }
+
+    private func cached(_ b: Int, load: Bool) throws -> CachedBlock {
+        clock += 1
+        if let c = cache[b] { c.lastUse = clock; return c }
+        if load && b < entries.count && !entries[b].isHole {
+            try loadBlocks([b])
+            let c = cache[b]!
+            c.lastUse = clock
+            return c
+        }
+        let c = CachedBlock(size: layout.blockSize)
+        c.lastUse = clock
+        cache[b] = c
+        return c
+    }
+
+    /// Reads and decompresses blocks into the cache (clean).
+    private func loadBlocks(_ blocks: [Int]) throws {
+        var stored: [(Int, SlotHeader, UnsafeMutableRawBufferPointer)] = []
+        defer { for s in stored { s.2.deallocate() } }
+        for b in blocks {
+            guard let h = entries[b].newest, let slot = entries[b].current else { continue }
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: max(h.storedLength, 1), alignment: 64)
+            stored.append((b, h, buf))
+            let n = try preadFully(fd, buf.baseAddress!, h.storedLength, layout.slotPayloadOffset(block: b, slot: slot),
+                                   "read \(name) block \(b)")
+            guard n == h.storedLength else {
+                throw FSError(EIO, "\(name): block \(b) is truncated (\(n) of \(h.storedLength) bytes)")
+            }
+            let crc = crc32Checksum(UnsafeRawBufferPointer(rebasing: buf[0..<h.storedLength]))
+            guard crc == h.payloadChecksum else {
+                throw FSError(EIO, "\(name): block \(b) fails its checksum (stored 0x\(String(h.payloadChecksum, radix: 16)), "
+                    + "read 0x\(String(crc, radix: 16))): the backing file is damaged")
+            }
+        }
+        var jobs: [(Int, CompressionAlgorithm, UnsafeRawBufferPointer, CachedBlock)] = []
+        for (b, h, buf) in stored {
+            let c = CachedBlock(size: layout.blockSize)
+            let payload = UnsafeRawBufferPointer(rebasing: buf[0..<h.storedLength])
+            switch h.encoding {
+            case .zero: break
+            case .raw: c.data.baseAddress!.copyMemory(from: payload.baseAddress!, byteCount: h.storedLength)
+            case .deflate: jobs.append((b, .deflate, payload, c))
+            case .zlib: jobs.append((b, .zlib, payload, c))
+            case .gzip: jobs.append((b, .gzip, payload, c))
+            }
+            if h.encoding == .zero || h.encoding == .raw { cache[b] = c }
+        }
+        for alg in CompressionAlgorithm.allCases {
+            let mine = jobs.filter { $0.1 == alg }
+            guard !mine.isEmpty else { continue }
+            let results = codec.run(.decompress, algorithm: alg, mine.map { ($0.2, $0.3.data) })
+            for (job, r) in zip(mine, results) {
+                switch r {
+                case .success(let n) where n == layout.blockSize:
+                    cache[job.0] = job.3
+                case .success(let n):
+                    throw FSError(EIO, "\(name): block \(job.0) decompresses to \(n) bytes, not \(layout.blockSize)")
+                case .failure(let e):
+                    throw FSError(EIO, "\(name): block \(job.0) cannot be decompressed: \(e)")
+                }
+            }
+        }
+    }
+
+    // MARK: Writing
+
+    /// Writes `count` bytes at `offset`. The data is buffered in the block
+    /// cache; full batches of dirty blocks are compressed and stored.
+    public func write(offset: UInt64, count: Int, from src: UnsafeRawPointer) throws {
+        guard count > 0 else { return }
+        let end = offset + UInt64(count)
+        guard end <= layout.maxLogicalSize else { throw FSError(EFBIG, "\(name): write past the largest supported size") }
+        if offset > size { try extend(to: offset) }
+        let bs = UInt64(layout.blockSize)
+        if Int((end - 1) / bs) >= entries.count { entries += Array(repeating: Entry(), count: Int((end - 1) / bs) + 1 - entries.count) }
+        var pos = offset
+        while pos < end {
+            let b = Int(pos / bs)
+            let inBlock = Int(pos % bs)
+            let n = Int(min(end - pos, bs - UInt64(inBlock)))
+            let whole = inBlock == 0 && n == layout.blockSize
+            let block = try cached(b, load: !whole)
+            (block.data.baseAddress! + inBlock).copyMemory(from: src + Int(pos - offset), byteCount: n)
+            block.dirty = true
+            pos += UInt64(n)
+        }
+        if end > size { size = end; headerDirty = true }
+        if cache.values.lazy.filter(\.dirty).count >= dirtyLimit { try writeDirtyBlocks() }
+        try trimCache()
+    }
+
+    /// Makes sure the bytes between the current end and `newSize` read as
+    /// zeros: the tail of the last partial block is cleared.
+    private func extend(to newSize: UInt64) throws {
+        let bs = UInt64(layout.blockSize)
+        if size % bs != 0, !tailVerified {
+            let b = Int(size / bs)
+            if b < entries.count && !entries[b].isHole {
+                let block = try cached(b, load: true)
+                let from = Int(size % bs)
+                let tail = UnsafeMutableRawBufferPointer(rebasing: block.data[from...])
+                if tail.contains(where: { $0 != 0 }) {
+                    tail.initializeMemory(as: UInt8.self, repeating: 0)
+                    block.dirty = true
+                }
+            }
+        }
+        tailVerified = true
+        let count = layout.blockCount(logicalSize: newSize)
+        if count > entries.count { entries += Array(repeating: Entry(), count: count - entries.count) }
+        if newSize != size { size = newSize; headerDirty = true }
+    }
+
+    /// Changes the logical size. Shrinking drops whole blocks past the end
+    /// (their slots are cleared) and zeroes the tail of the new last block.
+    public func truncate(to newSize: UInt64) throws {
+        guard newSize <= layout.maxLogicalSize else { throw FSError(EFBIG, "\(name): size \(newSize) is too large") }
+        if newSize >= size { try extend(to: newSize); return }
+        let bs = UInt64(layout.blockSize)
+        let keep = layout.blockCount(logicalSize: newSize)
+        for b in keep..<entries.count {
+            cache[b] = nil
+            try clearSlots(b)
+        }
+        entries.removeSubrange(min(keep, entries.count)...)
+        if newSize % bs != 0 {
+            let b = Int(newSize / bs)
+            if !entries[b].isHole || cache[b] != nil {
+                let block = try cached(b, load: true)
+                UnsafeMutableRawBufferPointer(rebasing: block.data[Int(newSize % bs)...]).initializeMemory(as: UInt8.self, repeating: 0)
+                block.dirty = true
+            }
+        }
+        size = newSize
+        headerDirty = true
+        tailVerified = true
+    }
+
+    /// Zeroes a byte range (FALLOC_FL_PUNCH_HOLE): whole blocks become holes.
+    public func zeroRange(offset: UInt64, length: UInt64) throws {
+        let end = min(size, offset + length)
+        guard offset < end else { return }
+        let bs = UInt64(layout.blockSize)
+        var pos = offset
+        while pos < end {
+            let b = Int(pos / bs)
+            let inBlock = Int(pos % bs)
+            let n = Int(min(end - pos, bs - UInt64(inBlock)))
+            if entries[b].isHole && cache[b] == nil { pos += UInt64(n); continue }
+            let block = try cached(b, load: n != layout.blockSize)
+            UnsafeMutableRawBufferPointer(rebasing: block.data[inBlock..<(inBlock + n)]).initializeMemory(as: UInt8.self, repeating: 0)
+            block.dirty = true
+            pos += UInt64(n)
+        }
+    }
+
+    /// Compresses every dirty block (all in flight together) and stores each
+    /// in the slot that does not hold its last durable version.
+    public func writeDirtyBlocks() throws {
+        let dirty = cache.filter { $0.value.dirty }.sorted { $0.key < $1.key }
+        guard !dirty.isEmpty else { return }
+        let bs = layout.blockSize
+        var outputs: [UnsafeMutableRawBufferPointer] = []
+        defer { for o in outputs { o.deallocate() } }
+        var jobs: [(UnsafeRawBufferPointer, UnsafeMutableRawBufferPointer)] = []
+        var kinds: [BlockEncoding] = []
+        var lengths: [Int] = []
+        for (_, c) in dirty {
+            // Stored length of the raw form: the block without its trailing zeros.
+            var len = bs
+            while len > 0 && c.data[len - 1] == 0 { len -= 1 }
+            lengths.append(len)
+            if len == 0 { kinds.append(.zero); continue }
+            kinds.append(header.encoding)
+            let out = UnsafeMutableRawBufferPointer.allocate(byteCount: bs, alignment: 64)
+            outputs.append(out)
+            jobs.append((UnsafeRawBufferPointer(c.data), out))
+        }
+        let algorithm: CompressionAlgorithm = header.encoding == .zlib ? .zlib : header.encoding == .gzip ? .gzip : .deflate
+        let results = jobs.isEmpty ? [] : codec.run(.compress, algorithm: algorithm, jobs)
+        var j = 0
+        for (i, (b, c)) in dirty.enumerated() {
+            if kinds[i] == .zero {
+                try store(block: b, encoding: .zero, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+            } else {
+                let out = outputs[j]
+                let r = results[j]
+                j += 1
+                var compressed = -1
+                switch r {
+                case .success(let n): compressed = n
+                case .failure(.destinationTooSmall): compressed = -1
+                case .failure(let e):
+                    throw FSError(EIO, "\(name): block \(b) could not be compressed: \(e)")
+                }
+                // Keep the compressed form only if it saves at least 12.5%.
+                if compressed >= 0 && compressed <= lengths[i] - lengths[i] / 8 {
+                    try store(block: b, encoding: kinds[i], payload: UnsafeRawBufferPointer(rebasing: out[0..<compressed]))
+                } else {
+                    try store(block: b, encoding: .raw, payload: UnsafeRawBufferPointer(rebasing: c.data[0..<lengths[i]]))
+                }
+            }
+            c.dirty = false
+        }
+    }
+
+    /// Writes one block version: payload, then its slot header.
+    private func store(block b: Int, encoding: BlockEncoding, payload: UnsafeRawBufferPointer) throws {
+        var e = entries[b]
+        let target = e.durable.map { 1 - $0 } ?? e.current ?? 0
+        let payloadOffset = layout.slotPayloadOffset(block: b, slot: target)
+        let len = payload.count
+        if len > 0 {
+            try pwriteFully(fd, payload.baseAddress!, len, payloadOffset, "write \(name) block \(b)")
+        }
+        // Release the rest of the slot (a previous, longer version's pages).
+        let used = (len + 4095) / 4096 * 4096
+        if used < layout.blockSize, e.header(target).map({ $0.storedLength > used }) ?? false {
+            punch(payloadOffset + used, layout.blockSize - used)
+        }
+        let h = SlotHeader(encoding: encoding, block: UInt64(b), generation: nextGeneration, storedLength: len,
+                           payloadChecksum: crc32Checksum(payload))
+        nextGeneration += 1
+        try writeSlotHeader(h, block: b, slot: target)
+        e.set(target, h)
+        e.current = target
+        entries[b] = e
+    }
+
+    private func writeSlotHeader(_ h: SlotHeader?, block b: Int, slot: Int) throws {
+        var raw = [UInt8](repeating: 0, count: BlockLayout.slotHeaderSize)
+        raw.withUnsafeMutableBytes { if let h { h.encode(into: $0) } }
+        try raw.withUnsafeBytes { (r) throws in
+            try pwriteFully(fd, r.baseAddress!, r.count, layout.slotHeaderOffset(block: b, slot: slot), "write \(name) block \(b) header")
+        }
+    }
+
+    private func punch(_ offset: Int, _ length: Int) {
+        guard length > 0 else { return }
+        _ = wd_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, Int64(offset), Int64(length))
+    }
+
+    /// Removes both versions of a block (it becomes a never-written block).
+    private func clearSlots(_ b: Int) throws {
+        guard b < entries.count else { return }
+        for s in 0..<2 where entries[b].header(s) != nil {
+            try writeSlotHeader(nil, block: b, slot: s)
+            punch(layout.slotPayloadOffset(block: b, slot: s), layout.blockSize)
+        }
+        entries[b] = Entry()
+    }
+
+    private func writeHeader() throws {
+        let target = durableHeaderCopy.map { 1 - $0 } ?? lastHeaderCopy ?? 0
+        header.logicalSize = size
+        header.generation = max(header.generation + 1, nextGeneration)
+        nextGeneration = header.generation + 1
+        var raw = [UInt8](repeating: 0, count: FileHeader.size)
+        raw.withUnsafeMutableBytes { header.encode(into: $0) }
+        try raw.withUnsafeBytes { (r) throws in
+            try pwriteFully(fd, r.baseAddress!, r.count, FileHeader.copyOffsets[target], "write header of \(name)")
+        }
+        lastHeaderCopy = target
+        headerDirty = false
+    }
+
+    /// Stores dirty blocks and the header (no durability promise).
+    public func flush() throws {
+        try writeDirtyBlocks()
+        if headerDirty { try writeHeader() }
+    }
+
+    /// Makes data and size durable, then releases superseded block copies.
+    public func sync() throws {
+        try flush()
+        _ = try sys("fdatasync \(name)") { fdatasync(fd) }
+        durableHeaderCopy = lastHeaderCopy
+        try dropStaleCopies()
+    }
+
+    /// Whether some block still has an older copy waiting for a sync.
+    public var hasStaleCopies: Bool { entries.contains { $0.hasStale } }
+
+    private func dropStaleCopies() throws {
+        for b in entries.indices {
+            var e = entries[b]
+            e.durable = e.current
+            if e.hasStale, let cur = e.current {
+                let old = 1 - cur
+                try writeSlotHeader(nil, block: b, slot: old)
+                punch(layout.slotPayloadOffset(block: b, slot: old), layout.blockSize)
+                e.set(old, nil)
+            }
+            entries[b] = e
+        }
+    }
+
+    private func trimCache() throws {
+        guard cache.count > cacheLimit else { return }
+        if cache.values.contains(where: \.dirty) { try writeDirtyBlocks() }
+        let victims = cache.filter { !$0.value.dirty }.sorted { $0.value.lastUse < $1.value.lastUse }
+        for (b, _) in victims.prefix(cache.count - cacheLimit / 2) { cache[b] = nil }
+    }
+
+    /// Drops clean cached blocks (after a sync, or to save memory).
+    public func dropCache() {
+        cache = cache.filter { $0.value.dirty }
+    }
+
+    // MARK: Holes
+
+    /// `SEEK_DATA` / `SEEK_HOLE` at block granularity.
+    public func seek(_ offset: UInt64, data: Bool) throws -> UInt64 {
+        guard offset < size else { throw FSError(ENXIO) }
+        let bs = UInt64(layout.blockSize)
+        var b = Int(offset / bs)
+        while b < entries.count {
+            let hole = entries[b].isHole && !(cache[b]?.dirty ?? false)
+            if hole != data { return max(offset, UInt64(b) * bs) }
+            b += 1
+        }
+        if data { throw FSError(ENXIO) }
+        return size
+    }
+}

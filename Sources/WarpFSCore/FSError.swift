@@ -1,0 +1,62 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A file-system error: the errno the application sees, and a message for
+/// the log that names the file, block or option.
+public struct FSError: Error, CustomStringConvertible, Sendable {
+    public let errno: Int32
+    public let message: String
+
+    public init(_ errno: Int32, _ message: String = "") {
+        self.errno = errno
+        self.message = message
+    }
+
+    /// The errno of the last failed system call, with context.
+    public static func last(_ what: @autoclosure () -> String) -> FSError {
+        let e = Glibc.errno
+        return FSError(e, "\(what()): \(String(cString: strerror(e)))")
+    }
+
+    public var description: String { message.isEmpty ? String(cString: strerror(errno)) : message }
+}
+
+/// Retries a system call on EINTR; throws FSError on -1.
+@inline(__always)
+func sys<T: BinaryInteger>(_ what: @autoclosure () -> String, _ call: () -> T) throws -> T {
+    while true {
+        let r = call()
+        if r >= 0 { return r }
+        if Glibc.errno == EINTR { continue }
+        throw FSError.last(what())
+    }
+}
+
+/// Full pread: reads until `count` bytes or end of file. Returns bytes read.
+func preadFully(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ count: Int, _ offset: Int, _ what: @autoclosure () -> String) throws -> Int {
+    var done = 0
+    while done < count {
+        let n = pread(fd, buf + done, count - done, off_t(offset + done))
+        if n < 0 {
+            if Glibc.errno == EINTR { continue }
+            throw FSError.last(what())
+        }
+        if n == 0 { break }
+        done += n
+    }
+    return done
+}
+
+/// Full pwrite.
+func pwriteFully(_ fd: Int32, _ buf: UnsafeRawPointer, _ count: Int, _ offset: Int, _ what: @autoclosure () -> String) throws {
+    var done = 0
+    while done < count {
+        let n = pwrite(fd, buf + done, count - done, off_t(offset + done))
+        if n < 0 {
+            if Glibc.errno == EINTR { continue }
+            throw FSError.last(what())
+        }
+        done += n
+    }
+}

@@ -1,0 +1,130 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import Synchronization
+import WarpFSFormat
+
+/// The content of an open regular file, shared by every handle and hard
+/// link of the backing inode.
+enum FileContent {
+    /// A WarpFS container: blocks compressed through the accelerator.
+    case compressed(CompressedFile)
+    /// A file without a WarpFS header: read and written as it is.
+    case plain(Int32)
+}
+
+/// One backing object the kernel knows by a node id (passthrough_hp style:
+/// an `Int32(WD_O_PATH)` descriptor, so renames of ancestors need no path updates).
+final class Inode: @unchecked Sendable {
+    let nodeID: UInt64
+    let generation: UInt64
+    /// `Int32(WD_O_PATH) | O_NOFOLLOW` descriptor of the backing object.
+    let fd: Int32
+    let dev: UInt64
+    let ino: UInt64
+    let type: mode_t
+    /// Kernel lookup count; guarded by the inode table lock.
+    var lookups: UInt64 = 0
+
+    /// Serialises content operations on this file.
+    let lock = Mutex(())
+    // Guarded by lock:
+    var content: FileContent?
+    var openHandles = 0
+    /// Logical size of a compressed file whose content is not loaded (cache for getattr).
+    var cachedSize: UInt64?
+
+    init(nodeID: UInt64, generation: UInt64, fd: Int32, dev: UInt64, ino: UInt64, type: mode_t) {
+        self.nodeID = nodeID; self.generation = generation; self.fd = fd
+        self.dev = dev; self.ino = ino; self.type = type
+    }
+
+    deinit { close(fd) }
+
+    var isDirectory: Bool { type == S_IFDIR }
+    var isRegular: Bool { type == S_IFREG }
+
+    /// `/proc/self/fd/N`: reopens the backing object with real access modes.
+    var procPath: String { "/proc/self/fd/\(fd)" }
+}
+
+/// An open file or directory (the FUSE `fh`).
+final class OpenHandle: @unchecked Sendable {
+    let inode: Inode
+    let flags: Int32
+    /// Directory stream for directory handles.
+    var dir: OpaquePointer?
+    /// Entries read so far (offset cookie = index) for directory handles.
+    var dirEntries: [(name: String, ino: UInt64, type: UInt8)]?
+    var writeError: FSError?
+
+    init(inode: Inode, flags: Int32) {
+        self.inode = inode
+        self.flags = flags
+    }
+
+    var append: Bool { flags & O_APPEND != 0 }
+}
+
+/// Node ids ↔ inodes, keyed also by backing (device, inode) so hard links
+/// share one `Inode` (and so one content).
+final class InodeTable: @unchecked Sendable {
+    private struct State {
+        var byID: [UInt64: Inode] = [:]
+        var byKey: [Key: Inode] = [:]
+        var nextID: UInt64 = 2
+        var generation: UInt64 = 1
+    }
+    struct Key: Hashable { let dev: UInt64; let ino: UInt64 }
+    private let state = Mutex(State())
+    let root: Inode
+
+    init(rootFD: Int32, dev: UInt64, ino: UInt64) {
+        root = Inode(nodeID: 1, generation: 0, fd: rootFD, dev: dev, ino: ino, type: S_IFDIR)
+        root.lookups = 1 << 40
+        state.withLock { s in
+            s.byID[1] = root
+            s.byKey[Key(dev: dev, ino: ino)] = root
+        }
+    }
+
+    func get(_ id: UInt64) -> Inode? { state.withLock { $0.byID[id] } }
+
+    /// Finds or creates the inode for a backing object just looked up
+    /// (`fd` is consumed), and adds one kernel lookup.
+    func remember(fd: Int32, st: stat) -> Inode {
+        let key = Key(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
+        return state.withLock { s in
+            if let existing = s.byKey[key] {
+                close(fd)
+                existing.lookups += 1
+                return existing
+            }
+            let id = s.nextID
+            s.nextID += 1
+            s.generation += 1
+            let node = Inode(nodeID: id, generation: s.generation, fd: fd, dev: key.dev, ino: key.ino, type: st.st_mode & S_IFMT)
+            node.lookups = 1
+            s.byID[id] = node
+            s.byKey[key] = node
+            return node
+        }
+    }
+
+    /// Drops `n` kernel lookups; the inode goes when none remain (its
+    /// content stays alive while handles hold it).
+    func forget(_ id: UInt64, _ n: UInt64) {
+        state.withLock { s in
+            guard id != 1, let node = s.byID[id] else { return }
+            node.lookups = node.lookups > n ? node.lookups - n : 0
+            if node.lookups == 0 {
+                s.byID[id] = nil
+                if s.byKey[Key(dev: node.dev, ino: node.ino)] === node { s.byKey[Key(dev: node.dev, ino: node.ino)] = nil }
+            }
+        }
+    }
+
+    /// Every inode currently known (for flushing at unmount).
+    var all: [Inode] { state.withLock { Array($0.byID.values) } }
+}

@@ -1,0 +1,91 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import WarpDrive
+import WarpFSFormat
+
+/// Settings of a mounted WarpFS.
+public struct MountOptions: Sendable, Equatable {
+    /// Logical block size of new compressed files.
+    public var blockSize = 64 << 10
+    /// Encoding of compressed blocks (deflate, zlib or gzip through the accelerator).
+    public var algorithm: CompressionAlgorithm = .deflate
+    /// Compression level 0...9.
+    public var level = 1
+    /// Engine threads of the emulated accelerator.
+    public var engines = 2
+    /// Decompressed blocks cached per open file.
+    public var cacheBlocksPerFile = 64
+    /// Compress new files (false: new files are plain, only existing containers are decoded).
+    public var compressNewFiles = true
+    /// Refuse every change.
+    public var readOnly = false
+    /// Let other users see the mount (FUSE allow_other).
+    public var allowOther = false
+    /// Log every request to stderr.
+    public var debug = false
+
+    public init() {}
+
+    /// The encoding the format records for the algorithm.
+    public var encoding: BlockEncoding {
+        switch algorithm { case .deflate: .deflate; case .zlib: .zlib; case .gzip: .gzip }
+    }
+
+    /// Parses `-o` options (comma separated `key=value` or flags). Unknown
+    /// keys and bad values are errors that name the option.
+    public mutating func apply(_ list: String) throws {
+        for item in list.split(separator: ",", omittingEmptySubsequences: true) {
+            let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+            let key = parts[0], value = parts.count > 1 ? parts[1] : nil
+            func need() throws -> String {
+                guard let value, !value.isEmpty else { throw FSError(EINVAL, "option '\(key)' needs a value (\(key)=...)") }
+                return value
+            }
+            func number(_ range: ClosedRange<Int>) throws -> Int {
+                let v = try need()
+                guard let n = MountOptions.parseSize(v), range.contains(n) else {
+                    throw FSError(EINVAL, "option '\(key)=\(v)': expected a number in \(range.lowerBound)...\(range.upperBound)")
+                }
+                return n
+            }
+            switch key {
+            case "block_size", "blocksize":
+                let n = try number(4096...(1 << 20))
+                guard n % 4096 == 0 else { throw FSError(EINVAL, "option 'block_size=\(value!)': must be a multiple of 4096") }
+                blockSize = n
+            case "algorithm", "compression":
+                let v = try need()
+                guard let a = CompressionAlgorithm(rawValue: v) else {
+                    throw FSError(EINVAL, "option 'algorithm=\(v)': expected deflate, zlib or gzip")
+                }
+                algorithm = a
+            case "level": level = try number(0...9)
+            case "engines": engines = try number(1...64)
+            case "cache_blocks": cacheBlocksPerFile = try number(4...65536)
+            case "compress": compressNewFiles = true
+            case "nocompress": compressNewFiles = false
+            case "ro": readOnly = true
+            case "rw": readOnly = false
+            case "allow_other": allowOther = true
+            case "debug": debug = true
+            default:
+                throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, cache_blocks, "
+                    + "compress, nocompress, ro, rw, allow_other, debug)")
+            }
+        }
+    }
+
+    /// "64k", "1m", "4096" → bytes.
+    static func parseSize(_ s: String) -> Int? {
+        let lower = s.lowercased()
+        var mult = 1
+        var digits = Substring(lower)
+        if let last = lower.last, "kmg".contains(last) {
+            mult = last == "k" ? 1 << 10 : last == "m" ? 1 << 20 : 1 << 30
+            digits = digits.dropLast()
+        }
+        guard let n = Int(digits), n >= 0, n <= Int.max / mult else { return nil }
+        return n * mult
+    }
+}

@@ -1,0 +1,557 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import Synchronization
+import WarpDrive
+import WarpFSFormat
+
+/// The WarpFS file system core: every operation the FUSE adapter forwards,
+/// on node ids and handles, answering with values or `FSError`.
+///
+/// Files are backed one-to-one by files of the backing directory. Regular
+/// files with a WarpFS header are containers whose blocks go through the
+/// accelerator (`CompressedFile`); files without one are passed through.
+public final class WarpFileSystem: @unchecked Sendable {
+    /// What the kernel gets for a looked-up name.
+    public struct Entry {
+        public var nodeID: UInt64
+        public var generation: UInt64
+        public var attributes: stat
+    }
+
+    /// The caller of a request (for ownership of new files).
+    public struct Caller: Sendable {
+        public var uid: uid_t
+        public var gid: gid_t
+        public var umask: mode_t
+        public init(uid: uid_t, gid: gid_t, umask: mode_t) { self.uid = uid; self.gid = gid; self.umask = umask }
+    }
+
+    public let backingPath: String
+    public let options: MountOptions
+    public let device: EmulatedZipDevice
+    let codec: BlockCodec
+    let inodes: InodeTable
+    private let isRoot = geteuid() == 0
+
+    /// Opens the backing directory and starts the accelerator.
+    public init(backing: String, options: MountOptions) throws {
+        let fd = Glibc.open(backing, Int32(WD_O_PATH) | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw FSError.last("backing directory '\(backing)'") }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { let e = FSError.last("stat '\(backing)'"); close(fd); throw e }
+        backingPath = backing
+        self.options = options
+        var config = EmulatedDeviceConfiguration(engines: options.engines)
+        config.queues = 256
+        device = EmulatedZipDevice(configuration: config)
+        codec = BlockCodec(device: device, algorithm: options.algorithm, level: options.level)
+        inodes = InodeTable(rootFD: fd, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
+    }
+
+    /// Attribute and entry time-out the kernel may cache for.
+    public var attributeTimeout: Double { 1.0 }
+
+    // MARK: Helpers
+
+    func inode(_ id: UInt64) throws -> Inode {
+        guard let i = inodes.get(id) else { throw FSError(ESTALE, "unknown node \(id)") }
+        return i
+    }
+
+    private func checkName(_ name: String) throws {
+        guard !name.isEmpty, name != ".", name != "..", !name.contains("/") else { throw FSError(EINVAL, "bad name '\(name)'") }
+        guard name.utf8.count <= 255 else { throw FSError(ENAMETOOLONG) }
+    }
+
+    private func writable() throws {
+        if options.readOnly { throw FSError(EROFS) }
+    }
+
+    /// Logical attributes: backing `stat`, with the logical size of a container.
+    func attributes(_ node: Inode) throws -> stat {
+        var st = stat()
+        _ = try sys("stat node \(node.nodeID)") { fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
+        if node.isRegular {
+            st.st_size = off_t(logicalSize(node, backingSize: UInt64(st.st_size)))
+        }
+        return st
+    }
+
+    private func logicalSize(_ node: Inode, backingSize: UInt64) -> UInt64 {
+        node.lock.withLock { _ in
+            switch node.content {
+            case .compressed(let f)?: return f.size
+            case .plain?: return backingSize
+            case nil:
+                if let s = node.cachedSize { return s }
+                let fd = Glibc.open(node.procPath, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { return backingSize }
+                defer { close(fd) }
+                switch try? CompressedFile.kind(fd: fd, name: "node \(node.nodeID)") {
+                case .compressed(let h)?: node.cachedSize = h.logicalSize; return h.logicalSize
+                default: return backingSize
+                }
+            }
+        }
+    }
+
+    /// Name of a node for messages: its backing path when resolvable.
+    func displayName(_ node: Inode) -> String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = Glibc.readlink(node.procPath, &buf, 4095)
+        guard n > 0 else { return "node \(node.nodeID)" }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The shared content of a regular file; loads it if needed. Lock held.
+    private func content(_ node: Inode) throws -> FileContent {
+        if let c = node.content { return c }
+        var fd = Glibc.open(node.procPath, O_RDWR | O_CLOEXEC)
+        if fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY) { fd = Glibc.open(node.procPath, O_RDONLY | O_CLOEXEC) }
+        guard fd >= 0 else { throw FSError.last("open \(displayName(node))") }
+        let name = displayName(node)
+        do {
+            let c: FileContent
+            switch try CompressedFile.kind(fd: fd, name: name) {
+            case .plain: c = .plain(fd)
+            case .compressed:
+                let f = try CompressedFile.open(fd: fd, name: name, codec: codec)
+                f.cacheLimit = options.cacheBlocksPerFile
+                c = .compressed(f)
+            }
+            node.content = c
+            node.cachedSize = nil
+            return c
+        } catch {
+            close(fd)
+            Log.error("\(error)")
+            throw error
+        }
+    }
+
+    private func entry(parent: Inode, name: String) throws -> Entry {
+        let fd = openat(parent.fd, name, Int32(WD_O_PATH) | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw FSError(errno) }
+        var st = stat()
+        guard fstatat(fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) == 0 else { let e = FSError(errno); close(fd); throw e }
+        let node = inodes.remember(fd: fd, st: st)
+        return Entry(nodeID: node.nodeID, generation: node.generation, attributes: try attributes(node))
+    }
+
+    private func own(_ parent: Inode, _ name: String, _ caller: Caller) {
+        guard isRoot, caller.uid != 0 || caller.gid != 0 else { return }
+        _ = fchownat(parent.fd, name, caller.uid, caller.gid, AT_SYMLINK_NOFOLLOW)
+    }
+
+    // MARK: Names
+
+    public func lookup(parent: UInt64, name: String) throws -> Entry {
+        try entry(parent: inode(parent), name: name)
+    }
+
+    public func forget(_ node: UInt64, _ n: UInt64) { inodes.forget(node, n) }
+
+    public func getattr(_ node: UInt64) throws -> stat { try attributes(inode(node)) }
+
+    /// What `setattr` changes.
+    public struct AttributeChanges {
+        public var mode: mode_t?
+        public var uid: uid_t?
+        public var gid: gid_t?
+        public var size: UInt64?
+        public var atime: timespec?
+        public var mtime: timespec?
+        public init() {}
+    }
+
+    public func setattr(_ id: UInt64, _ ch: AttributeChanges) throws -> stat {
+        let node = try inode(id)
+        try writable()
+        if let mode = ch.mode {
+            _ = try sys("chmod \(displayName(node))") { fchmodat(AT_FDCWD, node.procPath, mode & 0o7777, 0) }
+        }
+        if ch.uid != nil || ch.gid != nil {
+            _ = try sys("chown \(displayName(node))") {
+                fchownat(node.fd, "", ch.uid ?? uid_t.max, ch.gid ?? gid_t.max, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW)
+            }
+        }
+        if let size = ch.size {
+            guard node.isRegular else { throw FSError(EISDIR) }
+            try node.lock.withLock { (_) throws in
+                switch try content(node) {
+                case .compressed(let f):
+                    try f.truncate(to: size)
+                    try f.flush()
+                case .plain(let fd):
+                    _ = try sys("truncate \(displayName(node))") { ftruncate(fd, off_t(size)) }
+                }
+                if node.openHandles == 0 { node.content = nil }
+            }
+        }
+        if ch.atime != nil || ch.mtime != nil {
+            // Store buffered data first so the times set here are the last word.
+            if node.isRegular { try flushContent(node) }
+            var times = [ch.atime ?? timespec(tv_sec: 0, tv_nsec: Int(WD_UTIME_OMIT)),
+                         ch.mtime ?? timespec(tv_sec: 0, tv_nsec: Int(WD_UTIME_OMIT))]
+            if node.type == S_IFLNK {
+                _ = try sys("utimens \(displayName(node))") { utimensat(node.fd, "", &times, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
+            } else {
+                _ = try sys("utimens \(displayName(node))") { utimensat(AT_FDCWD, node.procPath, &times, 0) }
+            }
+        }
+        return try attributes(node)
+    }
+
+    private func flushContent(_ node: Inode) throws {
+        try node.lock.withLock { (_) throws in
+            if case .compressed(let f)? = node.content { try f.flush() }
+        }
+    }
+
+    public func readlink(_ id: UInt64) throws -> String {
+        let node = try inode(id)
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = try sys("readlink") { readlinkat(node.fd, "", &buf, buf.count - 1) }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    public func mknod(parent: UInt64, name: String, mode: mode_t, rdev: dev_t, caller: Caller) throws -> Entry {
+        let p = try inode(parent)
+        try checkName(name); try writable()
+        if mode & S_IFMT == S_IFREG {
+            let (e, fd) = try createFile(p, name, mode: mode, exclusive: true, caller: caller)
+            close(fd)
+            return e
+        }
+        _ = try sys("mknod \(name)") { mknodat(p.fd, name, mode, rdev) }
+        own(p, name, caller)
+        return try entry(parent: p, name: name)
+    }
+
+    public func mkdir(parent: UInt64, name: String, mode: mode_t, caller: Caller) throws -> Entry {
+        let p = try inode(parent)
+        try checkName(name); try writable()
+        _ = try sys("mkdir \(name)") { mkdirat(p.fd, name, mode) }
+        own(p, name, caller)
+        return try entry(parent: p, name: name)
+    }
+
+    public func symlink(parent: UInt64, name: String, target: String, caller: Caller) throws -> Entry {
+        let p = try inode(parent)
+        try checkName(name); try writable()
+        _ = try sys("symlink \(name)") { symlinkat(target, p.fd, name) }
+        own(p, name, caller)
+        return try entry(parent: p, name: name)
+    }
+
+    public func link(_ id: UInt64, newParent: UInt64, newName: String) throws -> Entry {
+        let node = try inode(id), p = try inode(newParent)
+        try checkName(newName); try writable()
+        if node.type == S_IFLNK {
+            _ = try sys("link \(newName)") { linkat(node.fd, "", p.fd, newName, Int32(WD_AT_EMPTY_PATH)) }
+        } else {
+            _ = try sys("link \(newName)") { linkat(AT_FDCWD, node.procPath, p.fd, newName, AT_SYMLINK_FOLLOW) }
+        }
+        return try entry(parent: p, name: newName)
+    }
+
+    public func unlink(parent: UInt64, name: String) throws {
+        let p = try inode(parent)
+        try writable()
+        _ = try sys("unlink \(name)") { unlinkat(p.fd, name, 0) }
+    }
+
+    public func rmdir(parent: UInt64, name: String) throws {
+        let p = try inode(parent)
+        try writable()
+        _ = try sys("rmdir \(name)") { unlinkat(p.fd, name, AT_REMOVEDIR) }
+    }
+
+    public func rename(parent: UInt64, name: String, newParent: UInt64, newName: String, flags: UInt32) throws {
+        let p = try inode(parent), np = try inode(newParent)
+        try checkName(newName); try writable()
+        _ = try sys("rename \(name)") { wd_renameat2(p.fd, name, np.fd, newName, flags) }
+    }
+
+    // MARK: Files
+
+    /// Creates a regular file (a compressed container unless disabled) and
+    /// returns its entry and a read-write descriptor.
+    private func createFile(_ p: Inode, _ name: String, mode: mode_t, exclusive: Bool, caller: Caller) throws -> (Entry, Int32) {
+        var fd = openat(p.fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode & 0o7777)
+        var created = fd >= 0
+        if fd < 0 && errno == EEXIST && !exclusive {
+            fd = openat(p.fd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
+            created = false
+        }
+        guard fd >= 0 else { throw FSError.last("create \(name)") }
+        if created {
+            own(p, name, caller)
+            if options.compressNewFiles {
+                do {
+                    _ = try CompressedFile.create(fd: dup(fd), name: name, codec: codec, blockSize: options.blockSize,
+                                                  encoding: options.encoding)
+                } catch {
+                    unlinkat(p.fd, name, 0)
+                    close(fd)
+                    throw error
+                }
+            }
+        }
+        do {
+            return (try entry(parent: p, name: name), fd)
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+
+    public func create(parent: UInt64, name: String, mode: mode_t, flags: Int32, caller: Caller) throws -> (Entry, UnsafeMutableRawPointer) {
+        let p = try inode(parent)
+        try checkName(name); try writable()
+        let (e, fd) = try createFile(p, name, mode: mode, exclusive: flags & O_EXCL != 0, caller: caller)
+        close(fd)
+        let fh = try open(e.nodeID, flags: flags & ~(O_CREAT | O_EXCL))
+        return (e, fh)
+    }
+
+    /// Opens a file; the handle is an opaque pointer the adapter keeps in `fh`.
+    public func open(_ id: UInt64, flags: Int32) throws -> UnsafeMutableRawPointer {
+        let node = try inode(id)
+        if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { try writable() }
+        try node.lock.withLock { (_) throws in
+            let c = try content(node)
+            node.openHandles += 1
+            if flags & O_TRUNC != 0 {
+                switch c {
+                case .compressed(let f): try f.truncate(to: 0); try f.flush()
+                case .plain(let fd): _ = try sys("truncate") { ftruncate(fd, 0) }
+                }
+            }
+        }
+        return Unmanaged.passRetained(OpenHandle(inode: node, flags: flags)).toOpaque()
+    }
+
+    static func handle(_ fh: UnsafeMutableRawPointer) -> OpenHandle { Unmanaged<OpenHandle>.fromOpaque(fh).takeUnretainedValue() }
+
+    public func read(_ fh: UnsafeMutableRawPointer, offset: UInt64, count: Int, into buf: UnsafeMutableRawPointer) throws -> Int {
+        let h = Self.handle(fh)
+        return try h.inode.lock.withLock { (_) throws -> Int in
+            switch try content(h.inode) {
+            case .compressed(let f):
+                do { return try f.read(offset: offset, count: count, into: buf) } catch { Log.error("\(error)"); throw error }
+            case .plain(let fd):
+                return try preadFully(fd, buf, count, Int(offset), "read")
+            }
+        }
+    }
+
+    public func write(_ fh: UnsafeMutableRawPointer, offset: UInt64, count: Int, from buf: UnsafeRawPointer) throws -> Int {
+        let h = Self.handle(fh)
+        try writable()
+        return try h.inode.lock.withLock { (_) throws -> Int in
+            switch try content(h.inode) {
+            case .compressed(let f):
+                do {
+                    try f.write(offset: h.append ? f.size : offset, count: count, from: buf)
+                } catch {
+                    Log.error("\(error)")
+                    throw error
+                }
+            case .plain(let fd):
+                var off = Int(offset)
+                if h.append { var st = stat(); fstat(fd, &st); off = Int(st.st_size) }
+                try pwriteFully(fd, buf, count, off, "write")
+            }
+            return count
+        }
+    }
+
+    /// `close()` of one descriptor: stores buffered blocks; errors reach close().
+    public func flush(_ fh: UnsafeMutableRawPointer) throws {
+        let h = Self.handle(fh)
+        try h.inode.lock.withLock { (_) throws in
+            if case .compressed(let f)? = h.inode.content {
+                do { try f.flush() } catch { Log.error("\(error)"); throw error }
+            }
+        }
+    }
+
+    /// Last reference to a handle: when the file has no handle left, its
+    /// content is stored, superseded block copies released, and memory freed.
+    public func release(_ fh: UnsafeMutableRawPointer) {
+        let um = Unmanaged<OpenHandle>.fromOpaque(fh)
+        let h = um.takeUnretainedValue()
+        defer { um.release() }
+        h.inode.lock.withLock { _ in
+            h.inode.openHandles -= 1
+            guard h.inode.openHandles == 0, let c = h.inode.content else { return }
+            switch c {
+            case .compressed(let f):
+                do {
+                    try f.flush()
+                    if f.hasStaleCopies { try preservingTimes(f.fd) { () throws in try f.sync() } }
+                } catch {
+                    Log.error("\(f.name): storing on close failed: \(error)")
+                }
+                h.inode.cachedSize = f.size
+            case .plain(let fd):
+                close(fd)
+            }
+            h.inode.content = nil
+        }
+    }
+
+    /// Runs maintenance that must not change the file's times (punching
+    /// superseded copies updates mtime on the backing file system).
+    private func preservingTimes(_ fd: Int32, _ body: () throws -> Void) throws {
+        var st = stat()
+        fstat(fd, &st)
+        try body()
+        var times = [st.st_atim, st.st_mtim]
+        futimens(fd, &times)
+    }
+
+    public func fsync(_ fh: UnsafeMutableRawPointer, dataOnly: Bool) throws {
+        let h = Self.handle(fh)
+        try h.inode.lock.withLock { (_) throws in
+            switch try content(h.inode) {
+            case .compressed(let f):
+                do { try preservingTimes(f.fd) { () throws in try f.sync() } } catch { Log.error("\(error)"); throw error }
+            case .plain(let fd):
+                _ = try sys("fsync") { dataOnly ? fdatasync(fd) : Glibc.fsync(fd) }
+            }
+        }
+    }
+
+    public func fallocate(_ fh: UnsafeMutableRawPointer, mode: Int32, offset: UInt64, length: UInt64) throws {
+        let h = Self.handle(fh)
+        try writable()
+        try h.inode.lock.withLock { (_) throws in
+            switch try content(h.inode) {
+            case .compressed(let f):
+                switch mode {
+                case 0:
+                    if offset + length > f.size { try f.truncate(to: offset + length) }
+                case FALLOC_FL_KEEP_SIZE:
+                    break
+                case FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
+                    try f.zeroRange(offset: offset, length: length)
+                default:
+                    throw FSError(EOPNOTSUPP)
+                }
+            case .plain(let fd):
+                _ = try sys("fallocate") { wd_fallocate(fd, mode, Int64(offset), Int64(length)) }
+            }
+        }
+    }
+
+    public func lseek(_ fh: UnsafeMutableRawPointer, offset: UInt64, whence: Int32) throws -> UInt64 {
+        let h = Self.handle(fh)
+        return try h.inode.lock.withLock { (_) throws -> UInt64 in
+            switch try content(h.inode) {
+            case .compressed(let f):
+                guard whence == Int32(WD_SEEK_DATA) || whence == Int32(WD_SEEK_HOLE) else { throw FSError(EINVAL) }
+                return try f.seek(offset, data: whence == Int32(WD_SEEK_DATA))
+            case .plain(let fd):
+                return UInt64(try sys("lseek") { Glibc.lseek(fd, off_t(offset), whence) })
+            }
+        }
+    }
+
+    // MARK: Directories
+
+    public func opendir(_ id: UInt64) throws -> UnsafeMutableRawPointer {
+        let node = try inode(id)
+        let fd = openat(node.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw FSError.last("opendir") }
+        guard let dir = fdopendir(fd) else { let e = FSError.last("opendir"); close(fd); throw e }
+        let h = OpenHandle(inode: node, flags: O_RDONLY)
+        h.dir = dir
+        return Unmanaged.passRetained(h).toOpaque()
+    }
+
+    /// Directory entries from index `offset` on (the offset cookie is the
+    /// index + 1). The listing is read once per opendir, so offsets are stable.
+    public func readdir(_ fh: UnsafeMutableRawPointer, offset: Int) -> ArraySlice<(name: String, ino: UInt64, type: UInt8)> {
+        let h = Self.handle(fh)
+        if h.dirEntries == nil || offset == 0 {
+            var list: [(name: String, ino: UInt64, type: UInt8)] = []
+            if let d = h.dir {
+                rewinddir(d)
+                while let e = Glibc.readdir(d) {
+                    let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                    list.append((name, UInt64(e.pointee.d_ino), e.pointee.d_type))
+                }
+            }
+            h.dirEntries = list
+        }
+        let all = h.dirEntries!
+        return all[min(offset, all.count)...]
+    }
+
+    public func releasedir(_ fh: UnsafeMutableRawPointer) {
+        let um = Unmanaged<OpenHandle>.fromOpaque(fh)
+        if let d = um.takeUnretainedValue().dir { closedir(d) }
+        um.release()
+    }
+
+    public func statfs() throws -> statvfs {
+        var s = statvfs()
+        _ = try sys("statfs") { fstatvfs(inodes.root.fd, &s) }
+        return s
+    }
+
+    // MARK: Extended attributes
+
+    private func xattrPath(_ node: Inode) throws -> String {
+        guard node.type != S_IFLNK else { throw FSError(ENOTSUP) }
+        return node.procPath
+    }
+
+    public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws {
+        let node = try inode(id)
+        try writable()
+        let path = try xattrPath(node)
+        _ = try sys("setxattr") { CWarpSys.setxattr(path, name, value.baseAddress, value.count, flags) }
+    }
+
+    /// Size when `into` is empty, else the bytes copied (ERANGE if too small).
+    public func getxattr(_ id: UInt64, name: String, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
+        let path = try xattrPath(try inode(id))
+        return try sys("getxattr") { CWarpSys.getxattr(path, name, buf.baseAddress, buf.count) }
+    }
+
+    public func listxattr(_ id: UInt64, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
+        let path = try xattrPath(try inode(id))
+        return try sys("listxattr") { CWarpSys.listxattr(path, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count) }
+    }
+
+    public func removexattr(_ id: UInt64, name: String) throws {
+        let node = try inode(id)
+        try writable()
+        let path = try xattrPath(node)
+        _ = try sys("removexattr") { CWarpSys.removexattr(path, name) }
+    }
+
+    // MARK: Lifetime
+
+    /// Stores every buffered block and header (on unmount or signal).
+    public func flushAll() {
+        for node in inodes.all where node.isRegular {
+            node.lock.withLock { _ in
+                if case .compressed(let f)? = node.content {
+                    do { try f.flush() } catch { Log.error("\(f.name): flush at unmount failed: \(error)") }
+                }
+            }
+        }
+    }
+
+    /// Stops the accelerator.
+    public func shutdown() {
+        flushAll()
+        device.shutdown()
+    }
+}

@@ -1,0 +1,108 @@
+/// How a block's payload is stored.
+public enum BlockEncoding: UInt8, Sendable, CaseIterable {
+    /// Stored as is (compression saved less than 12.5%).
+    case raw = 0
+    /// Raw deflate (RFC 1951).
+    case deflate = 1
+    /// zlib stream (RFC 1950).
+    case zlib = 2
+    /// gzip stream (RFC 1952).
+    case gzip = 3
+    /// All zeros: no payload (a hole).
+    case zero = 4
+}
+
+/// The container header of a compressed backing file. Two copies live at
+/// offsets 0 and 512 (`FileHeader.copyOffsets`); the valid copy with the
+/// higher generation wins, so a torn header write never loses the file.
+///
+/// Layout (512 bytes, little endian):
+/// `0 magic "WARPFS\r\n"`, `8 u16 version`, `10 u16 header size (512)`,
+/// `12 u32 block size`, `16 u8 encoding of compressed blocks`, `17 u8 level`,
+/// `18 u16 flags`, `20 u32 reserved`, `24 u64 generation`, `32 u64 logical size`,
+/// `40..507 zero`, `508 u32 CRC-32 of bytes 0..<508`.
+public struct FileHeader: Sendable, Equatable {
+    public static let magic: [UInt8] = Array("WARPFS\r\n".utf8)
+    public static let version: UInt16 = 1
+    public static let size = 512
+    /// Byte offsets of the two header copies.
+    public static let copyOffsets = [0, 512]
+    /// Smallest and largest block sizes the format accepts.
+    public static let blockSizeRange = 4096...(1 << 20)
+
+    public var blockSize: Int
+    /// Encoding new compressed blocks use (informational; each block says its own).
+    public var encoding: BlockEncoding
+    public var level: UInt8
+    public var generation: UInt64
+    public var logicalSize: UInt64
+
+    public init(blockSize: Int, encoding: BlockEncoding, level: UInt8, generation: UInt64, logicalSize: UInt64) {
+        self.blockSize = blockSize; self.encoding = encoding; self.level = level
+        self.generation = generation; self.logicalSize = logicalSize
+    }
+
+    /// Encodes into `out` (at least 512 bytes).
+    public func encode(into out: UnsafeMutableRawBufferPointer) {
+        precondition(out.count >= FileHeader.size)
+        let b = out.baseAddress!
+        b.initializeMemory(as: UInt8.self, repeating: 0, count: FileHeader.size)
+        for (i, c) in FileHeader.magic.enumerated() { b.storeBytes(of: c, toByteOffset: i, as: UInt8.self) }
+        let w = LE(b)
+        w.set(8, FileHeader.version)
+        w.set(10, UInt16(FileHeader.size))
+        w.set(12, UInt32(blockSize))
+        w.set(16, encoding.rawValue)
+        w.set(17, level)
+        w.set(24, generation)
+        w.set(32, logicalSize)
+        w.set(508, crc32Checksum(UnsafeRawBufferPointer(start: b, count: 508)))
+    }
+
+    /// Why a header copy was rejected.
+    public enum DecodeError: Error, Equatable, Sendable {
+        /// Not a WarpFS header at all (a plain file).
+        case notAHeader
+        /// Magic matches but the checksum does not: a damaged copy.
+        case badChecksum
+        /// Checksummed, but a field is out of range.
+        case unsupported(String)
+    }
+
+    /// Whether `bytes` starts with the magic (a WarpFS container, maybe damaged).
+    public static func hasMagic(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        bytes.count >= magic.count && zip(bytes.prefix(magic.count), magic).allSatisfy { $0 == $1 }
+    }
+
+    /// Decodes one 512-byte copy.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(DecodeError) -> FileHeader {
+        guard bytes.count >= size, hasMagic(bytes) else { throw .notAHeader }
+        let r = LE(UnsafeMutableRawPointer(mutating: bytes.baseAddress!))
+        guard r.u32(508) == crc32Checksum(UnsafeRawBufferPointer(start: bytes.baseAddress, count: 508)) else { throw .badChecksum }
+        guard r.u16(8) == version else { throw .unsupported("format version \(r.u16(8))") }
+        guard r.u16(10) == UInt16(size) else { throw .unsupported("header size \(r.u16(10))") }
+        let bs = Int(r.u32(12))
+        guard blockSizeRange.contains(bs), bs % 4096 == 0 else { throw .unsupported("block size \(bs)") }
+        guard let enc = BlockEncoding(rawValue: r.u8(16)) else { throw .unsupported("encoding \(r.u8(16))") }
+        let logical = r.u64(32)
+        guard logical <= UInt64(Int64.max) / 4 else { throw .unsupported("logical size \(logical)") }
+        return FileHeader(blockSize: bs, encoding: enc, level: r.u8(17), generation: r.u64(24), logicalSize: logical)
+    }
+
+    /// Picks the valid copy with the higher generation from the first 1024
+    /// bytes of a file. `notAHeader` when neither copy has the magic.
+    public static func decodeNewest(_ bytes: UnsafeRawBufferPointer) throws(DecodeError) -> (header: FileHeader, copy: Int) {
+        var best: (FileHeader, Int)?
+        var firstError: DecodeError = .notAHeader
+        for (i, off) in copyOffsets.enumerated() where bytes.count >= off + size {
+            do {
+                let h = try decode(UnsafeRawBufferPointer(rebasing: bytes[off..<(off + size)]))
+                if best == nil || h.generation > best!.0.generation { best = (h, i) }
+            } catch {
+                if firstError == .notAHeader { firstError = error }
+            }
+        }
+        if let best { return best }
+        throw firstError
+    }
+}

@@ -1,0 +1,48 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Testing
+
+/// Bad command lines: a message naming the problem, a non-zero exit, nothing mounted.
+@Suite struct CommandLineTests {
+    @Test func badOptionMissingBackingAndBusyMountpoint() throws {
+        let root = makeTempDir()
+        defer { removeTree(root) }
+        mkdir(root + "/b", 0o755)
+        mkdir(root + "/m", 0o755)
+        let bad = runCommand([warpfsBinary, "mount", root + "/b", root + "/m", "-o", "level=42"])
+        #expect(bad.status != 0 && bad.output.contains("level=42"))
+        let unknown = runCommand([warpfsBinary, "mount", root + "/b", root + "/m", "-o", "colour=blue"])
+        #expect(unknown.status != 0 && unknown.output.contains("colour"))
+        let block = runCommand([warpfsBinary, "mount", root + "/b", root + "/m", "-o", "block_size=5000"])
+        #expect(block.status != 0 && block.output.contains("block_size"))
+        let missing = runCommand([warpfsBinary, "mount", root + "/nope", root + "/m"])
+        #expect(missing.status != 0 && missing.output.contains("nope"))
+        #expect(!isMounted(root + "/m"))
+        // Background mount, then a second mount on the same mountpoint.
+        let first = runCommand([warpfsBinary, "mount", root + "/b", root + "/m"])
+        #expect(first.status == 0, "\(first.output)")
+        defer { _ = runCommand([warpfsBinary, "unmount", root + "/m"]) }
+        #expect(isMounted(root + "/m"))
+        try FileIO.write(root + "/m/hello", Array("hi".utf8))
+        let second = runCommand([warpfsBinary, "mount", root + "/b", root + "/m"])
+        #expect(second.status != 0 && second.output.contains("already in use"))
+        let un = runCommand([warpfsBinary, "unmount", root + "/m"])
+        #expect(un.status == 0, "\(un.output)")
+        #expect(!isMounted(root + "/m"))
+        #expect(try FileIO.read(root + "/b/hello").prefix(6).elementsEqual(Array("WARPFS".utf8)))
+    }
+
+    @Test func signalsUnmountCleanly() throws {
+        let m = try TestMount()
+        defer { m.close() }
+        try FileIO.write(m.path("kept"), Array(repeating: 65, count: 100_000))
+        kill(m.pid, SIGTERM)
+        let deadline = 10_000
+        var waited = 0
+        while isMounted(m.mountpoint) && waited < deadline { usleep(10_000); waited += 10 }
+        #expect(!isMounted(m.mountpoint))
+        try m.start()
+        #expect(try FileIO.read(m.path("kept")) == Array(repeating: 65, count: 100_000))
+    }
+}

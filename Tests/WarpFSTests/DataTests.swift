@@ -1,0 +1,241 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import Synchronization
+import Testing
+
+/// Data integrity on real mounts: a model checker, large and many files,
+/// concurrency, remounts, space use and damage.
+@Suite struct DataTests {
+    /// Random writes, reads and truncates against an in-memory model, across
+    /// block boundaries, with remounts in between.
+    @Test(arguments: [UInt64(11), 12, 13])
+    func randomOperationsMatchAModel(seed: UInt64) throws {
+        try withMount(options: "block_size=16k,cache_blocks=8") { m in
+            var r = Rng(seed)
+            var model: [[UInt8]] = [[], [], []]
+            let names = ["m0", "m1", "m2"]
+            var fds = names.map { open(m.path($0), O_RDWR | O_CREAT, 0o644) }
+            for step in 0..<1500 {
+                let f = r.int(3)
+                let fd = fds[f]
+                switch r.int(10) {
+                case 0...4:
+                    let off = r.int(200_000)
+                    let len = 1 + r.int(r.int(4) == 0 ? 70_000 : 3000)
+                    let data = r.int(3) == 0 ? r.bytes(len) : r.int(2) == 0 ? [UInt8](repeating: 0, count: len) : r.text(len)
+                    try FileIO.pwrite(fd, data, off)
+                    if model[f].count < off + len { model[f] += [UInt8](repeating: 0, count: off + len - model[f].count) }
+                    model[f].replaceSubrange(off..<(off + len), with: data)
+                case 5...7:
+                    let off = r.int(220_000)
+                    let len = 1 + r.int(50_000)
+                    let got = try FileIO.pread(fd, len, off)
+                    let want = off >= model[f].count ? [] : Array(model[f][off..<min(model[f].count, off + len)])
+                    #expect(got == want, "seed \(seed) step \(step): read \(len) at \(off) of \(names[f])")
+                    if got != want { return }
+                case 8:
+                    let size = r.int(210_000)
+                    #expect(ftruncate(fd, off_t(size)) == 0)
+                    if size < model[f].count { model[f].removeSubrange(size...) } else { model[f] += [UInt8](repeating: 0, count: size - model[f].count) }
+                default:
+                    if r.int(4) == 0 { #expect(fsync(fd) == 0) }
+                    if r.int(10) == 0 {
+                        for fd in fds { close(fd) }
+                        try m.remount()
+                        fds = names.map { open(m.path($0), O_RDWR, 0o644) }
+                    }
+                }
+            }
+            for (i, fd) in fds.enumerated() {
+                #expect(try FileIO.stat(m.path(names[i])).st_size == model[i].count)
+                #expect(try FileIO.pread(fd, model[i].count + 10, 0) == model[i])
+                close(fd)
+            }
+            try m.remount()
+            for i in 0..<3 { #expect(try FileIO.read(m.path(names[i])) == model[i]) }
+        }
+    }
+
+    @Test func sparseFileBeyondFourGiB() throws {
+        try withMount { m in
+            let p = m.path("huge")
+            let fd = open(p, O_RDWR | O_CREAT, 0o644)
+            let far = (5 << 30) + 12345
+            try FileIO.pwrite(fd, Array("tail".utf8), far)
+            try FileIO.pwrite(fd, Array("head".utf8), 0)
+            close(fd)
+            #expect(try FileIO.stat(p).st_size == far + 4)
+            let fd2 = open(p, O_RDONLY)
+            #expect(try FileIO.pread(fd2, 4, far) == Array("tail".utf8))
+            #expect(try FileIO.pread(fd2, 8, 0) == Array("head".utf8) + [0, 0, 0, 0])
+            #expect(try FileIO.pread(fd2, 100, 3 << 30).allSatisfy { $0 == 0 })
+            close(fd2)
+            // The backing file holds little more than the two blocks.
+            #expect(try FileIO.stat(m.backingPath("huge")).st_blocks * 512 < 1 << 20)
+            try m.remount()
+            #expect(try FileIO.stat(p).st_size == far + 4)
+        }
+    }
+
+    @Test func thousandsOfSmallFiles() throws {
+        try withMount { m in
+            #expect(mkdir(m.path("many"), 0o755) == 0)
+            for i in 0..<2000 { try FileIO.write(m.path("many/f\(i)"), Array("file number \(i)\n".utf8)) }
+            #expect(try FileIO.list(m.path("many")).count == 2000)
+            for i in stride(from: 0, to: 2000, by: 7) {
+                #expect(String(decoding: try FileIO.read(m.path("many/f\(i)")), as: UTF8.self) == "file number \(i)\n")
+            }
+            try m.remount()
+            for i in stride(from: 3, to: 2000, by: 11) {
+                #expect(String(decoding: try FileIO.read(m.path("many/f\(i)")), as: UTF8.self) == "file number \(i)\n")
+            }
+        }
+    }
+
+    @Test func concurrentWritersAndReaders() throws {
+        try withMount { m in
+            let failures = Atomic<Int>(0)
+            let base = m.mountpoint
+            threads(4) { t in
+                var r = Rng(UInt64(100 + t))
+                let data = r.text(400_000 + t * 1000)
+                do {
+                    try FileIO.write(base + "/w\(t)", data)
+                    if try FileIO.read(base + "/w\(t)") != data { failures.add(1, ordering: .relaxed) }
+                } catch { failures.add(1, ordering: .relaxed) }
+            }
+            var r = Rng(7)
+            let shared = r.text(1 << 20)
+            try FileIO.write(m.path("shared"), shared)
+            try m.remount()  // cold cache: readers race to decompress
+            threads(4) { t in
+                let fd = open(base + "/shared", O_RDONLY)
+                defer { close(fd) }
+                var rr = Rng(UInt64(t))
+                for _ in 0..<100 {
+                    let off = rr.int(1 << 20), len = 1 + rr.int(100_000)
+                    let got = (try? FileIO.pread(fd, len, off)) ?? []
+                    if got != Array(shared[off..<min(shared.count, off + len)]) { failures.add(1, ordering: .relaxed) }
+                }
+            }
+            #expect(failures.load(ordering: .relaxed) == 0)
+        }
+    }
+
+    @Test func compressibleDataSavesSpaceIncompressibleIsStoredRaw() throws {
+        try withMount { m in
+            var r = Rng(9)
+            try FileIO.write(m.path("text"), r.text(4 << 20))
+            try FileIO.write(m.path("noise"), r.bytes(4 << 20))
+            try FileIO.write(m.path("zeros"), [UInt8](repeating: 0, count: 4 << 20))
+            let text = try FileIO.stat(m.backingPath("text")).st_blocks * 512
+            let noise = try FileIO.stat(m.backingPath("noise")).st_blocks * 512
+            let zeros = try FileIO.stat(m.backingPath("zeros")).st_blocks * 512
+            #expect(text < (4 << 20) / 2)
+            // Raw: about the data size plus headers, not more than 5% over.
+            #expect(noise >= 4 << 20 && noise < (4 << 20) + (4 << 20) / 20)
+            #expect(zeros < 64 << 10)
+            // du through the mount shows the same real usage.
+            #expect(try FileIO.stat(m.path("text")).st_blocks * 512 == text)
+            #expect(try FileIO.stat(m.path("noise")).st_size == 4 << 20)
+        }
+    }
+
+    @Test func rewritingDoesNotGrowTheBackingFile() throws {
+        try withMount { m in
+            var r = Rng(21)
+            let data = r.text(2 << 20)
+            try FileIO.write(m.path("re"), data)
+            let first = try FileIO.stat(m.backingPath("re")).st_blocks
+            for round in 0..<20 {
+                let fd = open(m.path("re"), O_RDWR)
+                for k in 0..<30 { try FileIO.pwrite(fd, r.text(5000), r.int(2 << 20 - 5000) + k) }
+                if round % 3 == 0 { fsync(fd) }
+                close(fd)
+            }
+            m.unmount()  // waits until the last release has been processed
+            let after = try FileIO.stat(m.backingPath("re")).st_blocks
+            try m.start()
+            // Against a fresh copy of the same final content: only a small, bounded overhead.
+            try FileIO.write(m.path("fresh"), try FileIO.read(m.path("re")))
+            let fresh = try FileIO.stat(m.backingPath("fresh")).st_blocks
+            #expect(after <= fresh + fresh / 20 + 16, "rewritten: \(after * 512) bytes, fresh copy: \(fresh * 512) (first write \(first * 512))")
+        }
+    }
+
+    @Test func aCorruptedBlockReadsAsEIOAndIsLogged() throws {
+        try withMount(options: "block_size=64k") { m in
+            var r = Rng(5)
+            let data = r.text(64 << 10 * 4)
+            try FileIO.write(m.path("c"), data)
+            m.unmount()
+            // Flip a byte in the payload of block 2 (slot 0).
+            let back = open(m.backingPath("c"), O_RDWR)
+            let payload = 4096 + 4096 + (2 * 2) * (64 << 10)
+            var b = try FileIO.pread(back, 1, payload + 100)
+            b[0] ^= 0xFF
+            try FileIO.pwrite(back, b, payload + 100)
+            close(back)
+            try m.start()
+            let fd = open(m.path("c"), O_RDONLY)
+            defer { close(fd) }
+            #expect(try FileIO.pread(fd, 1000, 0) == Array(data[0..<1000]))
+            var buf = [UInt8](repeating: 0, count: 1000)
+            #expect(pread(fd, &buf, 1000, off_t(2 * (64 << 10) + 10)) == -1 && errno == EIO)
+            #expect(try FileIO.pread(fd, 1000, 3 * (64 << 10)) == Array(data[(3 * (64 << 10))..<(3 * (64 << 10) + 1000)]))
+            let log = m.log
+            #expect(log.contains("c: block 2"), "log: \(log)")
+        }
+    }
+
+    @Test func existingPlainFilesAndConversion() throws {
+        let root = makeTempDir()
+        defer { removeTree(root) }
+        let backing = root + "/plain"
+        mkdir(backing, 0o755)
+        var r = Rng(6)
+        let text = r.text(500_000)
+        try FileIO.write(backing + "/old.txt", text)
+        try FileIO.write(backing + "/empty", [])
+        let m = try TestMount(backing: backing)
+        defer { m.close() }
+        // A directory that existed before is readable and writable as it is.
+        #expect(try FileIO.read(m.path("old.txt")) == text)
+        let fd = open(m.path("old.txt"), O_WRONLY)
+        try FileIO.pwrite(fd, Array("PLAIN".utf8), 0)
+        close(fd)
+        var expected = text
+        expected.replaceSubrange(0..<5, with: Array("PLAIN".utf8))
+        #expect(try FileIO.read(backing + "/old.txt") == expected)  // still plain in the backing dir
+        m.unmount()
+        // warpfs compress converts it; the mount shows the same bytes.
+        let c = runCommand([warpfsBinary, "compress", backing])
+        #expect(c.status == 0, "\(c.output)")
+        #expect(try FileIO.read(backing + "/old.txt").prefix(8).elementsEqual(Array("WARPFS\r\n".utf8)))
+        #expect(try FileIO.stat(backing + "/old.txt").st_blocks * 512 < 250_000)
+        try m.start()
+        #expect(try FileIO.read(m.path("old.txt")) == expected)
+        #expect(try FileIO.read(m.path("empty")) == [])
+        m.unmount()
+        let d = runCommand([warpfsBinary, "decompress", backing])
+        #expect(d.status == 0, "\(d.output)")
+        #expect(try FileIO.read(backing + "/old.txt") == expected)
+    }
+}
+
+func threads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    final class Box: @unchecked Sendable { let f: () -> Void; init(_ f: @escaping () -> Void) { self.f = f } }
+    var ts: [pthread_t] = []
+    for i in 0..<n {
+        let box = Unmanaged.passRetained(Box { body(i) })
+        var t = pthread_t()
+        pthread_create(&t, nil, { arg in
+            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().f()
+            return nil
+        }, box.toOpaque())
+        ts.append(t)
+    }
+    for t in ts { pthread_join(t, nil) }
+}
