@@ -129,16 +129,16 @@ public final class CompressedFile {
         let count = layout.blockCount(logicalSize: size)
         entries = Array(repeating: Entry(), count: count)
         var maxGen = header.generation
-        var page = [UInt8](repeating: 0, count: BlockLayout.headerPageSize)
+        var table = [UInt8](repeating: 0, count: BlockLayout.tableSize)
         var group = 0
         var stale = false
         while group * BlockLayout.blocksPerGroup < count {
             let first = group * BlockLayout.blocksPerGroup
-            let off = layout.slotHeaderOffset(block: first, slot: 0)
-            let n = try page.withUnsafeMutableBytes { (b) throws -> Int in
+            let off = layout.tableOffset(group: group)
+            let n = try table.withUnsafeMutableBytes { b in
                 try preadFully(fd, b.baseAddress!, b.count, off, "read slot headers of \(name)")
             }
-            page.withUnsafeBytes { b in
+            table.withUnsafeBytes { b in
                 for k in 0..<BlockLayout.blocksPerGroup where first + k < count {
                     for s in 0..<2 {
                         let at = (k * 2 + s) * BlockLayout.slotHeaderSize
@@ -223,7 +223,7 @@ public final class CompressedFile {
             guard let h = entries[b].newest, let slot = entries[b].current else { continue }
             let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: max(h.storedLength, 1), alignment: 64)
             stored.append((b, h, buf))
-            let n = try preadFully(fd, buf.baseAddress!, h.storedLength, layout.slotPayloadOffset(block: b, slot: slot),
+            let n = try preadFully(fd, buf.baseAddress!, h.storedLength, layout.payloadOffset(block: b, slot: slot, header: h),
                                    "read \(name) block \(b)")
             guard n == h.storedLength else {
                 throw FSError(EIO, "\(name): block \(b) is truncated (\(n) of \(h.storedLength) bytes)")
@@ -406,21 +406,25 @@ public final class CompressedFile {
         }
     }
 
-    /// Writes one block version: payload, then its slot header.
+    /// Writes one block version: payload, then its slot header. Block 0's
+    /// payload goes inline in the first page when it fits.
     private func store(block b: Int, encoding: BlockEncoding, payload: UnsafeRawBufferPointer) throws {
         var e = entries[b]
         let target = e.durable.map { 1 - $0 } ?? e.current ?? 0
-        let payloadOffset = layout.slotPayloadOffset(block: b, slot: target)
         let len = payload.count
+        let inline = b == 0 && len > 0 && len <= BlockLayout.inlineCapacity
+        let previous = e.header(target)
+        let area = layout.slotPayloadOffset(block: b, slot: target)
         if len > 0 {
-            try pwriteFully(fd, payload.baseAddress!, len, payloadOffset, "write \(name) block \(b)")
+            let at = inline ? layout.inlinePayloadOffset(slot: target) : area
+            try pwriteFully(fd, payload.baseAddress!, len, at, "write \(name) block \(b)")
         }
-        // Release the rest of the slot (a previous, longer version's pages).
-        let used = (len + 4095) / 4096 * 4096
-        if used < layout.blockSize, e.header(target).map({ $0.storedLength > used }) ?? false {
-            punch(payloadOffset + used, layout.blockSize - used)
+        // Release what a previous, longer version used in the payload area.
+        let used = inline || len == 0 ? 0 : (len + 4095) / 4096 * 4096
+        if let previous, !previous.isInline, previous.storedLength > used {
+            punch(area + used, layout.blockSize - used)
         }
-        let h = SlotHeader(encoding: encoding, block: UInt64(b), generation: nextGeneration, storedLength: len,
+        let h = SlotHeader(encoding: encoding, isInline: inline, block: UInt64(b), generation: nextGeneration, storedLength: len,
                            payloadChecksum: crc32Checksum(payload))
         nextGeneration += 1
         try writeSlotHeader(h, block: b, slot: target)
@@ -445,9 +449,10 @@ public final class CompressedFile {
     /// Removes both versions of a block (it becomes a never-written block).
     private func clearSlots(_ b: Int) throws {
         guard b < entries.count else { return }
-        for s in 0..<2 where entries[b].header(s) != nil {
+        for s in 0..<2 {
+            guard let h = entries[b].header(s) else { continue }
             try writeSlotHeader(nil, block: b, slot: s)
-            punch(layout.slotPayloadOffset(block: b, slot: s), layout.blockSize)
+            if !h.isInline && h.storedLength > 0 { punch(layout.slotPayloadOffset(block: b, slot: s), layout.blockSize) }
         }
         entries[b] = Entry()
     }
@@ -487,10 +492,10 @@ public final class CompressedFile {
         for b in entries.indices {
             var e = entries[b]
             e.durable = e.current
-            if e.hasStale, let cur = e.current {
+            if e.hasStale, let cur = e.current, let oldHeader = e.header(1 - cur) {
                 let old = 1 - cur
                 try writeSlotHeader(nil, block: b, slot: old)
-                punch(layout.slotPayloadOffset(block: b, slot: old), layout.blockSize)
+                if !oldHeader.isInline && oldHeader.storedLength > 0 { punch(layout.slotPayloadOffset(block: b, slot: old), layout.blockSize) }
                 e.set(old, nil)
             }
             entries[b] = e

@@ -173,7 +173,7 @@ import Testing
             m.unmount()
             // Flip a byte in the payload of block 2 (slot 0).
             let back = open(m.backingPath("c"), O_RDWR)
-            let payload = 4096 + 4096 + (2 * 2) * (64 << 10)
+            let payload = 4096 + (2 * 2) * (64 << 10)
             var b = try FileIO.pread(back, 1, payload + 100)
             b[0] ^= 0xFF
             try FileIO.pwrite(back, b, payload + 100)
