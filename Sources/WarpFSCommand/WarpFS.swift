@@ -93,9 +93,9 @@ struct Mount: ParsableCommand {
             report(ready: readyFD, logging: logPath != nil, "warpfs: \(error)")
             throw ExitCode(1)
         }
+        report(ready: readyFD, logging: logPath != nil, nil)
         Log.info("mounted \(back) at \(mnt) (block \(options.blockSize / 1024) KiB, \(options.algorithm) level \(options.level), "
             + "\(options.engines) engines)")
-        report(ready: readyFD, logging: logPath != nil, nil)
         let rc = server.run()
         fs.shutdown()
         Log.info("unmounted \(mnt)")
