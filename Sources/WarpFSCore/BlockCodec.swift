@@ -110,3 +110,89 @@ public final class BlockCodec: @unchecked Sendable {
         return (0..<jobs.count).map { lane.results[$0] ?? .failure(.timedOut(device: device.name, queue: -1, milliseconds: 30_000)) }
     }
 }
+
+/// An asynchronous stream of block requests in one direction, owned by one
+/// file (its owner serialises calls): submit many, reap them as they finish.
+/// Up to `capacity` requests are in flight.
+final class BlockStream {
+    private struct Table: @unchecked Sendable {
+        let done: UnsafeMutablePointer<Result<Int, WarpDriveError>?>
+    }
+    let session: CompressionSession
+    let capacity: Int
+    private let table: Table
+    private var freeTags: [Int]
+    private(set) var inFlight = 0
+
+    init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, direction: Direction, level: Int, capacity: Int) throws {
+        self.capacity = capacity
+        let done = UnsafeMutablePointer<Result<Int, WarpDriveError>?>.allocate(capacity: capacity)
+        done.initialize(repeating: nil, count: capacity)
+        let table = Table(done: done)
+        self.table = table
+        freeTags = Array((0..<capacity).reversed())
+        var c = SessionConfiguration(algorithm: algorithm, direction: direction, level: level)
+        c.timeoutMilliseconds = 30_000
+        // Readers wait for one particular block: wake on each completion.
+        // Write-back waits for room: one wake-up per several completions
+        // (a drained queue interrupts anyway).
+        c.interruptThreshold = direction == .decompress ? 1 : max(1, capacity / 4)
+        session = try CompressionSession(device: device, configuration: c) { tag, r in table.done[Int(tag)] = r }
+    }
+
+    deinit {
+        session.close()
+        table.done.deinitialize(count: capacity)
+        table.done.deallocate()
+    }
+
+    var isFull: Bool { freeTags.isEmpty }
+
+    /// Submits a request; returns its tag. Requires `!isFull`.
+    func submit(_ src: UnsafeRawBufferPointer, _ dst: UnsafeMutableRawBufferPointer) throws -> Int {
+        let tag = freeTags.removeLast()
+        table.done[tag] = nil
+        do {
+            try session.submit(src, into: dst, tag: UInt64(tag))
+        } catch {
+            freeTags.append(tag)
+            throw error
+        }
+        inFlight += 1
+        return tag
+    }
+
+    /// Reaps finished requests (waiting for at least `minimum`) and returns
+    /// them; their tags become free.
+    func reap(minimum: Int) -> [(tag: Int, result: Result<Int, WarpDriveError>)] {
+        var out: [(Int, Result<Int, WarpDriveError>)] = []
+        var waitError: WarpDriveError?
+        do { try session.poll(minimum: min(minimum, inFlight)) } catch {
+            waitError = error as? WarpDriveError ?? .noDevice("\(error)")
+        }
+        for tag in 0..<capacity where !freeTags.contains(tag) {
+            if let r = table.done[tag] {
+                out.append((tag, r))
+                table.done[tag] = nil
+                freeTags.append(tag)
+                inFlight -= 1
+            }
+        }
+        // A queue that failed without delivering (should not happen): fail what is left.
+        if let waitError, out.count < minimum {
+            for tag in 0..<capacity where !freeTags.contains(tag) {
+                out.append((tag, .failure(waitError)))
+                freeTags.append(tag)
+                inFlight -= 1
+            }
+        }
+        return out
+    }
+}
+
+extension BlockCodec {
+    /// A new asynchronous stream on this codec's device.
+    func stream(_ direction: Direction, algorithm: CompressionAlgorithm, capacity: Int) throws -> BlockStream {
+        try BlockStream(device: device, algorithm: algorithm, direction: direction, level: level, capacity: capacity)
+    }
+}

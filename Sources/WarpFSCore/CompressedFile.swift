@@ -8,7 +8,10 @@ import WarpFSFormat
 /// One decompressed block held in memory.
 final class CachedBlock {
     let data: UnsafeMutableRawBufferPointer
+    /// Changed since last stored.
     var dirty = false
+    /// Being compressed: its bytes must not change until stored.
+    var busy = false
     var lastUse: UInt64 = 0
     init(size: Int) {
         data = .allocate(byteCount: size, alignment: 4096)
@@ -56,8 +59,25 @@ public final class CompressedFile {
     private var tailVerified = false
     /// Most decompressed blocks kept per file.
     var cacheLimit = 64
-    /// Dirty blocks that trigger a write-out.
-    var dirtyLimit = 32
+    /// Blocks compressed at once per file (write-back depth).
+    var writeDepth = 32
+    /// Blocks decompressed ahead of a sequential reader.
+    var readahead = 16
+
+    // The asynchronous pipeline (see docs/ARCHITECTURE.md).
+    private enum Job {
+        case compress(block: Int, source: CachedBlock, output: UnsafeMutableRawBufferPointer, rawLength: Int)
+        case decompress(block: Int, target: CachedBlock, payload: UnsafeMutableRawBufferPointer)
+    }
+    private var compressor: BlockStream?
+    private var decompressor: BlockStream?
+    private var compressJobs: [Int: Job] = [:]      // by tag
+    private var decompressJobs: [Int: Job] = [:]    // by tag
+    private var loading: [Int: Int] = [:]           // block -> decompress tag
+    private var loadErrors: [Int: FSError] = [:]    // block -> why it could not be read
+    /// First error of write-back not yet reported (to write, flush or fsync).
+    private var writeError: FSError?
+    private var lastReadEnd: UInt64 = .max
 
     public var blockSize: Int { layout.blockSize }
 
@@ -73,7 +93,14 @@ public final class CompressedFile {
         nextGeneration = header.generation + 1
     }
 
-    deinit { close(fd) }
+    deinit {
+        // Nothing may be in flight into buffers this object owns.
+        drainCompressions()
+        while let s = decompressor, s.inFlight > 0 { reapDecompressions(minimum: s.inFlight) }
+        compressor = nil
+        decompressor = nil
+        close(fd)
+    }
 
     /// What the first bytes of a backing file say it is.
     public enum Kind {
@@ -170,6 +197,92 @@ public final class CompressedFile {
         }
     }
 
+    // MARK: Pipeline plumbing
+
+    private var algorithm: CompressionAlgorithm {
+        header.encoding == .zlib ? .zlib : header.encoding == .gzip ? .gzip : .deflate
+    }
+
+    private func compressStream() throws -> BlockStream {
+        if let s = compressor { return s }
+        do {
+            let s = try codec.stream(.compress, algorithm: algorithm, capacity: writeDepth)
+            compressor = s
+            return s
+        } catch { throw FSError(EIO, "\(name): no accelerator queue for compression: \(error)") }
+    }
+
+    private func decompressStream() throws -> BlockStream {
+        if let s = decompressor { return s }
+        do {
+            let s = try codec.stream(.decompress, algorithm: algorithm, capacity: max(readahead, 8) * 2)
+            decompressor = s
+            return s
+        } catch { throw FSError(EIO, "\(name): no accelerator queue for decompression: \(error)") }
+    }
+
+    /// Stores finished compressions; waits for at least `minimum`.
+    private func reapCompressions(minimum: Int) {
+        guard let s = compressor, s.inFlight > 0 else { return }
+        for (tag, result) in s.reap(minimum: minimum) {
+            guard case .compress(let b, let source, let output, let rawLength)? = compressJobs.removeValue(forKey: tag) else { continue }
+            defer { output.deallocate() }
+            source.busy = false
+            do {
+                switch result {
+                case .success(let n) where n <= rawLength - rawLength / 8:
+                    try store(block: b, encoding: header.encoding, payload: UnsafeRawBufferPointer(rebasing: output[0..<n]))
+                case .success, .failure(.destinationTooSmall):
+                    // Saves less than 12.5%: stored raw.
+                    try store(block: b, encoding: .raw, payload: UnsafeRawBufferPointer(rebasing: source.data[0..<rawLength]))
+                case .failure(let e):
+                    throw FSError(EIO, "\(name): block \(b) could not be compressed: \(e)")
+                }
+            } catch {
+                let e = error as? FSError ?? FSError(EIO, "\(error)")
+                Log.error(e.description)
+                source.dirty = true      // keep the data; a later flush retries
+                if writeError == nil { writeError = e }
+            }
+        }
+    }
+
+    /// Caches finished decompressions; waits for at least `minimum`.
+    private func reapDecompressions(minimum: Int) {
+        guard let s = decompressor, s.inFlight > 0 else { return }
+        for (tag, result) in s.reap(minimum: minimum) {
+            guard case .decompress(let b, let target, let payload)? = decompressJobs.removeValue(forKey: tag) else { continue }
+            payload.deallocate()
+            if loading[b] == tag { loading[b] = nil }
+            switch result {
+            case .success(let n) where n == layout.blockSize:
+                if cache[b] == nil { cache[b] = target }
+            case .success(let n):
+                loadErrors[b] = FSError(EIO, "\(name): block \(b) decompresses to \(n) bytes, not \(layout.blockSize)")
+            case .failure(let e):
+                loadErrors[b] = FSError(EIO, "\(name): block \(b) cannot be decompressed: \(e)")
+            }
+        }
+    }
+
+    /// Waits until block `b` is neither being compressed nor loaded.
+    private func settle(_ b: Int) {
+        while let c = cache[b], c.busy { reapCompressions(minimum: 1) }
+        while loading[b] != nil { reapDecompressions(minimum: 1) }
+    }
+
+    /// Waits for every compression in flight (their results stored).
+    private func drainCompressions() {
+        while let s = compressor, s.inFlight > 0 { reapCompressions(minimum: s.inFlight) }
+    }
+
+    private func takeWriteError() throws {
+        if let e = writeError {
+            writeError = nil
+            throw e
+        }
+    }
+
     // MARK: Reading
 
     /// Reads up to `count` bytes at `offset` into `out`; returns bytes read (0 at or past EOF).
@@ -177,7 +290,12 @@ public final class CompressedFile {
         guard offset < size, count > 0 else { return 0 }
         let end = min(size, offset + UInt64(count))
         let bs = UInt64(layout.blockSize)
-        try prefetch(Int(offset / bs)...Int((end - 1) / bs))
+        let first = Int(offset / bs), last = Int((end - 1) / bs)
+        // Start the blocks of this read, and the next ones for a sequential reader.
+        var ahead = last
+        if offset == lastReadEnd || offset == 0 { ahead = min(entries.count - 1, last + readahead) }
+        try startLoads(first...max(first, ahead))
+        lastReadEnd = end
         var pos = offset
         while pos < end {
             let b = Int(pos / bs)
@@ -187,25 +305,71 @@ public final class CompressedFile {
             (out + Int(pos - offset)).copyMemory(from: block.data.baseAddress! + inBlock, byteCount: n)
             pos += UInt64(n)
         }
-        try trimCache()
+        reapCompressions(minimum: 0)
+        trimCache()
         return Int(end - offset)
     }
 
-    /// Decompresses the uncached blocks of `range` together, so the engines
-    /// work on them in parallel.
-    private func prefetch(_ range: ClosedRange<Int>) throws {
-        var missing: [Int] = []
-        for b in range where cache[b] == nil && b < entries.count && !entries[b].isHole { missing.append(b) }
-        guard missing.count > 1 else { return }
-        try loadBlocks(missing)
+    /// Reads the payloads of uncached blocks in `range` and submits their
+    /// decompression, all in flight together.
+    private func startLoads(_ range: ClosedRange<Int>) throws {
+        for b in range where b < entries.count && cache[b] == nil && loading[b] == nil && !entries[b].isHole {
+            if decompressor?.isFull ?? false { break }
+            guard let h = entries[b].newest, let slot = entries[b].current else { continue }
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: max(h.storedLength, 1), alignment: 64)
+            var keep = false
+            defer { if !keep { buf.deallocate() } }
+            let n = try preadFully(fd, buf.baseAddress!, h.storedLength, layout.payloadOffset(block: b, slot: slot, header: h),
+                                   "read \(name) block \(b)")
+            guard n == h.storedLength else {
+                loadErrors[b] = FSError(EIO, "\(name): block \(b) is truncated (\(n) of \(h.storedLength) bytes)")
+                continue
+            }
+            let payload = UnsafeRawBufferPointer(rebasing: buf[0..<h.storedLength])
+            let crc = crc32Checksum(payload)
+            guard crc == h.payloadChecksum else {
+                loadErrors[b] = FSError(EIO, "\(name): block \(b) fails its checksum (stored 0x\(String(h.payloadChecksum, radix: 16)), "
+                    + "read 0x\(String(crc, radix: 16))): the backing file is damaged")
+                continue
+            }
+            let c = CachedBlock(size: layout.blockSize)
+            switch h.encoding {
+            case .zero:
+                cache[b] = c
+            case .raw:
+                c.data.baseAddress!.copyMemory(from: payload.baseAddress!, byteCount: h.storedLength)
+                cache[b] = c
+            case .deflate, .zlib, .gzip where h.encoding == header.encoding:
+                let s = try decompressStream()
+                let tag = try s.submit(payload, c.data)
+                decompressJobs[tag] = .decompress(block: b, target: c, payload: buf)
+                loading[b] = tag
+                keep = true
+            case .deflate, .zlib, .gzip:
+                // A block in another encoding than the file's: decode it on its own.
+                let alg: CompressionAlgorithm = h.encoding == .zlib ? .zlib : h.encoding == .gzip ? .gzip : .deflate
+                switch codec.run(.decompress, algorithm: alg, [(payload, c.data)])[0] {
+                case .success(let n) where n == layout.blockSize: cache[b] = c
+                case .success(let n): loadErrors[b] = FSError(EIO, "\(name): block \(b) decompresses to \(n) bytes")
+                case .failure(let e): loadErrors[b] = FSError(EIO, "\(name): block \(b) cannot be decompressed: \(e)")
+                }
+            }
+        }
     }
 
+    /// The cached block `b`, loading it (or starting it empty) when absent.
     private func cached(_ b: Int, load: Bool) throws -> CachedBlock {
         clock += 1
+        while loading[b] != nil { reapDecompressions(minimum: 1) }
         if let c = cache[b] { c.lastUse = clock; return c }
         if load && b < entries.count && !entries[b].isHole {
-            try loadBlocks([b])
-            let c = cache[b]!
+            if loadErrors[b] == nil { try startLoads(b...b) }
+            while loading[b] != nil { reapDecompressions(minimum: 1) }
+            if let e = loadErrors.removeValue(forKey: b) {
+                Log.error(e.description)
+                throw e
+            }
+            guard let c = cache[b] else { throw FSError(EIO, "\(name): block \(b) could not be loaded") }
             c.lastUse = clock
             return c
         }
@@ -215,60 +379,14 @@ public final class CompressedFile {
         return c
     }
 
-    /// Reads and decompresses blocks into the cache (clean).
-    private func loadBlocks(_ blocks: [Int]) throws {
-        var stored: [(Int, SlotHeader, UnsafeMutableRawBufferPointer)] = []
-        defer { for s in stored { s.2.deallocate() } }
-        for b in blocks {
-            guard let h = entries[b].newest, let slot = entries[b].current else { continue }
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: max(h.storedLength, 1), alignment: 64)
-            stored.append((b, h, buf))
-            let n = try preadFully(fd, buf.baseAddress!, h.storedLength, layout.payloadOffset(block: b, slot: slot, header: h),
-                                   "read \(name) block \(b)")
-            guard n == h.storedLength else {
-                throw FSError(EIO, "\(name): block \(b) is truncated (\(n) of \(h.storedLength) bytes)")
-            }
-            let crc = crc32Checksum(UnsafeRawBufferPointer(rebasing: buf[0..<h.storedLength]))
-            guard crc == h.payloadChecksum else {
-                throw FSError(EIO, "\(name): block \(b) fails its checksum (stored 0x\(String(h.payloadChecksum, radix: 16)), "
-                    + "read 0x\(String(crc, radix: 16))): the backing file is damaged")
-            }
-        }
-        var jobs: [(Int, CompressionAlgorithm, UnsafeRawBufferPointer, CachedBlock)] = []
-        for (b, h, buf) in stored {
-            let c = CachedBlock(size: layout.blockSize)
-            let payload = UnsafeRawBufferPointer(rebasing: buf[0..<h.storedLength])
-            switch h.encoding {
-            case .zero: break
-            case .raw: c.data.baseAddress!.copyMemory(from: payload.baseAddress!, byteCount: h.storedLength)
-            case .deflate: jobs.append((b, .deflate, payload, c))
-            case .zlib: jobs.append((b, .zlib, payload, c))
-            case .gzip: jobs.append((b, .gzip, payload, c))
-            }
-            if h.encoding == .zero || h.encoding == .raw { cache[b] = c }
-        }
-        for alg in CompressionAlgorithm.allCases {
-            let mine = jobs.filter { $0.1 == alg }
-            guard !mine.isEmpty else { continue }
-            let results = codec.run(.decompress, algorithm: alg, mine.map { ($0.2, $0.3.data) })
-            for (job, r) in zip(mine, results) {
-                switch r {
-                case .success(let n) where n == layout.blockSize:
-                    cache[job.0] = job.3
-                case .success(let n):
-                    throw FSError(EIO, "\(name): block \(job.0) decompresses to \(n) bytes, not \(layout.blockSize)")
-                case .failure(let e):
-                    throw FSError(EIO, "\(name): block \(job.0) cannot be decompressed: \(e)")
-                }
-            }
-        }
-    }
-
     // MARK: Writing
 
-    /// Writes `count` bytes at `offset`. The data is buffered in the block
-    /// cache; full batches of dirty blocks are compressed and stored.
+    /// Writes `count` bytes at `offset` into the block cache. A block that
+    /// the write fills to its end is sent to the accelerator at once; the
+    /// call returns when the data is buffered. At most `writeDepth` blocks
+    /// are in flight per file (back-pressure beyond that).
     public func write(offset: UInt64, count: Int, from src: UnsafeRawPointer) throws {
+        try takeWriteError()
         guard count > 0 else { return }
         let end = offset + UInt64(count)
         guard end <= layout.maxLogicalSize else { throw FSError(EFBIG, "\(name): write past the largest supported size") }
@@ -280,15 +398,45 @@ public final class CompressedFile {
             let b = Int(pos / bs)
             let inBlock = Int(pos % bs)
             let n = Int(min(end - pos, bs - UInt64(inBlock)))
+            settle(b)
             let whole = inBlock == 0 && n == layout.blockSize
             let block = try cached(b, load: !whole)
             (block.data.baseAddress! + inBlock).copyMemory(from: src + Int(pos - offset), byteCount: n)
             block.dirty = true
             pos += UInt64(n)
+            if inBlock + n == layout.blockSize { try startCompression(b) }
         }
         if end > size { size = end; headerDirty = true }
-        if cache.values.lazy.filter(\.dirty).count >= dirtyLimit { try writeDirtyBlocks() }
-        try trimCache()
+        reapCompressions(minimum: 0)
+        trimCache()
+    }
+
+    /// Sends dirty block `b` to the accelerator (or stores it as a hole).
+    private func startCompression(_ b: Int) throws {
+        guard let c = cache[b], c.dirty, !c.busy else { return }
+        var len = layout.blockSize
+        while len > 0 && c.data[len - 1] == 0 { len -= 1 }
+        c.dirty = false
+        if len == 0 {
+            do { try store(block: b, encoding: .zero, payload: UnsafeRawBufferPointer(start: nil, count: 0)) } catch {
+                c.dirty = true
+                throw error
+            }
+            return
+        }
+        let s = try compressStream()
+        while s.isFull { reapCompressions(minimum: 1) }
+        let out = UnsafeMutableRawBufferPointer.allocate(byteCount: layout.blockSize, alignment: 64)
+        c.busy = true
+        do {
+            let tag = try s.submit(UnsafeRawBufferPointer(c.data), out)
+            compressJobs[tag] = .compress(block: b, source: c, output: out, rawLength: len)
+        } catch {
+            c.busy = false
+            c.dirty = true
+            out.deallocate()
+            throw FSError(EIO, "\(name): block \(b) could not be sent for compression: \(error)")
+        }
     }
 
     /// Makes sure the bytes between the current end and `newSize` read as
@@ -297,7 +445,8 @@ public final class CompressedFile {
         let bs = UInt64(layout.blockSize)
         if size % bs != 0, !tailVerified {
             let b = Int(size / bs)
-            if b < entries.count && !entries[b].isHole {
+            if b < entries.count && (!entries[b].isHole || cache[b] != nil) {
+                settle(b)
                 let block = try cached(b, load: true)
                 let from = Int(size % bs)
                 let tail = UnsafeMutableRawBufferPointer(rebasing: block.data[from...])
@@ -317,11 +466,14 @@ public final class CompressedFile {
     /// (their slots are cleared) and zeroes the tail of the new last block.
     public func truncate(to newSize: UInt64) throws {
         guard newSize <= layout.maxLogicalSize else { throw FSError(EFBIG, "\(name): size \(newSize) is too large") }
+        drainCompressions()
+        while let s = decompressor, s.inFlight > 0 { reapDecompressions(minimum: s.inFlight) }
         if newSize >= size { try extend(to: newSize); return }
         let bs = UInt64(layout.blockSize)
         let keep = layout.blockCount(logicalSize: newSize)
         for b in keep..<entries.count {
             cache[b] = nil
+            loadErrors[b] = nil
             try clearSlots(b)
         }
         entries.removeSubrange(min(keep, entries.count)...)
@@ -348,6 +500,7 @@ public final class CompressedFile {
             let b = Int(pos / bs)
             let inBlock = Int(pos % bs)
             let n = Int(min(end - pos, bs - UInt64(inBlock)))
+            settle(b)
             if entries[b].isHole && cache[b] == nil { pos += UInt64(n); continue }
             let block = try cached(b, load: n != layout.blockSize)
             UnsafeMutableRawBufferPointer(rebasing: block.data[inBlock..<(inBlock + n)]).initializeMemory(as: UInt8.self, repeating: 0)
@@ -356,55 +509,46 @@ public final class CompressedFile {
         }
     }
 
-    /// Compresses every dirty block (all in flight together) and stores each
-    /// in the slot that does not hold its last durable version.
+    /// Compresses and stores every dirty block, and waits for them.
     public func writeDirtyBlocks() throws {
-        let dirty = cache.filter { $0.value.dirty }.sorted { $0.key < $1.key }
-        guard !dirty.isEmpty else { return }
-        let bs = layout.blockSize
-        var outputs: [UnsafeMutableRawBufferPointer] = []
-        defer { for o in outputs { o.deallocate() } }
-        var jobs: [(UnsafeRawBufferPointer, UnsafeMutableRawBufferPointer)] = []
-        var kinds: [BlockEncoding] = []
-        var lengths: [Int] = []
-        for (_, c) in dirty {
-            // Stored length of the raw form: the block without its trailing zeros.
-            var len = bs
-            while len > 0 && c.data[len - 1] == 0 { len -= 1 }
-            lengths.append(len)
-            if len == 0 { kinds.append(.zero); continue }
-            kinds.append(header.encoding)
-            let out = UnsafeMutableRawBufferPointer.allocate(byteCount: bs, alignment: 64)
-            outputs.append(out)
-            jobs.append((UnsafeRawBufferPointer(c.data), out))
-        }
-        let algorithm: CompressionAlgorithm = header.encoding == .zlib ? .zlib : header.encoding == .gzip ? .gzip : .deflate
-        let results = jobs.isEmpty ? [] : codec.run(.compress, algorithm: algorithm, jobs)
-        var j = 0
-        for (i, (b, c)) in dirty.enumerated() {
-            if kinds[i] == .zero {
-                try store(block: b, encoding: .zero, payload: UnsafeRawBufferPointer(start: nil, count: 0))
-            } else {
-                let out = outputs[j]
-                let r = results[j]
-                j += 1
-                var compressed = -1
-                switch r {
-                case .success(let n): compressed = n
-                case .failure(.destinationTooSmall): compressed = -1
-                case .failure(let e):
-                    throw FSError(EIO, "\(name): block \(b) could not be compressed: \(e)")
-                }
-                // Keep the compressed form only if it saves at least 12.5%.
-                if compressed >= 0 && compressed <= lengths[i] - lengths[i] / 8 {
-                    try store(block: b, encoding: kinds[i], payload: UnsafeRawBufferPointer(rebasing: out[0..<compressed]))
-                } else {
-                    try store(block: b, encoding: .raw, payload: UnsafeRawBufferPointer(rebasing: c.data[0..<lengths[i]]))
-                }
-            }
-            c.dirty = false
+        for (b, c) in cache.sorted(by: { $0.key < $1.key }) where c.dirty && !c.busy { try startCompression(b) }
+        drainCompressions()
+        try takeWriteError()
+    }
+
+    /// Stores dirty blocks and the header (no durability promise). Reports
+    /// a write-back error that happened since the last report.
+    public func flush() throws {
+        try writeDirtyBlocks()
+        if headerDirty { try writeHeader() }
+    }
+
+    /// Makes data and size durable, then releases superseded block copies.
+    public func sync() throws {
+        try flush()
+        _ = try sys("fdatasync \(name)") { fdatasync(fd) }
+        durableHeaderCopy = lastHeaderCopy
+        try dropStaleCopies()
+    }
+
+    private func trimCache() {
+        guard cache.count > cacheLimit else { return }
+        // Dirty blocks that are complete go to the accelerator; clean,
+        // settled blocks are dropped, least recently used first.
+        let victims = cache.filter { !$0.value.dirty && !$0.value.busy }.sorted { $0.value.lastUse < $1.value.lastUse }
+        for (b, _) in victims.prefix(cache.count - cacheLimit * 3 / 4) { cache[b] = nil }
+        if cache.count > cacheLimit {
+            for (b, c) in cache where c.dirty && !c.busy { try? startCompression(b) }
         }
     }
+
+    /// Drops clean cached blocks (after a sync, or to save memory).
+    public func dropCache() {
+        cache = cache.filter { $0.value.dirty || $0.value.busy }
+    }
+
+    /// Cached blocks and blocks in flight, for memory accounting.
+    public var residentBlocks: Int { cache.count + compressJobs.count + decompressJobs.count }
 
     /// Writes one block version: payload, then its slot header. Block 0's
     /// payload goes inline in the first page when it fits.
@@ -471,20 +615,6 @@ public final class CompressedFile {
         headerDirty = false
     }
 
-    /// Stores dirty blocks and the header (no durability promise).
-    public func flush() throws {
-        try writeDirtyBlocks()
-        if headerDirty { try writeHeader() }
-    }
-
-    /// Makes data and size durable, then releases superseded block copies.
-    public func sync() throws {
-        try flush()
-        _ = try sys("fdatasync \(name)") { fdatasync(fd) }
-        durableHeaderCopy = lastHeaderCopy
-        try dropStaleCopies()
-    }
-
     /// Whether some block still has an older copy waiting for a sync.
     public var hasStaleCopies: Bool { entries.contains { $0.hasStale } }
 
@@ -500,18 +630,6 @@ public final class CompressedFile {
             }
             entries[b] = e
         }
-    }
-
-    private func trimCache() throws {
-        guard cache.count > cacheLimit else { return }
-        if cache.values.contains(where: \.dirty) { try writeDirtyBlocks() }
-        let victims = cache.filter { !$0.value.dirty }.sorted { $0.value.lastUse < $1.value.lastUse }
-        for (b, _) in victims.prefix(cache.count - cacheLimit / 2) { cache[b] = nil }
-    }
-
-    /// Drops clean cached blocks (after a sync, or to save memory).
-    public func dropCache() {
-        cache = cache.filter { $0.value.dirty }
     }
 
     // MARK: Holes
