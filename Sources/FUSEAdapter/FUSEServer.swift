@@ -16,10 +16,10 @@ public final class FUSEServer: @unchecked Sendable {
 
     /// Creates the FUSE session (nothing is mounted yet). Throws with a
     /// message when libfuse rejects the options.
-    public init(fs: WarpFileSystem, mountpoint: String, fsname: String, writebackCache: Bool = false) throws {
+    public init(fs: WarpFileSystem, mountpoint: String, fsname: String) throws {
         self.fs = fs
         self.mountpoint = mountpoint
-        self.writebackCache = writebackCache
+        self.writebackCache = fs.options.writebackCache
         var opts = "fsname=\(fsname.replacingComma()),subtype=warpfs,default_permissions"
         if fs.options.allowOther { opts += ",allow_other" }
         if fs.options.readOnly { opts += ",ro" }
@@ -36,12 +36,31 @@ public final class FUSEServer: @unchecked Sendable {
         session = se
     }
 
-    /// Mounts at `mountpoint`.
+    /// Mounts at `mountpoint`, then raises the mount's kernel readahead.
     public func mount() throws {
         guard let se = session else { throw FSError(EINVAL, "no session") }
         guard fuse_session_mount(se, mountpoint) == 0 else {
             throw FSError(EIO, "cannot mount on '\(mountpoint)' (is it an existing directory, not already mounted?)")
         }
+        if fs.options.readaheadKiB > 0 { setReadahead(fs.options.readaheadKiB) }
+    }
+
+    /// The kernel offers FUSE 128 KiB of readahead, so sequential reads
+    /// arrive as 128 KiB requests; the mount's backing device info takes a
+    /// larger value (root only). The device number comes from mountinfo:
+    /// a stat of the mountpoint would wait for the loop, which is not running yet.
+    private func setReadahead(_ kib: Int) {
+        guard let f = fopen("/proc/self/mountinfo", "r") else { return }
+        defer { fclose(f) }
+        var line = [CChar](repeating: 0, count: 8192)
+        var device: String?
+        while fgets(&line, Int32(line.count), f) != nil {
+            let fields = String(decoding: line.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: " ")
+            if fields.count > 4 && String(fields[4]) == mountpoint { device = String(fields[2]) }
+        }
+        guard let device, let out = fopen("/sys/class/bdi/\(device)/read_ahead_kb", "w") else { return }
+        fputs("\(kib)\n", out)
+        fclose(out)
     }
 
     /// Runs the request loop until unmounted or signalled (SIGINT, SIGTERM,
@@ -87,7 +106,7 @@ public final class FUSEServer: @unchecked Sendable {
         p.generation = e.generation
         p.attr = e.attributes
         p.attr_timeout = timeout
-        p.entry_timeout = timeout
+        p.entry_timeout = max(timeout, 60)
         return p
     }
 
@@ -182,7 +201,7 @@ public final class FUSEServer: @unchecked Sendable {
             do {
                 let h = try FUSEServer.server(req).fs.open(ino, flags: fi!.pointee.flags)
                 fi!.pointee.fh = UInt64(UInt(bitPattern: h))
-                wf_fi_set_keep_cache(fi, 0)
+                wf_fi_set_keep_cache(fi, FUSEServer.server(req).fs.options.keepCache ? 1 : 0)
                 if fuse_reply_open(req, fi) != 0 { FUSEServer.server(req).fs.release(h) }
             } catch { FUSEServer.fail(req, error) }
         }
@@ -191,6 +210,7 @@ public final class FUSEServer: @unchecked Sendable {
             do {
                 let (e, h) = try s.fs.create(parent: parent, name: FUSEServer.name(name), mode: mode, flags: fi!.pointee.flags, caller: FUSEServer.caller(req))
                 fi!.pointee.fh = UInt64(UInt(bitPattern: h))
+                wf_fi_set_keep_cache(fi, s.fs.options.keepCache ? 1 : 0)
                 var p = FUSEServer.entryParam(e, s.fs.attributeTimeout)
                 if fuse_reply_create(req, &p, fi) != 0 { s.fs.release(h) }
             } catch { FUSEServer.fail(req, error) }

@@ -24,6 +24,12 @@ public struct MountOptions: Sendable, Equatable {
     public var allowOther = false
     /// Log every request to stderr.
     public var debug = false
+    /// Let the kernel buffer writes and send them in large requests (FUSE writeback cache).
+    public var writebackCache = true
+    /// Keep a file's page cache across opens (invalidated when its size or mtime changes).
+    public var keepCache = true
+    /// Kernel readahead for the mount in KiB (needs root; 0 leaves the kernel default).
+    public var readaheadKiB = 1024
 
     public init() {}
 
@@ -69,9 +75,14 @@ public struct MountOptions: Sendable, Equatable {
             case "rw": readOnly = false
             case "allow_other": allowOther = true
             case "debug": debug = true
+            case "writeback_cache": writebackCache = true
+            case "no_writeback_cache": writebackCache = false
+            case "keep_cache": keepCache = true
+            case "no_keep_cache": keepCache = false
+            case "readahead": readaheadKiB = try number(0...65536)
             default:
                 throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, cache_blocks, "
-                    + "compress, nocompress, ro, rw, allow_other, debug)")
+                    + "compress, nocompress, ro, rw, allow_other, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead)")
             }
         }
     }

@@ -50,8 +50,12 @@ public final class WarpFileSystem: @unchecked Sendable {
         inodes = InodeTable(rootFD: fd, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
     }
 
-    /// Attribute and entry time-out the kernel may cache for.
+    /// How long the kernel may cache attributes. Short: `st_blocks` changes
+    /// when buffered blocks are stored.
     public var attributeTimeout: Double { 1.0 }
+    /// How long the kernel may cache names. Long: only this mount changes the
+    /// backing directory while it is mounted.
+    public var entryTimeout: Double { 60.0 }
 
     // MARK: Helpers
 
@@ -355,14 +359,16 @@ public final class WarpFileSystem: @unchecked Sendable {
             switch try content(h.inode) {
             case .compressed(let f):
                 do {
-                    try f.write(offset: h.append ? f.size : offset, count: count, from: buf)
+                    // With the writeback cache the kernel places O_APPEND writes itself.
+                    let appendHere = h.append && !options.writebackCache
+                    try f.write(offset: appendHere ? f.size : offset, count: count, from: buf)
                 } catch {
                     Log.error("\(error)")
                     throw error
                 }
             case .plain(let fd):
                 var off = Int(offset)
-                if h.append { var st = stat(); fstat(fd, &st); off = Int(st.st_size) }
+                if h.append && !options.writebackCache { var st = stat(); fstat(fd, &st); off = Int(st.st_size) }
                 try pwriteFully(fd, buf, count, off, "write")
             }
             return count
