@@ -45,10 +45,37 @@ public final class BlockCodec: @unchecked Sendable {
     private let maxBatch = 256
     private let lanes = Mutex<[String: [Lane]]>([:])
 
-    public init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, level: Int) {
+    /// Block buffers in shared memory registered with the device's IOMMU:
+    /// the engines read and write them directly instead of copying through
+    /// `process_vm_readv`/`writev`. When the pool is exhausted, heap buffers
+    /// are used (correct, slower).
+    private let pool: SharedBufferPool?
+    private let binding: SVABinding?
+    public let poolBufferSize: Int
+
+    public init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, level: Int,
+                poolBufferSize: Int = 64 << 10, poolBuffers: Int = 0) {
         self.device = device
         self.algorithm = algorithm
         self.level = level
+        self.poolBufferSize = poolBufferSize
+        if poolBuffers > 0, let b = try? device.iommu.bind() {
+            binding = b
+            pool = try? SharedBufferPool(binding: b, bufferSize: poolBufferSize, count: poolBuffers)
+        } else {
+            binding = nil
+            pool = nil
+        }
+    }
+
+    deinit { binding?.unbind() }
+
+    /// A buffer of `size` bytes, from the registered pool when it fits and one is free.
+    func takeBuffer(_ size: Int) -> BlockBuffer {
+        if size <= poolBufferSize, let pool, let i = pool.take() {
+            return BlockBuffer(bytes: UnsafeMutableRawBufferPointer(rebasing: pool.buffer(i)[0..<size]), pool: pool, index: i)
+        }
+        return BlockBuffer(bytes: .allocate(byteCount: max(size, 1), alignment: 4096), pool: nil, index: -1)
     }
 
     private func key(_ a: CompressionAlgorithm, _ d: Direction) -> String { "\(a.rawValue)/\(d.rawValue)" }
@@ -194,5 +221,23 @@ extension BlockCodec {
     /// A new asynchronous stream on this codec's device.
     func stream(_ direction: Direction, algorithm: CompressionAlgorithm, capacity: Int) throws -> BlockStream {
         try BlockStream(device: device, algorithm: algorithm, direction: direction, level: level, capacity: capacity)
+    }
+}
+
+/// A block-sized buffer: a registered pool slot or a heap allocation,
+/// returned when released.
+final class BlockBuffer {
+    let bytes: UnsafeMutableRawBufferPointer
+    private let pool: SharedBufferPool?
+    private let index: Int
+
+    init(bytes: UnsafeMutableRawBufferPointer, pool: SharedBufferPool?, index: Int) {
+        self.bytes = bytes
+        self.pool = pool
+        self.index = index
+    }
+
+    deinit {
+        if let pool { pool.give(index) } else { bytes.deallocate() }
     }
 }

@@ -7,17 +7,18 @@ import WarpFSFormat
 
 /// One decompressed block held in memory.
 final class CachedBlock {
-    let data: UnsafeMutableRawBufferPointer
+    private let buffer: BlockBuffer
+    var data: UnsafeMutableRawBufferPointer { buffer.bytes }
     /// Changed since last stored.
     var dirty = false
     /// Being compressed: its bytes must not change until stored.
     var busy = false
     var lastUse: UInt64 = 0
-    init(size: Int) {
-        data = .allocate(byteCount: size, alignment: 4096)
-        data.initializeMemory(as: UInt8.self, repeating: 0)
+    /// `zeroed: false` for a block about to be overwritten whole (a decompression target).
+    init(_ buffer: BlockBuffer, zeroed: Bool = true) {
+        self.buffer = buffer
+        if zeroed { buffer.bytes.initializeMemory(as: UInt8.self, repeating: 0) }
     }
-    deinit { data.deallocate() }
 }
 
 /// The content of one compressed backing file: its header, the index of
@@ -66,8 +67,8 @@ public final class CompressedFile {
 
     // The asynchronous pipeline (see docs/ARCHITECTURE.md).
     private enum Job {
-        case compress(block: Int, source: CachedBlock, output: UnsafeMutableRawBufferPointer, rawLength: Int)
-        case decompress(block: Int, target: CachedBlock, payload: UnsafeMutableRawBufferPointer)
+        case compress(block: Int, source: CachedBlock, output: BlockBuffer, rawLength: Int)
+        case decompress(block: Int, target: CachedBlock, payload: BlockBuffer)
     }
     private var compressor: BlockStream?
     private var decompressor: BlockStream?
@@ -225,8 +226,8 @@ public final class CompressedFile {
     private func reapCompressions(minimum: Int) {
         guard let s = compressor, s.inFlight > 0 else { return }
         for (tag, result) in s.reap(minimum: minimum) {
-            guard case .compress(let b, let source, let output, let rawLength)? = compressJobs.removeValue(forKey: tag) else { continue }
-            defer { output.deallocate() }
+            guard case .compress(let b, let source, let outputBuffer, let rawLength)? = compressJobs.removeValue(forKey: tag) else { continue }
+            let output = outputBuffer.bytes
             source.busy = false
             do {
                 switch result {
@@ -251,8 +252,7 @@ public final class CompressedFile {
     private func reapDecompressions(minimum: Int) {
         guard let s = decompressor, s.inFlight > 0 else { return }
         for (tag, result) in s.reap(minimum: minimum) {
-            guard case .decompress(let b, let target, let payload)? = decompressJobs.removeValue(forKey: tag) else { continue }
-            payload.deallocate()
+            guard case .decompress(let b, let target, _)? = decompressJobs.removeValue(forKey: tag) else { continue }
             if loading[b] == tag { loading[b] = nil }
             switch result {
             case .success(let n) where n == layout.blockSize:
@@ -316,9 +316,8 @@ public final class CompressedFile {
         for b in range where b < entries.count && cache[b] == nil && loading[b] == nil && !entries[b].isHole {
             if decompressor?.isFull ?? false { break }
             guard let h = entries[b].newest, let slot = entries[b].current else { continue }
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: max(h.storedLength, 1), alignment: 64)
-            var keep = false
-            defer { if !keep { buf.deallocate() } }
+            let payloadBuffer = codec.takeBuffer(h.storedLength)
+            let buf = payloadBuffer.bytes
             let n = try preadFully(fd, buf.baseAddress!, h.storedLength, layout.payloadOffset(block: b, slot: slot, header: h),
                                    "read \(name) block \(b)")
             guard n == h.storedLength else {
@@ -332,7 +331,7 @@ public final class CompressedFile {
                     + "read 0x\(String(crc, radix: 16))): the backing file is damaged")
                 continue
             }
-            let c = CachedBlock(size: layout.blockSize)
+            let c = CachedBlock(codec.takeBuffer(layout.blockSize), zeroed: h.encoding != .deflate && h.encoding != .zlib && h.encoding != .gzip)
             switch h.encoding {
             case .zero:
                 cache[b] = c
@@ -342,9 +341,8 @@ public final class CompressedFile {
             case .deflate, .zlib, .gzip where h.encoding == header.encoding:
                 let s = try decompressStream()
                 let tag = try s.submit(payload, c.data)
-                decompressJobs[tag] = .decompress(block: b, target: c, payload: buf)
+                decompressJobs[tag] = .decompress(block: b, target: c, payload: payloadBuffer)
                 loading[b] = tag
-                keep = true
             case .deflate, .zlib, .gzip:
                 // A block in another encoding than the file's: decode it on its own.
                 let alg: CompressionAlgorithm = h.encoding == .zlib ? .zlib : h.encoding == .gzip ? .gzip : .deflate
@@ -373,7 +371,7 @@ public final class CompressedFile {
             c.lastUse = clock
             return c
         }
-        let c = CachedBlock(size: layout.blockSize)
+        let c = CachedBlock(codec.takeBuffer(layout.blockSize))
         c.lastUse = clock
         cache[b] = c
         return c
@@ -424,19 +422,58 @@ public final class CompressedFile {
             }
             return
         }
+        if CompressedFile.looksIncompressible(UnsafeRawBufferPointer(rebasing: c.data[0..<len])) {
+            // Random-looking bytes: store raw without spending an engine on them.
+            do { try store(block: b, encoding: .raw, payload: UnsafeRawBufferPointer(rebasing: c.data[0..<len])) } catch {
+                c.dirty = true
+                throw error
+            }
+            return
+        }
         let s = try compressStream()
         while s.isFull { reapCompressions(minimum: 1) }
-        let out = UnsafeMutableRawBufferPointer.allocate(byteCount: layout.blockSize, alignment: 64)
+        let out = codec.takeBuffer(layout.blockSize)
         c.busy = true
         do {
-            let tag = try s.submit(UnsafeRawBufferPointer(c.data), out)
+            let tag = try s.submit(UnsafeRawBufferPointer(c.data), out.bytes)
             compressJobs[tag] = .compress(block: b, source: c, output: out, rawLength: len)
         } catch {
             c.busy = false
             c.dirty = true
-            out.deallocate()
             throw FSError(EIO, "\(name): block \(b) could not be sent for compression: \(error)")
         }
+    }
+
+    /// Entropy estimate on a sample (btrfs-style heuristic): 4096 bytes taken
+    /// across the block in 64-byte runs. Shannon entropy above 7.5 bits per
+    /// byte means deflate would not save 12.5%: skip the compression attempt.
+    static func looksIncompressible(_ data: UnsafeRawBufferPointer) -> Bool {
+        guard data.count >= 8192 else { return false }
+        var counts = [Int](repeating: 0, count: 256)
+        // Sample offsets are multiples of 512 bytes, so data repeating with
+        // a power-of-two period shows up as repeated samples below.
+        let runs = 64, run = 64
+        let stride = max(512, (data.count - run) / (runs - 1) / 512 * 512)
+        var n = 0
+        for r in 0..<runs where r * stride + run <= data.count {
+            let base = r * stride
+            for i in 0..<run { counts[Int(data[base + i])] += 1 }
+            n += run
+        }
+        // Repeated runs (long matches) compress even when bytes look random.
+        var distinct = Set<UInt64>()
+        var samples = 0
+        for r in 0..<runs where r * stride + 8 <= data.count {
+            distinct.insert(data.loadUnaligned(fromByteOffset: r * stride, as: UInt64.self))
+            samples += 1
+        }
+        if distinct.count < samples * 3 / 4 { return false }
+        var h = 0.0
+        for c in counts where c > 0 {
+            let p = Double(c) / Double(n)
+            h -= p * log2(p)
+        }
+        return h > 7.5
     }
 
     /// Makes sure the bytes between the current end and `newSize` read as

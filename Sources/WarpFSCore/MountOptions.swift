@@ -28,6 +28,9 @@ public struct MountOptions: Sendable, Equatable {
     public var writebackCache = true
     /// Keep a file's page cache across opens (invalidated when its size or mtime changes).
     public var keepCache = true
+    /// Registered shared memory for block buffers, in MiB (cache and blocks
+    /// in flight; past it, buffers come from the heap and are copied).
+    public var memoryBudgetMiB = 128
     /// Kernel readahead for the mount in KiB (needs root; 0 leaves the kernel default).
     public var readaheadKiB = 1024
 
@@ -80,9 +83,10 @@ public struct MountOptions: Sendable, Equatable {
             case "keep_cache": keepCache = true
             case "no_keep_cache": keepCache = false
             case "readahead": readaheadKiB = try number(0...65536)
+            case "memory": memoryBudgetMiB = try number(8...65536)
             default:
                 throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, cache_blocks, "
-                    + "compress, nocompress, ro, rw, allow_other, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead)")
+                    + "compress, nocompress, ro, rw, allow_other, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory)")
             }
         }
     }

@@ -46,7 +46,10 @@ public final class WarpFileSystem: @unchecked Sendable {
         var config = EmulatedDeviceConfiguration(engines: options.engines)
         config.queues = 256
         device = EmulatedZipDevice(configuration: config)
-        codec = BlockCodec(device: device, algorithm: options.algorithm, level: options.level)
+        // Registered buffers for the cache and the blocks in flight: the
+        // engines reach them without copies. Sized to the memory budget.
+        codec = BlockCodec(device: device, algorithm: options.algorithm, level: options.level,
+                           poolBufferSize: options.blockSize, poolBuffers: max(64, options.memoryBudgetMiB << 20 / options.blockSize))
         inodes = InodeTable(rootFD: fd, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
     }
 

@@ -59,9 +59,10 @@ import Testing
         try withDevice { device in
             let q = try Queue.started(device: device, direction: .compress)
             defer { q.release() }
-            // An address that was mapped and is not any more.
-            let page = mmap(nil, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
-            munmap(page, 65536)
+            // Address space reserved without access (PROT_NONE): no page can be
+            // reached there, and no other thread's mmap can take the range meanwhile.
+            let page = mmap(nil, 65536, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)!
+            defer { munmap(page, 65536) }
             let gone = UInt64(UInt(bitPattern: page))
             var out = [UInt8](repeating: 0, count: 4096)
             let data = TestData.text(3000)

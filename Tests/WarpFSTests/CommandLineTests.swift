@@ -46,3 +46,24 @@ import Testing
         #expect(try FileIO.read(m.path("kept")) == Array(repeating: 65, count: 100_000))
     }
 }
+
+/// `warpfs bench` runs every workload on its targets and writes what a person opens.
+@Suite struct BenchCommandTests {
+    @Test func smallBenchWritesTableJSONAndChart() throws {
+        let dir = makeTempDir("warpfs-bench-test")
+        defer { removeTree(dir) }
+        let r = runCommand([warpfsBinary, "bench", "--size", "4", "--random-ops", "50", "--files", "20", "--runs", "1",
+                            "--work", dir, "--json", dir + "/b.json", "--svg", dir + "/b.svg"])
+        #expect(r.status == 0, "\(r.output)")
+        for w in ["sequential write", "sequential read", "random read", "random write", "small files"] {
+            #expect(r.output.contains(w))
+        }
+        #expect(r.output.contains("warpfs-nocompress") && r.output.contains("zlib-2-threads"))
+        let json = String(decoding: try FileIO.read(dir + "/b.json"), as: UTF8.self)
+        #expect(json.contains("\"workload\"") && json.contains("\"median\""))
+        let svg = String(decoding: try FileIO.read(dir + "/b.svg"), as: UTF8.self)
+        #expect(svg.hasPrefix("<svg") && svg.contains("<rect"))
+        // Its temporary mounts are gone.
+        #expect(!runCommand(["/bin/cat", "/proc/self/mountinfo"]).output.contains(dir))
+    }
+}

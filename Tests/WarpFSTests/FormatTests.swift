@@ -1,0 +1,66 @@
+import Testing
+@testable import WarpFSCore
+@testable import WarpFSFormat
+
+/// The container format's encoders and decoders, and the raw-storage heuristic.
+@Suite struct FormatTests {
+    @Test func headerRoundTripAndDamage() throws {
+        var two = [UInt8](repeating: 0, count: 1024)
+        let a = FileHeader(blockSize: 65536, encoding: .deflate, level: 1, generation: 7, logicalSize: 123_456)
+        let b = FileHeader(blockSize: 65536, encoding: .deflate, level: 1, generation: 8, logicalSize: 999)
+        two.withUnsafeMutableBytes { a.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<512])) }
+        two.withUnsafeMutableBytes { b.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[512..<1024])) }
+        #expect(try two.withUnsafeBytes { try FileHeader.decodeNewest($0) }.header == b)
+        // A torn newer copy: the older one wins.
+        two[600] ^= 1
+        #expect(try two.withUnsafeBytes { try FileHeader.decodeNewest($0) }.header == a)
+        // Both damaged: an error, not a plain file.
+        two[40] ^= 1
+        #expect(throws: FileHeader.DecodeError.badChecksum) { try two.withUnsafeBytes { try FileHeader.decodeNewest($0) } }
+        #expect(throws: FileHeader.DecodeError.notAHeader) { try [UInt8](repeating: 7, count: 1024).withUnsafeBytes { try FileHeader.decodeNewest($0) } }
+    }
+
+    @Test func slotHeadersRejectForeignAndBadOnes() {
+        var raw = [UInt8](repeating: 0, count: 32)
+        let h = SlotHeader(encoding: .deflate, block: 5, generation: 42, storedLength: 1000, payloadChecksum: 0xDEADBEEF)
+        raw.withUnsafeMutableBytes { h.encode(into: $0) }
+        #expect(raw.withUnsafeBytes { SlotHeader.decode($0, block: 5, blockSize: 65536) } == h)
+        #expect(raw.withUnsafeBytes { SlotHeader.decode($0, block: 6, blockSize: 65536) } == nil)   // wrong place
+        #expect(raw.withUnsafeBytes { SlotHeader.decode($0, block: 5, blockSize: 512) } == nil)     // too long
+        raw[20] ^= 1
+        #expect(raw.withUnsafeBytes { SlotHeader.decode($0, block: 5, blockSize: 65536) } == nil)   // checksum
+        #expect([UInt8](repeating: 0, count: 32).withUnsafeBytes { SlotHeader.decode($0, block: 0, blockSize: 65536) } == nil)
+        let inlineElsewhere = SlotHeader(encoding: .raw, isInline: true, block: 3, generation: 1, storedLength: 10, payloadChecksum: 0)
+        var r2 = [UInt8](repeating: 0, count: 32)
+        r2.withUnsafeMutableBytes { inlineElsewhere.encode(into: $0) }
+        #expect(r2.withUnsafeBytes { SlotHeader.decode($0, block: 3, blockSize: 65536) } == nil)    // only block 0 is inline
+    }
+
+    @Test func layoutKeepsSlotsApart() {
+        let l = BlockLayout(blockSize: 65536)
+        var seen = Set<Int>()
+        for b in 0..<40 {
+            for s in 0..<2 {
+                let p = l.slotPayloadOffset(block: b, slot: s)
+                #expect(p % 4096 == 0 && seen.insert(p / 65536).inserted)
+                let h = l.slotHeaderOffset(block: b, slot: s)
+                #expect(h >= 1024 && (b >= 16 || h < 2048))
+            }
+        }
+        #expect(l.tableOffset(group: 1) == 4096 + 32 * 65536)
+        #expect(l.slotPayloadOffset(block: 16, slot: 0) == l.tableOffset(group: 1) + 4096)
+    }
+
+    @Test func randomBytesAreStoredRawWithoutCompressing() {
+        var x: UInt64 = 99
+        let random = (0..<65536).map { _ -> UInt8 in x ^= x >> 12; x ^= x << 25; x ^= x >> 27; return UInt8(truncatingIfNeeded: x &* 0x2545F4914F6CDD1D >> 32) }
+        let text = Array(String(repeating: "the quick brown fox jumps over the lazy dog ", count: 1500).utf8.prefix(65536))
+        let repeated = Array((0..<64).flatMap { _ in random.prefix(1024) })
+        let halfZero = Array(random.prefix(32768)) + [UInt8](repeating: 0, count: 32768)
+        #expect(random.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
+        #expect(!text.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
+        #expect(!repeated.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
+        #expect(!halfZero.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
+        #expect(![UInt8](repeating: 0, count: 65536).withUnsafeBytes { CompressedFile.looksIncompressible($0) })
+    }
+}
