@@ -63,7 +63,7 @@ public final class CompressedFile {
     /// Blocks compressed at once per file (write-back depth).
     var writeDepth = 32
     /// Blocks decompressed ahead of a sequential reader.
-    var readahead = 16
+    var readahead = 32
 
     // The asynchronous pipeline (see docs/ARCHITECTURE.md).
     private enum Job {
@@ -256,6 +256,10 @@ public final class CompressedFile {
             if loading[b] == tag { loading[b] = nil }
             switch result {
             case .success(let n) where n == layout.blockSize:
+                // Fresh in the LRU order: read-ahead blocks must not be the
+                // first evicted (they would be decompressed twice).
+                clock += 1
+                target.lastUse = clock
                 if cache[b] == nil { cache[b] = target }
             case .success(let n):
                 loadErrors[b] = FSError(EIO, "\(name): block \(b) decompresses to \(n) bytes, not \(layout.blockSize)")
@@ -313,6 +317,15 @@ public final class CompressedFile {
     /// Reads the payloads of uncached blocks in `range` and submits their
     /// decompression, all in flight together.
     private func startLoads(_ range: ClosedRange<Int>) throws {
+        // Ask the backing file system to read the payloads of the whole range
+        // at once (they are spread over the slot areas, which defeats its
+        // sequential readahead); the preads below then find them cached.
+        if range.count > 1, let lo = range.first(where: { $0 < entries.count && cache[$0] == nil && !entries[$0].isHole }) {
+            let hi = min(range.upperBound, entries.count - 1)
+            let start = layout.slotPayloadOffset(block: lo, slot: 0)
+            let end = layout.slotPayloadOffset(block: hi, slot: 1) + layout.blockSize
+            if end > start { _ = posix_fadvise(fd, off_t(start), off_t(end - start), POSIX_FADV_WILLNEED) }
+        }
         for b in range where b < entries.count && cache[b] == nil && loading[b] == nil && !entries[b].isHole {
             if decompressor?.isFull ?? false { break }
             guard let h = entries[b].newest, let slot = entries[b].current else { continue }
@@ -334,9 +347,11 @@ public final class CompressedFile {
             let c = CachedBlock(codec.takeBuffer(layout.blockSize), zeroed: h.encoding != .deflate && h.encoding != .zlib && h.encoding != .gzip)
             switch h.encoding {
             case .zero:
+                clock += 1; c.lastUse = clock
                 cache[b] = c
             case .raw:
                 c.data.baseAddress!.copyMemory(from: payload.baseAddress!, byteCount: h.storedLength)
+                clock += 1; c.lastUse = clock
                 cache[b] = c
             case .deflate, .zlib, .gzip where h.encoding == header.encoding:
                 let s = try decompressStream()
