@@ -10,6 +10,7 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#include <string.h>
 
 uint32_t wd_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 void wd_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -126,3 +127,57 @@ int wd_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *ne
 }
 
 int wd_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
+
+/* CRC-32C, reflected polynomial 0x82F63B78. */
+static uint32_t crc32c_table[8][256];
+static int crc32c_ready;
+
+static void crc32c_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc32c_table[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = crc32c_table[0][n];
+        for (int k = 1; k < 8; k++) { c = crc32c_table[0][c & 0xff] ^ (c >> 8); crc32c_table[k][n] = c; }
+    }
+    __atomic_store_n(&crc32c_ready, 1, __ATOMIC_RELEASE);
+}
+
+static uint32_t crc32c_soft(uint32_t crc, const unsigned char *p, size_t n) {
+    if (!__atomic_load_n(&crc32c_ready, __ATOMIC_ACQUIRE)) crc32c_init();
+    while (n && ((uintptr_t)p & 7)) { crc = crc32c_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8); n--; }
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        w ^= crc;
+        crc = crc32c_table[7][w & 0xff] ^ crc32c_table[6][(w >> 8) & 0xff] ^ crc32c_table[5][(w >> 16) & 0xff]
+            ^ crc32c_table[4][(w >> 24) & 0xff] ^ crc32c_table[3][(w >> 32) & 0xff] ^ crc32c_table[2][(w >> 40) & 0xff]
+            ^ crc32c_table[1][(w >> 48) & 0xff] ^ crc32c_table[0][w >> 56];
+        p += 8; n -= 8;
+    }
+    while (n--) crc = crc32c_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw(uint32_t crc, const unsigned char *p, size_t n) {
+    uint64_t c = crc;
+    while (n && ((uintptr_t)p & 7)) { c = __builtin_ia32_crc32qi((uint32_t)c, *p++); n--; }
+    while (n >= 8) { uint64_t w; memcpy(&w, p, 8); c = __builtin_ia32_crc32di(c, w); p += 8; n -= 8; }
+    while (n--) c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
+    return (uint32_t)c;
+}
+#endif
+
+uint32_t wd_crc32c(uint32_t crc, const void *data, size_t length) {
+    crc = ~crc;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("sse4.2")) return ~crc32c_hw(crc, data, length);
+#endif
+    return ~crc32c_soft(crc, data, length);
+}
+
+uint32_t wd_crc32c_table(uint32_t crc, const void *data, size_t length) { return ~crc32c_soft(~crc, data, length); }

@@ -84,7 +84,7 @@ public struct BlockLayout: Sendable, Equatable {
 /// Layout (32 bytes, little endian): `0 u16 magic 0x4B57 ("WK")`,
 /// `2 u8 encoding`, `3 u8 flags (bit 0: payload inline in the first page)`,
 /// `4 u32 stored length`, `8 u64 block number`, `16 u64 generation`,
-/// `24 u32 payload CRC-32`, `28 u32 CRC-32 of bytes 0..<28`.
+/// `24 u32 payload CRC-32C`, `28 u32 CRC-32C of bytes 0..<28`.
 /// An all-zero header is an empty slot.
 public struct SlotHeader: Sendable, Equatable {
     public static let magic: UInt16 = 0x4B57

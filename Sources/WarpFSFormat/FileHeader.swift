@@ -20,7 +20,7 @@ public enum BlockEncoding: UInt8, Sendable, CaseIterable {
 /// `0 magic "WARPFS\r\n"`, `8 u16 version`, `10 u16 header size (512)`,
 /// `12 u32 block size`, `16 u8 encoding of compressed blocks`, `17 u8 level`,
 /// `18 u16 flags`, `20 u32 reserved`, `24 u64 generation`, `32 u64 logical size`,
-/// `40..507 zero`, `508 u32 CRC-32 of bytes 0..<508`.
+/// `40..507 zero`, `508 u32 CRC-32C of bytes 0..<508`.
 public struct FileHeader: Sendable, Equatable {
     public static let magic: [UInt8] = Array("WARPFS\r\n".utf8)
     public static let version: UInt16 = 1

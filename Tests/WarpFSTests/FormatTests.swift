@@ -1,9 +1,25 @@
+import CWarpSys
 import Testing
 @testable import WarpFSCore
 @testable import WarpFSFormat
 
 /// The container format's encoders and decoders, and the raw-storage heuristic.
 @Suite struct FormatTests {
+    @Test func checksumIsCRC32C() {
+        let check = Array("123456789".utf8)
+        #expect(check.withUnsafeBytes { crc32Checksum($0) } == 0xE306_9283)       // the CRC-32C check value
+        #expect(check.withUnsafeBytes { wd_crc32c_table(0, $0.baseAddress, $0.count) } == 0xE306_9283)
+        var x: UInt64 = 5
+        let data = (0..<100_003).map { _ -> UInt8 in x ^= x >> 12; x ^= x << 25; x ^= x >> 27; return UInt8(truncatingIfNeeded: x) }
+        data.withUnsafeBytes { b in
+            let whole = crc32Checksum(b)
+            #expect(whole == wd_crc32c_table(0, b.baseAddress, b.count))
+            // Unaligned starts and chaining agree too.
+            let head = crc32Checksum(UnsafeRawBufferPointer(rebasing: b[0..<333]))
+            #expect(crc32Checksum(UnsafeRawBufferPointer(rebasing: b[333...]), seed: head) == whole)
+        }
+    }
+
     @Test func headerRoundTripAndDamage() throws {
         var two = [UInt8](repeating: 0, count: 1024)
         let a = FileHeader(blockSize: 65536, encoding: .deflate, level: 1, generation: 7, logicalSize: 123_456)
