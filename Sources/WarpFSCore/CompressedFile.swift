@@ -287,6 +287,21 @@ public final class CompressedFile {
         }
     }
 
+    /// The pieces of the byte range `start..<end`, one per block it overlaps:
+    /// block number, offset in the block, length, and offset in the file.
+    private func spans(_ start: UInt64, _ end: UInt64) -> [(block: Int, inBlock: Int, count: Int, position: UInt64)] {
+        let bs = UInt64(layout.blockSize)
+        var out: [(Int, Int, Int, UInt64)] = []
+        var pos = start
+        while pos < end {
+            let inBlock = Int(pos % bs)
+            let n = Int(min(end - pos, bs - UInt64(inBlock)))
+            out.append((Int(pos / bs), inBlock, n, pos))
+            pos += UInt64(n)
+        }
+        return out
+    }
+
     // MARK: Reading
 
     /// Reads up to `count` bytes at `offset` into `out`; returns bytes read (0 at or past EOF).
@@ -300,14 +315,9 @@ public final class CompressedFile {
         if offset == lastReadEnd || offset == 0 { ahead = min(entries.count - 1, last + readahead) }
         try startLoads(first...max(first, ahead))
         lastReadEnd = end
-        var pos = offset
-        while pos < end {
-            let b = Int(pos / bs)
-            let inBlock = Int(pos % bs)
-            let n = Int(min(end - pos, bs - UInt64(inBlock)))
+        for (b, inBlock, n, pos) in spans(offset, end) {
             let block = try cached(b, load: true)
             (out + Int(pos - offset)).copyMemory(from: block.data.baseAddress! + inBlock, byteCount: n)
-            pos += UInt64(n)
         }
         reapCompressions(minimum: 0)
         trimCache()
@@ -406,17 +416,12 @@ public final class CompressedFile {
         if offset > size { try extend(to: offset) }
         let bs = UInt64(layout.blockSize)
         if Int((end - 1) / bs) >= entries.count { entries += Array(repeating: Entry(), count: Int((end - 1) / bs) + 1 - entries.count) }
-        var pos = offset
-        while pos < end {
-            let b = Int(pos / bs)
-            let inBlock = Int(pos % bs)
-            let n = Int(min(end - pos, bs - UInt64(inBlock)))
+        for (b, inBlock, n, pos) in spans(offset, end) {
             settle(b)
             let whole = inBlock == 0 && n == layout.blockSize
             let block = try cached(b, load: !whole)
             (block.data.baseAddress! + inBlock).copyMemory(from: src + Int(pos - offset), byteCount: n)
             block.dirty = true
-            pos += UInt64(n)
             if inBlock + n == layout.blockSize { try startCompression(b) }
         }
         if end > size { size = end; headerDirty = true }
@@ -546,18 +551,12 @@ public final class CompressedFile {
     public func zeroRange(offset: UInt64, length: UInt64) throws {
         let end = min(size, offset + length)
         guard offset < end else { return }
-        let bs = UInt64(layout.blockSize)
-        var pos = offset
-        while pos < end {
-            let b = Int(pos / bs)
-            let inBlock = Int(pos % bs)
-            let n = Int(min(end - pos, bs - UInt64(inBlock)))
+        for (b, inBlock, n, _) in spans(offset, end) {
             settle(b)
-            if entries[b].isHole && cache[b] == nil { pos += UInt64(n); continue }
+            if entries[b].isHole && cache[b] == nil { continue }
             let block = try cached(b, load: n != layout.blockSize)
             UnsafeMutableRawBufferPointer(rebasing: block.data[inBlock..<(inBlock + n)]).initializeMemory(as: UInt8.self, repeating: 0)
             block.dirty = true
-            pos += UInt64(n)
         }
     }
 
