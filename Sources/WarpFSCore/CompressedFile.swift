@@ -62,7 +62,7 @@ public final class CompressedFile {
     var cacheLimit = 64
     /// Blocks compressed at once per file (write-back depth).
     var writeDepth = 32
-    /// Blocks decompressed ahead of a sequential reader.
+    /// Blocks decompressed ahead of a sequential reader (at most half the cache).
     var readahead = 32
 
     // The asynchronous pipeline (see docs/ARCHITECTURE.md).
@@ -586,7 +586,13 @@ public final class CompressedFile {
         guard cache.count > cacheLimit else { return }
         // Dirty blocks that are complete go to the accelerator; clean,
         // settled blocks are dropped, least recently used first.
-        let victims = cache.filter { !$0.value.dirty && !$0.value.busy }.sorted { $0.value.lastUse < $1.value.lastUse }
+        // Blocks behind a sequential reader go first, then least recently used;
+        // blocks read ahead of it stay (dropping them would decompress them twice).
+        let behind = lastReadEnd == .max ? 0 : Int(lastReadEnd / UInt64(layout.blockSize))
+        let victims = cache.filter { !$0.value.dirty && !$0.value.busy }.sorted { a, b in
+            let aBehind = a.key < behind, bBehind = b.key < behind
+            return aBehind != bBehind ? aBehind : a.value.lastUse < b.value.lastUse
+        }
         for (b, _) in victims.prefix(cache.count - cacheLimit * 3 / 4) { cache[b] = nil }
         if cache.count > cacheLimit {
             for (b, c) in cache where c.dirty && !c.busy { try? startCompression(b) }

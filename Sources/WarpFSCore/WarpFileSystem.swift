@@ -126,6 +126,7 @@ public final class WarpFileSystem: @unchecked Sendable {
             case .compressed:
                 let f = try CompressedFile.open(fd: fd, name: name, codec: codec)
                 f.cacheLimit = options.cacheBlocksPerFile
+                f.readahead = max(2, min(32, options.cacheBlocksPerFile / 2))
                 c = .compressed(f)
             }
             node.content = c
