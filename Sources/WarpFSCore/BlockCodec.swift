@@ -5,45 +5,14 @@ import Synchronization
 import WarpDrive
 import WarpFSFormat
 
-/// Compresses and decompresses blocks through WarpDrive sessions. Many
-/// blocks of one batch are in flight at once, so every engine is busy.
-/// No zlib call here or anywhere in the file system compresses: only the
-/// accelerator does.
+/// Compresses and decompresses blocks through WarpDrive: each open file
+/// gets asynchronous `BlockStream`s on the codec's device, and block buffers
+/// come from a pool registered with the device's IOMMU. No zlib call here or
+/// anywhere in the file system compresses: only the accelerator does.
 public final class BlockCodec: @unchecked Sendable {
-    /// One session with a per-batch result table, checked out exclusively.
-    final class Lane: @unchecked Sendable {
-        let session: CompressionSession
-        let results: UnsafeMutablePointer<Result<Int, WarpDriveError>?>
-        let capacity: Int
-        init(device: EmulatedZipDevice, config: SessionConfiguration, capacity: Int) throws {
-            let results = UnsafeMutablePointer<Result<Int, WarpDriveError>?>.allocate(capacity: capacity)
-            results.initialize(repeating: nil, count: capacity)
-            self.results = results
-            self.capacity = capacity
-            let table = ResultTable(results)
-            session = try CompressionSession(device: device, configuration: config) { tag, r in
-                table.pointer[Int(tag)] = r
-            }
-        }
-        deinit {
-            session.close()
-            results.deinitialize(count: capacity)
-            results.deallocate()
-        }
-    }
-
-    /// The lane's result slots, written by the completion handler on the
-    /// thread that reaps; read by the lane's owner after `poll` returns.
-    struct ResultTable: @unchecked Sendable {
-        let pointer: UnsafeMutablePointer<Result<Int, WarpDriveError>?>
-        init(_ p: UnsafeMutablePointer<Result<Int, WarpDriveError>?>) { pointer = p }
-    }
-
     public let device: EmulatedZipDevice
     public let algorithm: CompressionAlgorithm
     public let level: Int
-    private let maxBatch = 256
-    private let lanes = Mutex<[String: [Lane]]>([:])
 
     /// Block buffers in shared memory registered with the device's IOMMU:
     /// the engines read and write them directly instead of copying through
@@ -78,63 +47,17 @@ public final class BlockCodec: @unchecked Sendable {
         return BlockBuffer(bytes: .allocate(byteCount: max(size, 1), alignment: 4096), pool: nil, index: -1)
     }
 
-    private func key(_ a: CompressionAlgorithm, _ d: Direction) -> String { "\(a.rawValue)/\(d.rawValue)" }
-
-    private func checkout(_ a: CompressionAlgorithm, _ d: Direction) throws -> Lane {
-        if let l = lanes.withLock({ $0[key(a, d)]?.popLast() }) { return l }
-        var c = SessionConfiguration(algorithm: a, direction: d, level: level)
-        c.timeoutMilliseconds = 30_000
-        c.interruptThreshold = 1
-        return try Lane(device: device, config: c, capacity: maxBatch)
-    }
-
-    private func checkin(_ l: Lane, _ a: CompressionAlgorithm, _ d: Direction) {
-        lanes.withLock { $0[key(a, d), default: []].append(l) }
-    }
-
-    /// Runs `jobs` (source, destination) through the accelerator with all of
-    /// them in flight; returns bytes produced or the error, per job.
-    public func run(_ direction: Direction, algorithm a: CompressionAlgorithm? = nil,
-                    _ jobs: [(UnsafeRawBufferPointer, UnsafeMutableRawBufferPointer)]) -> [Result<Int, WarpDriveError>] {
-        let alg = a ?? algorithm
-        var out: [Result<Int, WarpDriveError>] = []
-        out.reserveCapacity(jobs.count)
-        var start = 0
-        while start < jobs.count {
-            let chunk = jobs[start..<min(jobs.count, start + maxBatch)]
-            out += runChunk(direction, alg, Array(chunk))
-            start += chunk.count
+    /// Decompresses one buffer and waits for it (for the rare block whose
+    /// encoding differs from its file's).
+    func decompressOne(_ algorithm: CompressionAlgorithm, _ src: UnsafeRawBufferPointer,
+                       into dst: UnsafeMutableRawBufferPointer) -> Result<Int, WarpDriveError> {
+        do {
+            let s = try stream(.decompress, algorithm: algorithm, capacity: 1)
+            _ = try s.submit(src, dst)
+            return s.reap(minimum: 1).first?.result ?? .failure(.noDevice("no completion"))
+        } catch {
+            return .failure(error as? WarpDriveError ?? .noDevice("\(error)"))
         }
-        return out
-    }
-
-    private func runChunk(_ d: Direction, _ a: CompressionAlgorithm,
-                          _ jobs: [(UnsafeRawBufferPointer, UnsafeMutableRawBufferPointer)]) -> [Result<Int, WarpDriveError>] {
-        let lane: Lane
-        do { lane = try checkout(a, d) } catch let e as WarpDriveError {
-            return jobs.map { _ in .failure(e) }
-        } catch { return jobs.map { _ in .failure(.noDevice("\(error)")) } }
-        var broken = false
-        defer { if !broken { checkin(lane, a, d) } }
-        for i in 0..<jobs.count { lane.results[i] = nil }
-        var submitted = 0
-        for (i, job) in jobs.enumerated() {
-            do {
-                try lane.session.submit(job.0, into: job.1, tag: UInt64(i))
-                submitted += 1
-            } catch let e as WarpDriveError {
-                lane.results[i] = .failure(e)
-            } catch {
-                lane.results[i] = .failure(.noDevice("\(error)"))
-            }
-        }
-        while lane.session.outstanding > 0 {
-            do { try lane.session.poll(minimum: 1) } catch {
-                broken = true  // a failed queue: do not reuse this lane's session state
-                break
-            }
-        }
-        return (0..<jobs.count).map { lane.results[$0] ?? .failure(.timedOut(device: device.name, queue: -1, milliseconds: 30_000)) }
     }
 }
 

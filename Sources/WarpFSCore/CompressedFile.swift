@@ -371,7 +371,7 @@ public final class CompressedFile {
             case .deflate, .zlib, .gzip:
                 // A block in another encoding than the file's: decode it on its own.
                 let alg: CompressionAlgorithm = h.encoding == .zlib ? .zlib : h.encoding == .gzip ? .gzip : .deflate
-                switch codec.run(.decompress, algorithm: alg, [(payload, c.data)])[0] {
+                switch codec.decompressOne(alg, payload, into: c.data) {
                 case .success(let n) where n == layout.blockSize: cache[b] = c
                 case .success(let n): loadErrors[b] = FSError(EIO, "\(name): block \(b) decompresses to \(n) bytes")
                 case .failure(let e): loadErrors[b] = FSError(EIO, "\(name): block \(b) cannot be decompressed: \(e)")

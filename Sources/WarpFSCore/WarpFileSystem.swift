@@ -404,7 +404,10 @@ public final class WarpFileSystem: @unchecked Sendable {
                     try f.flush()
                     if f.hasStaleCopies { try preservingTimes(f.fd) { () throws in try f.sync() } }
                 } catch {
-                    Log.error("\(f.name): storing on close failed: \(error)")
+                    // Keep the content (and its unstored blocks) in memory: the
+                    // next open, fsync or the unmount retries; nothing is dropped.
+                    Log.error("\(f.name): storing on close failed, kept in memory for a retry: \(error)")
+                    return
                 }
                 h.inode.cachedSize = f.size
             case .plain(let fd):
