@@ -47,6 +47,8 @@ public final class BlockCodec: @unchecked Sendable {
         return BlockBuffer(bytes: .allocate(byteCount: max(size, 1), alignment: 4096), pool: nil, index: -1)
     }
 
+    private let idleStreams = Mutex<[String: [BlockStream]]>([:])
+
     /// Decompresses one buffer and waits for it (for the rare block whose
     /// encoding differs from its file's).
     func decompressOne(_ algorithm: CompressionAlgorithm, _ src: UnsafeRawBufferPointer,
@@ -64,7 +66,7 @@ public final class BlockCodec: @unchecked Sendable {
 /// An asynchronous stream of block requests in one direction, owned by one
 /// file (its owner serialises calls): submit many, reap them as they finish.
 /// Up to `capacity` requests are in flight.
-final class BlockStream {
+final class BlockStream: @unchecked Sendable {
     private struct Table: @unchecked Sendable {
         let done: UnsafeMutablePointer<Result<Int, WarpDriveError>?>
     }
@@ -142,8 +144,22 @@ final class BlockStream {
 
 extension BlockCodec {
     /// A new asynchronous stream on this codec's device.
+    /// A stream for one file: a returned idle one when there is one (opening a
+    /// queue costs a memfd, two mappings and an eventfd), else a new one.
     func stream(_ direction: Direction, algorithm: CompressionAlgorithm, capacity: Int) throws -> BlockStream {
-        try BlockStream(device: device, algorithm: algorithm, direction: direction, level: level, capacity: capacity)
+        let key = "\(direction.rawValue)/\(algorithm.rawValue)/\(capacity)"
+        if let s = idleStreams.withLock({ $0[key]?.popLast() }) { return s }
+        return try BlockStream(device: device, algorithm: algorithm, direction: direction, level: level, capacity: capacity)
+    }
+
+    /// Takes back a drained stream for reuse by another file (16 kept per kind).
+    func recycle(_ s: BlockStream) {
+        guard s.inFlight == 0 else { return }
+        let c = s.session.configuration
+        let key = "\(c.direction.rawValue)/\(c.algorithm.rawValue)/\(s.capacity)"
+        idleStreams.withLock { idle in
+            if idle[key, default: []].count < 16 { idle[key, default: []].append(s) }
+        }
     }
 }
 

@@ -98,6 +98,8 @@ public final class CompressedFile {
         // Nothing may be in flight into buffers this object owns.
         drainCompressions()
         while let s = decompressor, s.inFlight > 0 { reapDecompressions(minimum: s.inFlight) }
+        if let s = compressor { codec.recycle(s) }
+        if let s = decompressor { codec.recycle(s) }
         compressor = nil
         decompressor = nil
         close(fd)

@@ -44,7 +44,9 @@ public final class WarpFileSystem: @unchecked Sendable {
         backingPath = backing
         self.options = options
         var config = EmulatedDeviceConfiguration(engines: options.engines)
-        config.queues = 256
+        // Each file with I/O in flight holds up to two queues (compress and
+        // decompress); 1024 is the device's largest queue count.
+        config.queues = 1024
         device = EmulatedZipDevice(configuration: config)
         // Registered buffers for the cache and the blocks in flight: the
         // engines reach them without copies. Sized to the memory budget.

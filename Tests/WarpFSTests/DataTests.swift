@@ -94,6 +94,29 @@ import Testing
         }
     }
 
+    @Test func hundredsOfFilesOpenWithDataInFlight() throws {
+        try withMount { m in
+            var r = Rng(31)
+            let data = r.text(200_000)
+            var fds: [Int32] = []
+            defer { for fd in fds { close(fd) } }
+            for i in 0..<600 {
+                let fd = open(m.path("open\(i)"), O_RDWR | O_CREAT, 0o644)
+                #expect(fd >= 0)
+                fds.append(fd)
+                try FileIO.pwrite(fd, data, i)
+            }
+            for (i, fd) in fds.enumerated() where i % 37 == 0 {
+                #expect(try FileIO.pread(fd, data.count, i) == data)
+            }
+            for fd in fds { close(fd) }
+            fds.removeAll()
+            for i in stride(from: 0, to: 600, by: 53) {
+                #expect(try FileIO.read(m.path("open\(i)")) == [UInt8](repeating: 0, count: i) + data)
+            }
+        }
+    }
+
     @Test func concurrentWritersAndReaders() throws {
         try withMount { m in
             let failures = Atomic<Int>(0)
