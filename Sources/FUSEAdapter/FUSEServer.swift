@@ -72,7 +72,9 @@ public final class FUSEServer: @unchecked Sendable {
     public func run() -> Int32 {
         guard let se = session else { return 1 }
         fuse_set_signal_handlers(se)
+        let reclaimer = startReclaimer()
         let rc = wf_session_loop_mt(se, 0, 16)
+        reclaimer.stop()
         fuse_remove_signal_handlers(se)
         fs.flushAll()
         fuse_session_unmount(se)
@@ -81,6 +83,14 @@ public final class FUSEServer: @unchecked Sendable {
 
     deinit {
         if let se = session { fuse_session_destroy(se) }
+    }
+
+    /// A thread that asks the file system to give memory back every 200 ms
+    /// (it does nothing below the budget). Signals are blocked in it.
+    private func startReclaimer() -> Reclaimer {
+        let r = Reclaimer(fs: fs)
+        r.start()
+        return r
     }
 
     // MARK: Plumbing
@@ -383,5 +393,35 @@ final class BufferStack: @unchecked Sendable {
             return true
         }
         if !kept { b.deallocate() }
+    }
+}
+
+/// The periodic memory reclaimer thread.
+final class Reclaimer: @unchecked Sendable {
+    private let fs: WarpFileSystem
+    private let running = Atomic<Bool>(true)
+    private var thread = pthread_t()
+
+    init(fs: WarpFileSystem) { self.fs = fs }
+
+    func start() {
+        var all = sigset_t(), old = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_SETMASK, &all, &old)
+        defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
+        let me = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, nil, { arg in
+            let r = Unmanaged<Reclaimer>.fromOpaque(arg!).takeRetainedValue()
+            while r.running.load(ordering: .relaxed) {
+                usleep(200_000)
+                r.fs.reclaimMemory()
+            }
+            return nil
+        }, me)
+    }
+
+    func stop() {
+        running.store(false, ordering: .relaxed)
+        pthread_join(thread, nil)
     }
 }

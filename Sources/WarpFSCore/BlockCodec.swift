@@ -21,6 +21,14 @@ public final class BlockCodec: @unchecked Sendable {
     private let pool: SharedBufferPool?
     private let binding: SVABinding?
     public let poolBufferSize: Int
+    /// Bytes of block buffers alive (cache, blocks in flight), pool or heap.
+    let liveBytes = Atomic<Int>(0)
+    /// Above this, files shrink their caches and write-back depth, and idle
+    /// files' clean blocks are dropped (see `WarpFileSystem`).
+    public let budgetBytes: Int
+
+    /// Whether block buffers exceed the memory budget.
+    public var overBudget: Bool { liveBytes.load(ordering: .relaxed) > budgetBytes }
 
     public init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, level: Int,
                 poolBufferSize: Int = 64 << 10, poolBuffers: Int = 0) {
@@ -28,6 +36,7 @@ public final class BlockCodec: @unchecked Sendable {
         self.algorithm = algorithm
         self.level = level
         self.poolBufferSize = poolBufferSize
+        budgetBytes = poolBuffers > 0 ? poolBuffers * poolBufferSize : Int.max
         if poolBuffers > 0, let b = try? device.iommu.bind() {
             binding = b
             pool = try? SharedBufferPool(binding: b, bufferSize: poolBufferSize, count: poolBuffers)
@@ -41,10 +50,11 @@ public final class BlockCodec: @unchecked Sendable {
 
     /// A buffer of `size` bytes, from the registered pool when it fits and one is free.
     func takeBuffer(_ size: Int) -> BlockBuffer {
+        liveBytes.add(size, ordering: .relaxed)
         if size <= poolBufferSize, let pool, let i = pool.take() {
-            return BlockBuffer(bytes: UnsafeMutableRawBufferPointer(rebasing: pool.buffer(i)[0..<size]), pool: pool, index: i)
+            return BlockBuffer(bytes: UnsafeMutableRawBufferPointer(rebasing: pool.buffer(i)[0..<size]), pool: pool, index: i, codec: self)
         }
-        return BlockBuffer(bytes: .allocate(byteCount: max(size, 1), alignment: 4096), pool: nil, index: -1)
+        return BlockBuffer(bytes: .allocate(byteCount: max(size, 1), alignment: 4096), pool: nil, index: -1, codec: self)
     }
 
     private let idleStreams = Mutex<[String: [BlockStream]]>([:])
@@ -169,14 +179,17 @@ final class BlockBuffer {
     let bytes: UnsafeMutableRawBufferPointer
     private let pool: SharedBufferPool?
     private let index: Int
+    private unowned let codec: BlockCodec
 
-    init(bytes: UnsafeMutableRawBufferPointer, pool: SharedBufferPool?, index: Int) {
+    init(bytes: UnsafeMutableRawBufferPointer, pool: SharedBufferPool?, index: Int, codec: BlockCodec) {
         self.bytes = bytes
         self.pool = pool
         self.index = index
+        self.codec = codec
     }
 
     deinit {
+        codec.liveBytes.subtract(bytes.count, ordering: .relaxed)
         if let pool { pool.give(index) } else { bytes.deallocate() }
     }
 }

@@ -428,6 +428,9 @@ public final class CompressedFile {
         }
         if end > size { size = end; headerDirty = true }
         reapCompressions(minimum: 0)
+        // Back-pressure on memory: over budget, a writer waits for its own
+        // blocks in flight instead of adding more.
+        if codec.overBudget, let s = compressor, s.inFlight > 4 { reapCompressions(minimum: s.inFlight - 4) }
         trimCache()
     }
 
@@ -585,6 +588,8 @@ public final class CompressedFile {
     }
 
     private func trimCache() {
+        // Over the mount's memory budget every file keeps only a few blocks.
+        let cacheLimit = codec.overBudget ? min(self.cacheLimit, 8) : self.cacheLimit
         guard cache.count > cacheLimit else { return }
         // Dirty blocks that are complete go to the accelerator; clean,
         // settled blocks are dropped, least recently used first.

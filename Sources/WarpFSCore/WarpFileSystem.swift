@@ -553,14 +553,32 @@ public final class WarpFileSystem: @unchecked Sendable {
 
     // MARK: Lifetime
 
-    /// Stores every buffered block and header (on unmount or signal).
+    /// Stores every buffered block and header, makes them durable and drops
+    /// superseded copies, as a last close does (on unmount or signal: a
+    /// release the kernel had not yet delivered must not leave stale copies).
     public func flushAll() {
         for node in inodes.all where node.isRegular {
             node.lock.withLock { _ in
                 if case .compressed(let f)? = node.content {
-                    do { try f.flush() } catch { Log.error("\(f.name): flush at unmount failed: \(error)") }
+                    do {
+                        try f.flush()
+                        if f.hasStaleCopies { try preservingTimes(f.fd) { () throws in try f.sync() } }
+                    } catch { Log.error("\(f.name): storing at unmount failed: \(error)") }
                 }
             }
+        }
+    }
+
+    /// Drops clean cached blocks of files nobody is using right now (their
+    /// lock is free), while block buffers exceed the memory budget. Called
+    /// periodically by the server; never waits for a file's lock.
+    public func reclaimMemory() {
+        guard codec.overBudget else { return }
+        for node in inodes.all where node.isRegular {
+            node.lock.withLockIfAvailable { _ in
+                if case .compressed(let f)? = node.content { f.dropCache() }
+            }
+            if !codec.overBudget { return }
         }
     }
 
