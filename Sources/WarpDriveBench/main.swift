@@ -96,7 +96,7 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("corpus-mib"), help: "Corpus size in MiB (default 32; 8 with --quick).") var corpusMiB: Int?
     @Option(help: "Timed requests per latency path (default 20000; 3000 with --quick).") var latencyReps: Int?
     @Option(help: "Also write the figures as JSON to this path.") var json: String?
-    @Option(help: "Interrupt moderation: threshold = max(1, in-flight / this).") var irqDivisor: Int = 4
+    @Option(help: "Interrupt moderation: threshold = max(1, in-flight / this).") var irqDivisor: Int = 2
     @Option(help: "Engine idle spin before sleeping, in µs (a device setting; default: the device's default).")
     var idleSpin: Int?
     @Flag(help: "A CI-sized run (well under 30 s): fewer and shorter trials, fewer configurations.") var quick = false

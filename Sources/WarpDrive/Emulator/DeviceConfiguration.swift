@@ -17,7 +17,7 @@ public struct EmulatedDeviceConfiguration: Sendable {
     /// NUMA node reported in the attributes.
     public var numaNode: Int = 0
     /// Microseconds an idle engine spins before it sleeps (0 = sleep at once).
-    public var idleSpinMicroseconds: Int = 0
+    public var idleSpinMicroseconds: Int = 10
 
     public init() {}
 
