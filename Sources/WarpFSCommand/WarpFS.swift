@@ -36,7 +36,8 @@ struct Mount: ParsableCommand {
         Options (-o, comma separated): block_size=SIZE (4k..1m, multiple of 4k; default 64k), \
         algorithm=deflate|zlib|gzip, level=0..9 (default 1), engines=N (accelerator engines, default 2), \
         cache_blocks=N (decompressed blocks cached per open file), nocompress (new files stay plain), \
-        ro, allow_other, debug, log=FILE (messages of a background mount).
+        ro, allow_other, debug, log=FILE (messages of a background mount), memory=MiB (block buffer \
+        budget, default 128), readahead=KiB (kernel readahead, default 1024), no_writeback_cache, no_keep_cache.
         """)
 
     @Argument(help: "The directory that holds the compressed files.") var backing: String
