@@ -84,6 +84,8 @@ final class BlockStream: @unchecked Sendable {
     let capacity: Int
     private let table: Table
     private var freeTags: [Int]
+    /// Tags submitted and not yet reaped (so reaping does not search `freeTags`).
+    private var pending: [Bool]
     private(set) var inFlight = 0
 
     init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, direction: Direction, level: Int, capacity: Int) throws {
@@ -93,6 +95,7 @@ final class BlockStream: @unchecked Sendable {
         let table = Table(done: done)
         self.table = table
         freeTags = Array((0..<capacity).reversed())
+        pending = Array(repeating: false, count: capacity)
         var c = SessionConfiguration(algorithm: algorithm, direction: direction, level: level)
         c.timeoutMilliseconds = 30_000
         // Readers wait for one particular block: wake on each completion.
@@ -121,6 +124,7 @@ final class BlockStream: @unchecked Sendable {
             throw error
         }
         inFlight += 1
+        pending[tag] = true
         return tag
     }
 
@@ -132,23 +136,27 @@ final class BlockStream: @unchecked Sendable {
         do { try session.poll(minimum: min(minimum, inFlight)) } catch {
             waitError = error as? WarpDriveError ?? .noDevice("\(error)")
         }
-        for tag in 0..<capacity where !freeTags.contains(tag) {
+        for tag in 0..<capacity where pending[tag] {
             if let r = table.done[tag] {
                 out.append((tag, r))
                 table.done[tag] = nil
-                freeTags.append(tag)
-                inFlight -= 1
+                release(tag)
             }
         }
         // A queue that failed without delivering (should not happen): fail what is left.
         if let waitError, out.count < minimum {
-            for tag in 0..<capacity where !freeTags.contains(tag) {
+            for tag in 0..<capacity where pending[tag] {
                 out.append((tag, .failure(waitError)))
-                freeTags.append(tag)
-                inFlight -= 1
+                release(tag)
             }
         }
         return out
+    }
+
+    private func release(_ tag: Int) {
+        pending[tag] = false
+        freeTags.append(tag)
+        inFlight -= 1
     }
 }
 

@@ -611,9 +611,6 @@ public final class CompressedFile {
         cache = cache.filter { $0.value.dirty || $0.value.busy }
     }
 
-    /// Cached blocks and blocks in flight, for memory accounting.
-    public var residentBlocks: Int { cache.count + compressJobs.count + decompressJobs.count }
-
     /// Writes one block version: payload, then its slot header. Block 0's
     /// payload goes inline in the first page when it fits.
     private func store(block b: Int, encoding: BlockEncoding, payload: UnsafeRawBufferPointer) throws {

@@ -14,14 +14,13 @@ public enum Log {
         var tmv = tm()
         var t = ts.tv_sec
         gmtime_r(&t, &tmv)
-        let stamp = String(format4(Int(tmv.tm_year) + 1900)) + "-" + two(Int(tmv.tm_mon) + 1) + "-" + two(Int(tmv.tm_mday))
+        let stamp = String(Int(tmv.tm_year) + 1900) + "-" + two(Int(tmv.tm_mon) + 1) + "-" + two(Int(tmv.tm_mday))
             + "T" + two(Int(tmv.tm_hour)) + ":" + two(Int(tmv.tm_min)) + ":" + two(Int(tmv.tm_sec)) + "Z"
         var line = "\(stamp) warpfs \(level.rawValue): \(message)\n"
         line.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
     }
 
     private static func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
-    private static func format4(_ n: Int) -> String { String(n) }
 
     public static func error(_ m: String) { write(.error, m) }
     public static func warning(_ m: String) { write(.warning, m) }
