@@ -86,6 +86,10 @@ final class BlockStream: @unchecked Sendable {
     private var freeTags: [Int]
     /// Tags submitted and not yet reaped (so reaping does not search `freeTags`).
     private var pending: [Bool]
+    /// Submission sequence number per tag: results are returned in submission
+    /// order, so blocks written in order are stored (and placed) in order.
+    private var sequence: [UInt64]
+    private var nextSequence: UInt64 = 0
     private(set) var inFlight = 0
 
     init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, direction: Direction, level: Int, capacity: Int) throws {
@@ -96,6 +100,7 @@ final class BlockStream: @unchecked Sendable {
         self.table = table
         freeTags = Array((0..<capacity).reversed())
         pending = Array(repeating: false, count: capacity)
+        sequence = Array(repeating: 0, count: capacity)
         var c = SessionConfiguration(algorithm: algorithm, direction: direction, level: level)
         c.timeoutMilliseconds = 30_000
         // Readers wait for one particular block: wake on each completion.
@@ -125,13 +130,15 @@ final class BlockStream: @unchecked Sendable {
         }
         inFlight += 1
         pending[tag] = true
+        sequence[tag] = nextSequence
+        nextSequence += 1
         return tag
     }
 
     /// Reaps finished requests (waiting for at least `minimum`) and returns
     /// them; their tags become free.
     func reap(minimum: Int) -> [(tag: Int, result: Result<Int, WarpDriveError>)] {
-        var out: [(Int, Result<Int, WarpDriveError>)] = []
+        var out: [(tag: Int, result: Result<Int, WarpDriveError>)] = []
         var waitError: WarpDriveError?
         do { try session.poll(minimum: min(minimum, inFlight)) } catch {
             waitError = error as? WarpDriveError ?? .noDevice("\(error)")
@@ -150,6 +157,7 @@ final class BlockStream: @unchecked Sendable {
                 release(tag)
             }
         }
+        if out.count > 1 { out.sort { sequence[$0.tag] < sequence[$1.tag] } }
         return out
     }
 

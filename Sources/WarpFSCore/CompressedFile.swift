@@ -79,6 +79,8 @@ public final class CompressedFile {
     /// First error of write-back not yet reported (to write, flush or fsync).
     private var writeError: FSError?
     private var lastReadEnd: UInt64 = .max
+    /// Per group, the page after the last payload placed (next placement starts there).
+    private var groupCursor: [Int: Int] = [:]
 
     public var blockSize: Int { layout.blockSize }
 
@@ -168,6 +170,7 @@ public final class CompressedFile {
             let n = try table.withUnsafeMutableBytes { b in
                 try preadFully(fd, b.baseAddress!, b.count, off, "read slot headers of \(name)")
             }
+            var newestInGroup: UInt64 = 0
             table.withUnsafeBytes { b in
                 for k in 0..<BlockLayout.blocksPerGroup where first + k < count {
                     for s in 0..<2 {
@@ -176,7 +179,14 @@ public final class CompressedFile {
                         let h = SlotHeader.decode(UnsafeRawBufferPointer(rebasing: b[at..<(at + BlockLayout.slotHeaderSize)]),
                                                   block: first + k, blockSize: layout.blockSize)
                         entries[first + k].set(s, h)
-                        if let h { maxGen = max(maxGen, h.generation) }
+                        if let h {
+                            maxGen = max(maxGen, h.generation)
+                            // Placement resumes after the newest payload of the group.
+                            if h.generation >= newestInGroup, !h.pageRange.isEmpty {
+                                newestInGroup = h.generation
+                                groupCursor[group] = h.pageRange.upperBound
+                            }
+                        }
                     }
                     var e = entries[first + k]
                     switch (e.slot.0, e.slot.1) {
@@ -184,6 +194,16 @@ public final class CompressedFile {
                     case (_?, nil): e.current = 0
                     case (nil, _?): e.current = 1
                     case (let a?, let b?): e.current = a.generation >= b.generation ? 0 : 1; stale = true
+                    }
+                    // Two versions: a crash came between a write and the sync that
+                    // drops the older one. The newer may be torn (its payload not
+                    // written, or written after its header); then the older, the
+                    // last durable version, is the block's content.
+                    if let cur = e.current, let other = e.header(1 - cur), !payloadIntact(block: first + k, slot: cur, header: e.header(cur)!),
+                       payloadIntact(block: first + k, slot: 1 - cur, header: other) {
+                        Log.error("\(name): block \(first + k): the newest version (generation \(e.header(cur)!.generation)) is torn; "
+                            + "using the previous one (generation \(other.generation))")
+                        e.current = 1 - cur      // the torn copy is dropped with the stale ones below
                     }
                     e.durable = e.current
                     entries[first + k] = e
@@ -198,6 +218,18 @@ public final class CompressedFile {
             _ = fdatasync(fd)
             try dropStaleCopies()
         }
+    }
+
+    /// Whether the payload of a slot reads back with its checksum.
+    private func payloadIntact(block b: Int, slot: Int, header h: SlotHeader) -> Bool {
+        guard h.storedLength > 0 else { return true }
+        var buf = [UInt8](repeating: 0, count: h.storedLength)
+        let ok = buf.withUnsafeMutableBytes { (p: UnsafeMutableRawBufferPointer) -> Bool in
+            guard let n = try? preadFully(fd, p.baseAddress!, h.storedLength, layout.payloadOffset(block: b, slot: slot, header: h), "read"),
+                  n == h.storedLength else { return false }
+            return crc32Checksum(UnsafeRawBufferPointer(p)) == h.payloadChecksum
+        }
+        return ok
     }
 
     // MARK: Pipeline plumbing
@@ -330,13 +362,18 @@ public final class CompressedFile {
     /// decompression, all in flight together.
     private func startLoads(_ range: ClosedRange<Int>) throws {
         // Ask the backing file system to read the payloads of the whole range
-        // at once (they are spread over the slot areas, which defeats its
-        // sequential readahead); the preads below then find them cached.
-        if range.count > 1, let lo = range.first(where: { $0 < entries.count && cache[$0] == nil && !entries[$0].isHole }) {
-            let hi = min(range.upperBound, entries.count - 1)
-            let start = layout.slotPayloadOffset(block: lo, slot: 0)
-            let end = layout.slotPayloadOffset(block: hi, slot: 1) + layout.blockSize
-            if end > start { _ = posix_fadvise(fd, off_t(start), off_t(end - start), POSIX_FADV_WILLNEED) }
+        // at once: one hint per group over the pages its payloads span
+        // (packed together when the blocks were written in order).
+        if range.count > 1 {
+            var spans: [Int: (lo: Int, hi: Int)] = [:]
+            for b in range where b < entries.count && cache[b] == nil && loading[b] == nil {
+                guard let h = entries[b].newest, let slot = entries[b].current, h.storedLength > 0 else { continue }
+                let at = layout.payloadOffset(block: b, slot: slot, header: h)
+                let g = b / BlockLayout.blocksPerGroup
+                let old = spans[g] ?? (at, at + h.storedLength)
+                spans[g] = (min(old.lo, at), max(old.hi, at + h.storedLength))
+            }
+            for (_, s) in spans { _ = posix_fadvise(fd, off_t(s.lo), off_t(s.hi - s.lo), POSIX_FADV_WILLNEED) }
         }
         for b in range where b < entries.count && cache[b] == nil && loading[b] == nil && !entries[b].isHole {
             if decompressor?.isFull ?? false { break }
@@ -365,7 +402,7 @@ public final class CompressedFile {
                 c.data.baseAddress!.copyMemory(from: payload.baseAddress!, byteCount: h.storedLength)
                 clock += 1; c.lastUse = clock
                 cache[b] = c
-            case .deflate, .zlib, .gzip where h.encoding == header.encoding:
+            case _ where h.encoding == header.encoding:
                 let s = try decompressStream()
                 let tag = try s.submit(payload, c.data)
                 decompressJobs[tag] = .decompress(block: b, target: c, payload: payloadBuffer)
@@ -612,30 +649,71 @@ public final class CompressedFile {
     }
 
     /// Writes one block version: payload, then its slot header. Block 0's
-    /// payload goes inline in the first page when it fits.
+    /// payload goes inline in the first page when it fits; others go to a
+    /// free run of pages in the group's region (`place`), never over a page
+    /// another slot's header points to.
     private func store(block b: Int, encoding: BlockEncoding, payload: UnsafeRawBufferPointer) throws {
         var e = entries[b]
         let target = e.durable.map { 1 - $0 } ?? e.current ?? 0
         let len = payload.count
         let inline = b == 0 && len > 0 && len <= BlockLayout.inlineCapacity
         let previous = e.header(target)
-        let area = layout.slotPayloadOffset(block: b, slot: target)
-        if len > 0 {
-            let at = inline ? layout.inlinePayloadOffset(slot: target) : area
-            try pwriteFully(fd, payload.baseAddress!, len, at, "write \(name) block \(b)")
-        }
-        // Release what a previous, longer version used in the payload area.
-        let used = inline || len == 0 ? 0 : (len + 4095) / 4096 * 4096
-        if let previous, !previous.isInline, previous.storedLength > used {
-            punch(area + used, layout.blockSize - used)
-        }
+        let page = inline || len == 0 ? 0 : place(block: b, slot: target, pages: BlockLayout.pages(len))
         let h = SlotHeader(encoding: encoding, isInline: inline, block: UInt64(b), generation: nextGeneration, storedLength: len,
-                           payloadChecksum: crc32Checksum(payload))
+                           payloadChecksum: crc32Checksum(payload), page: page)
+        if len > 0 {
+            try pwriteFully(fd, payload.baseAddress!, len, layout.payloadOffset(block: b, slot: target, header: h), "write \(name) block \(b)")
+        }
         nextGeneration += 1
         try writeSlotHeader(h, block: b, slot: target)
         e.set(target, h)
         e.current = target
         entries[b] = e
+        // Release what the slot's previous version used and the new one does not.
+        if let previous { release(previous, block: b, keeping: h.pageRange) }
+    }
+
+    /// Where `pages` pages for slot `slot` of block `b` go: the first free
+    /// run at or after the group's cursor (wrapping once), so payloads
+    /// written in order lie next to each other. The slot's own previous
+    /// payload counts as free (it is not the durable version).
+    private func place(block b: Int, slot: Int, pages: Int) -> Int {
+        let g = b / BlockLayout.blocksPerGroup
+        var used: [Range<Int>] = []
+        for k in (g * BlockLayout.blocksPerGroup)..<min(entries.count, (g + 1) * BlockLayout.blocksPerGroup) {
+            for s in 0..<2 where !(k == b && s == slot) {
+                if let r = entries[k].header(s)?.pageRange, !r.isEmpty { used.append(r) }
+            }
+        }
+        used.sort { $0.lowerBound < $1.lowerBound }
+        let limit = layout.regionPages
+        func firstFit(from start: Int, to end: Int) -> Int? {
+            var at = start
+            for r in used where r.upperBound > at {
+                if r.lowerBound >= at + pages { break }
+                at = max(at, r.upperBound)
+            }
+            return at + pages <= end ? at : nil
+        }
+        let cursor = groupCursor[g] ?? 0
+        // The region's size guarantees a fit (see BlockLayout.regionPages).
+        let at = firstFit(from: cursor, to: limit) ?? firstFit(from: 0, to: limit)!
+        groupCursor[g] = at + pages
+        return at
+    }
+
+    /// Punches the pages of an old version that `keeping` does not cover.
+    private func release(_ old: SlotHeader, block b: Int, keeping: Range<Int>) {
+        let r = old.pageRange
+        guard !r.isEmpty else { return }
+        let base = layout.regionOffset(group: b / BlockLayout.blocksPerGroup)
+        let ps = BlockLayout.pageSize
+        if keeping.isEmpty || keeping.upperBound <= r.lowerBound || keeping.lowerBound >= r.upperBound {
+            punch(base + r.lowerBound * ps, r.count * ps)
+            return
+        }
+        if r.lowerBound < keeping.lowerBound { punch(base + r.lowerBound * ps, (keeping.lowerBound - r.lowerBound) * ps) }
+        if r.upperBound > keeping.upperBound { punch(base + keeping.upperBound * ps, (r.upperBound - keeping.upperBound) * ps) }
     }
 
     private func writeSlotHeader(_ h: SlotHeader?, block b: Int, slot: Int) throws {
@@ -657,7 +735,7 @@ public final class CompressedFile {
         for s in 0..<2 {
             guard let h = entries[b].header(s) else { continue }
             try writeSlotHeader(nil, block: b, slot: s)
-            if !h.isInline && h.storedLength > 0 { punch(layout.slotPayloadOffset(block: b, slot: s), layout.blockSize) }
+            release(h, block: b, keeping: 0..<0)
         }
         entries[b] = Entry()
     }
@@ -686,7 +764,7 @@ public final class CompressedFile {
             if e.hasStale, let cur = e.current, let oldHeader = e.header(1 - cur) {
                 let old = 1 - cur
                 try writeSlotHeader(nil, block: b, slot: old)
-                if !oldHeader.isInline && oldHeader.storedLength > 0 { punch(layout.slotPayloadOffset(block: b, slot: old), layout.blockSize) }
+                release(oldHeader, block: b, keeping: 0..<0)
                 e.set(old, nil)
             }
             entries[b] = e

@@ -23,7 +23,8 @@ public enum BlockEncoding: UInt8, Sendable, CaseIterable {
 /// `40..507 zero`, `508 u32 CRC-32C of bytes 0..<508`.
 public struct FileHeader: Sendable, Equatable {
     public static let magic: [UInt8] = Array("WARPFS\r\n".utf8)
-    public static let version: UInt16 = 1
+    /// Version 2 packs payloads in a region per group (version 1 had fixed slot areas).
+    public static let version: UInt16 = 2
     public static let size = 512
     /// Byte offsets of the two header copies.
     public static let copyOffsets = [0, 512]
@@ -79,7 +80,7 @@ public struct FileHeader: Sendable, Equatable {
         guard bytes.count >= size, hasMagic(bytes) else { throw .notAHeader }
         let r = LE(UnsafeMutableRawPointer(mutating: bytes.baseAddress!))
         guard r.u32(508) == crc32Checksum(UnsafeRawBufferPointer(start: bytes.baseAddress, count: 508)) else { throw .badChecksum }
-        guard r.u16(8) == version else { throw .unsupported("format version \(r.u16(8))") }
+        guard r.u16(8) == version else { throw .unsupported("format version \(r.u16(8)); this build reads version \(version)") }
         guard r.u16(10) == UInt16(size) else { throw .unsupported("header size \(r.u16(10))") }
         let bs = Int(r.u32(12))
         guard blockSizeRange.contains(bs), bs % 4096 == 0 else { throw .unsupported("block size \(bs)") }

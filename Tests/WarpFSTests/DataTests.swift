@@ -4,6 +4,7 @@ import Glibc
 import CWarpSys
 import Synchronization
 import Testing
+import WarpFSFormat
 
 /// Data integrity on real mounts: a model checker, large and many files,
 /// concurrency, remounts, space use and damage.
@@ -212,15 +213,59 @@ import Testing
         }
     }
 
+    /// Payloads written in order lie next to each other in the backing file,
+    /// and rewrites of every compressibility never place two live payloads
+    /// on the same pages (checked on the slot headers while mounted).
+    @Test func payloadsArePackedAndNeverOverlap() throws {
+        try withMount(options: "block_size=16k") { m in
+            let bs = 16 << 10
+            var r = Rng(77)
+            var model = r.text(48 * bs)
+            try FileIO.write(m.path("p"), model)
+            m.unmount()
+            let layout = BlockLayout(blockSize: bs)
+            let fresh = try liveSlots(m.backingPath("p"), blockSize: bs)
+            #expect(fresh.count == 48)
+            for g in 0..<3 {
+                let inGroup = fresh.filter { $0.block / 16 == g }.sorted { $0.block < $1.block }
+                for (a, b) in zip(inGroup, inGroup.dropFirst()) {
+                    #expect(a.header.pageRange.upperBound == b.header.pageRange.lowerBound, "blocks \(a.block) and \(b.block) are not adjacent")
+                }
+            }
+            try m.start()
+            let fd = open(m.path("p"), O_RDWR)
+            for step in 0..<400 {
+                let b = r.int(48)
+                let data = r.int(3) == 0 ? r.bytes(bs) : r.int(2) == 0 ? r.text(bs) : r.text(1 + r.int(bs))
+                try FileIO.pwrite(fd, data, b * bs)
+                model.replaceSubrange((b * bs)..<(b * bs + data.count), with: data)
+                if step % 7 == 0 { #expect(fsync(fd) == 0) }
+                if step % 50 == 49 {
+                    let slots = try liveSlots(m.backingPath("p"), blockSize: bs)
+                    for g in 0..<3 {
+                        let ranges = slots.filter { $0.block / 16 == g && !$0.header.pageRange.isEmpty }.map { $0.header.pageRange }.sorted { $0.lowerBound < $1.lowerBound }
+                        for (x, y) in zip(ranges, ranges.dropFirst()) { #expect(x.upperBound <= y.lowerBound, "step \(step): \(x) overlaps \(y)") }
+                        #expect(ranges.allSatisfy { $0.upperBound <= layout.regionPages })
+                    }
+                }
+            }
+            close(fd)
+            try m.remount()
+            #expect(try FileIO.read(m.path("p")) == model)
+        }
+    }
+
     @Test func aCorruptedBlockReadsAsEIOAndIsLogged() throws {
         try withMount(options: "block_size=64k") { m in
             var r = Rng(5)
             let data = r.text(64 << 10 * 4)
             try FileIO.write(m.path("c"), data)
             m.unmount()
-            // Flip a byte in the payload of block 2 (slot 0).
+            // Flip a byte in the payload of block 2.
             let back = open(m.backingPath("c"), O_RDWR)
-            let payload = 4096 + (2 * 2) * (64 << 10)
+            let slots = try liveSlots(m.backingPath("c"), blockSize: 64 << 10)
+            let two = try #require(slots.first { $0.block == 2 })
+            let payload = BlockLayout(blockSize: 64 << 10).payloadOffset(block: 2, slot: two.slot, header: two.header)
             var b = try FileIO.pread(back, 1, payload + 100)
             b[0] ^= 0xFF
             try FileIO.pwrite(back, b, payload + 100)
@@ -234,6 +279,34 @@ import Testing
             #expect(try FileIO.pread(fd, 1000, 3 * (64 << 10)) == Array(data[(3 * (64 << 10))..<(3 * (64 << 10) + 1000)]))
             let log = m.log
             #expect(log.contains("c: block 2"), "log: \(log)")
+        }
+    }
+
+    /// A crash between writing a block's new version and the sync that drops
+    /// the old one can leave a newer slot whose payload is not what its
+    /// header says (torn). Opening the file falls back to the older, durable
+    /// version and drops the torn one.
+    @Test func aTornNewerVersionFallsBackToTheDurableOne() throws {
+        try withMount(options: "block_size=64k") { m in
+            var r = Rng(6)
+            let data = r.text(64 << 10 * 3)
+            try FileIO.write(m.path("t"), data)
+            m.unmount()
+            let old = try #require(try liveSlots(m.backingPath("t"), blockSize: 64 << 10).first { $0.block == 1 })
+            let torn = SlotHeader(encoding: old.header.encoding, block: 1, generation: old.header.generation + 100,
+                                  storedLength: 5000, payloadChecksum: 0x1234_5678, page: 900)
+            var raw = [UInt8](repeating: 0, count: 32)
+            raw.withUnsafeMutableBytes { torn.encode(into: $0) }
+            let back = open(m.backingPath("t"), O_RDWR)
+            try FileIO.pwrite(back, raw, BlockLayout(blockSize: 64 << 10).slotHeaderOffset(block: 1, slot: 1 - old.slot))
+            close(back)
+            try m.start()
+            #expect(try FileIO.read(m.path("t")) == data)
+            #expect(m.log.contains("t: block 1: the newest version"), "log: \(m.log)")
+            m.unmount()
+            let after = try liveSlots(m.backingPath("t"), blockSize: 64 << 10).filter { $0.block == 1 }
+            #expect(after.count == 1 && after.first?.header == old.header)
+            try m.start()
         }
     }
 
@@ -285,4 +358,22 @@ func threads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
         ts.append(t)
     }
     for t in ts { pthread_join(t, nil) }
+}
+
+/// The valid slot headers of a container, read from the backing file.
+func liveSlots(_ path: String, blockSize: Int) throws -> [(block: Int, slot: Int, header: SlotHeader)] {
+    let layout = BlockLayout(blockSize: blockSize)
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { throw Errno(errno, path) }
+    defer { close(fd) }
+    let raw = try FileIO.pread(fd, 1024, 0)
+    let header = try raw.withUnsafeBytes { try FileHeader.decodeNewest($0).header }
+    var out: [(Int, Int, SlotHeader)] = []
+    for b in 0..<layout.blockCount(logicalSize: header.logicalSize) {
+        for s in 0..<2 {
+            let bytes = try FileIO.pread(fd, 32, layout.slotHeaderOffset(block: b, slot: s))
+            if let h = bytes.withUnsafeBytes({ SlotHeader.decode($0, block: b, blockSize: blockSize) }) { out.append((b, s, h)) }
+        }
+    }
+    return out
 }

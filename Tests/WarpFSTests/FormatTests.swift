@@ -52,19 +52,37 @@ import Testing
         #expect(r2.withUnsafeBytes { SlotHeader.decode($0, block: 3, blockSize: 65536) } == nil)    // only block 0 is inline
     }
 
-    @Test func layoutKeepsSlotsApart() {
+    @Test func layoutPlacesPayloadsInTheGroupRegion() {
         let l = BlockLayout(blockSize: 65536)
-        var seen = Set<Int>()
+        #expect(l.regionPages == 1024)
+        #expect(l.tableOffset(group: 1) == 4096 + 64 * 65536)
+        #expect(l.regionOffset(group: 1) == l.tableOffset(group: 1) + 4096)
         for b in 0..<40 {
             for s in 0..<2 {
-                let p = l.slotPayloadOffset(block: b, slot: s)
-                #expect(p % 4096 == 0 && seen.insert(p / 65536).inserted)
                 let h = l.slotHeaderOffset(block: b, slot: s)
                 #expect(h >= 1024 && (b >= 16 || h < 2048))
+                // Headers never fall inside a payload region.
+                let g = b / 16
+                #expect(h < l.regionOffset(group: g) && (g == 0 || h >= l.tableOffset(group: g)))
             }
         }
-        #expect(l.tableOffset(group: 1) == 4096 + 32 * 65536)
-        #expect(l.slotPayloadOffset(block: 16, slot: 0) == l.tableOffset(group: 1) + 4096)
+        let h = SlotHeader(encoding: .deflate, block: 17, generation: 9, storedLength: 4097, payloadChecksum: 1, page: 1000)
+        #expect(h.pageRange == 1000..<1002)
+        #expect(l.payloadOffset(block: 17, slot: 1, header: h) == l.regionOffset(group: 1) + 1000 * 4096)
+    }
+
+    @Test func slotHeaderKeepsItsPageAndRejectsOneOutsideTheRegion() {
+        func roundTrip(_ h: SlotHeader) -> SlotHeader? {
+            var raw = [UInt8](repeating: 0, count: 32)
+            raw.withUnsafeMutableBytes { h.encode(into: $0) }
+            return raw.withUnsafeBytes { SlotHeader.decode($0, block: Int(h.block), blockSize: 65536) }
+        }
+        let inside = SlotHeader(encoding: .raw, block: 2, generation: SlotHeader.maxGeneration, storedLength: 65536, payloadChecksum: 7, page: 1008)
+        #expect(roundTrip(inside) == inside)
+        let outside = SlotHeader(encoding: .raw, block: 2, generation: 3, storedLength: 65536, payloadChecksum: 7, page: 1009)
+        #expect(roundTrip(outside) == nil)
+        let inlineWithPage = SlotHeader(encoding: .raw, isInline: true, block: 0, generation: 3, storedLength: 10, payloadChecksum: 7, page: 1)
+        #expect(roundTrip(inlineWithPage) == nil)
     }
 
     @Test func randomBytesAreStoredRawWithoutCompressing() {
