@@ -81,6 +81,8 @@ public final class CompressedFile {
     private var lastReadEnd: UInt64 = .max
     /// Per group, the page after the last payload placed (next placement starts there).
     private var groupCursor: [Int: Int] = [:]
+    /// Last block whose payload the backing file system was asked to read ahead.
+    private var hintedUpTo = -1
 
     public var blockSize: Int { layout.blockSize }
 
@@ -348,6 +350,13 @@ public final class CompressedFile {
         var ahead = last
         if offset == lastReadEnd || offset == 0 { ahead = min(entries.count - 1, last + readahead) }
         try startLoads(first...max(first, ahead))
+        // The backing reads of the window after this one start now, so the
+        // disk works while the engines decompress this window.
+        if ahead > last, ahead + 1 < entries.count, hintedUpTo < ahead + readahead {
+            let from = max(ahead + 1, hintedUpTo + 1), to = min(entries.count - 1, ahead + readahead)
+            if from <= to { hintBacking(from...to) }
+            hintedUpTo = to
+        }
         lastReadEnd = end
         for (b, inBlock, n, pos) in spans(offset, end) {
             let block = try cached(b, load: true)
@@ -358,23 +367,25 @@ public final class CompressedFile {
         return Int(end - offset)
     }
 
+    /// Asks the backing file system to start reading the payloads of the
+    /// uncached blocks in `range`: one hint per group over the pages its
+    /// payloads span (packed together when the blocks were written in order).
+    private func hintBacking(_ range: ClosedRange<Int>) {
+        var spans: [Int: (lo: Int, hi: Int)] = [:]
+        for b in range where b < entries.count && cache[b] == nil && loading[b] == nil {
+            guard let h = entries[b].newest, let slot = entries[b].current, h.storedLength > 0 else { continue }
+            let at = layout.payloadOffset(block: b, slot: slot, header: h)
+            let g = b / BlockLayout.blocksPerGroup
+            let old = spans[g] ?? (at, at + h.storedLength)
+            spans[g] = (min(old.lo, at), max(old.hi, at + h.storedLength))
+        }
+        for (_, s) in spans { _ = posix_fadvise(fd, off_t(s.lo), off_t(s.hi - s.lo), POSIX_FADV_WILLNEED) }
+    }
+
     /// Reads the payloads of uncached blocks in `range` and submits their
     /// decompression, all in flight together.
     private func startLoads(_ range: ClosedRange<Int>) throws {
-        // Ask the backing file system to read the payloads of the whole range
-        // at once: one hint per group over the pages its payloads span
-        // (packed together when the blocks were written in order).
-        if range.count > 1 {
-            var spans: [Int: (lo: Int, hi: Int)] = [:]
-            for b in range where b < entries.count && cache[b] == nil && loading[b] == nil {
-                guard let h = entries[b].newest, let slot = entries[b].current, h.storedLength > 0 else { continue }
-                let at = layout.payloadOffset(block: b, slot: slot, header: h)
-                let g = b / BlockLayout.blocksPerGroup
-                let old = spans[g] ?? (at, at + h.storedLength)
-                spans[g] = (min(old.lo, at), max(old.hi, at + h.storedLength))
-            }
-            for (_, s) in spans { _ = posix_fadvise(fd, off_t(s.lo), off_t(s.hi - s.lo), POSIX_FADV_WILLNEED) }
-        }
+        if range.count > 1 { hintBacking(range) }
         for b in range where b < entries.count && cache[b] == nil && loading[b] == nil && !entries[b].isHole {
             if decompressor?.isFull ?? false { break }
             guard let h = entries[b].newest, let slot = entries[b].current else { continue }
