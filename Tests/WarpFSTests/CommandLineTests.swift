@@ -59,8 +59,9 @@ import Testing
             #expect(r.output.contains(w))
         }
         #expect(r.output.contains("warpfs-nocompress") && r.output.contains("zlib-2-threads"))
+        #expect(r.output.contains("warpfs / zlib-2-threads, sequential write"))
         let json = String(decoding: try FileIO.read(dir + "/b.json"), as: UTF8.self)
-        #expect(json.contains("\"workload\"") && json.contains("\"median\""))
+        #expect(json.contains("\"workload\"") && json.contains("\"median\"") && json.contains("\"warpfs_over_zlib\""))
         let svg = String(decoding: try FileIO.read(dir + "/b.svg"), as: UTF8.self)
         #expect(svg.hasPrefix("<svg") && svg.contains("<rect"))
         // Its temporary mounts are gone.
