@@ -39,6 +39,32 @@ public final class CompressedFile {
         var newest: SlotHeader? { current.flatMap { header($0) } }
         var isHole: Bool { newest == nil || newest!.encoding == .zero }
         var hasStale: Bool { slot.0 != nil && slot.1 != nil }
+        var isEmpty: Bool { slot.0 == nil && slot.1 == nil && current == nil && durable == nil }
+    }
+
+    /// The entries of a file's blocks, stored only for blocks that have a
+    /// slot: a sparse terabyte costs nothing, and a header claiming an
+    /// absurd size cannot make the index allocate for it.
+    struct BlockIndex {
+        /// Blocks covered by the logical size.
+        private(set) var count = 0
+        private var stored: [Int: Entry] = [:]
+
+        subscript(b: Int) -> Entry {
+            get { stored[b] ?? Entry() }
+            set { stored[b] = newValue.isEmpty ? nil : newValue }
+        }
+        mutating func grow(to n: Int) { count = max(count, n) }
+        /// Forgets blocks from `n` on (their slots must already be cleared).
+        mutating func shrink(to n: Int) {
+            count = n
+            for b in stored.keys where b >= n { stored[b] = nil }
+        }
+        /// Blocks with an entry, in order.
+        var populated: [Int] { stored.keys.sorted() }
+        /// Blocks with an entry at or after `b`, in order.
+        func populated(from b: Int) -> [Int] { stored.keys.filter { $0 >= b }.sorted() }
+        var hasStale: Bool { stored.values.contains { $0.hasStale } }
     }
 
     /// Backing file descriptor (owned).
@@ -48,7 +74,7 @@ public final class CompressedFile {
     let codec: BlockCodec
     public private(set) var header: FileHeader
     let layout: BlockLayout
-    var entries: [Entry] = []
+    var entries = BlockIndex()
     /// Logical size in bytes.
     public private(set) var size: UInt64
     private var cache: [Int: CachedBlock] = [:]
@@ -161,12 +187,21 @@ public final class CompressedFile {
 
     private func loadIndex() throws {
         let count = layout.blockCount(logicalSize: size)
-        entries = Array(repeating: Entry(), count: count)
+        entries = BlockIndex()
+        entries.grow(to: count)
         var maxGen = header.generation
         var table = [UInt8](repeating: 0, count: BlockLayout.tableSize)
         var group = 0
         var stale = false
         while group * BlockLayout.blocksPerGroup < count {
+            // Groups with nothing stored are holes in the backing file: jump
+            // to the group of the next data (a sparse file costs no reads).
+            if group > 0 {
+                let next = lseek(fd, off_t(layout.tableOffset(group: group)), Int32(WD_SEEK_DATA))
+                if next < 0 { break }       // ENXIO: no data past here
+                group = max(group, layout.group(containing: Int(next)))
+                if group * BlockLayout.blocksPerGroup >= count { break }
+            }
             let first = group * BlockLayout.blocksPerGroup
             let off = layout.tableOffset(group: group)
             let n = try table.withUnsafeMutableBytes { b in
@@ -180,7 +215,9 @@ public final class CompressedFile {
                         guard at + BlockLayout.slotHeaderSize <= n else { continue }
                         let h = SlotHeader.decode(UnsafeRawBufferPointer(rebasing: b[at..<(at + BlockLayout.slotHeaderSize)]),
                                                   block: first + k, blockSize: layout.blockSize)
-                        entries[first + k].set(s, h)
+                        var e = entries[first + k]
+                        e.set(s, h)
+                        entries[first + k] = e
                         if let h {
                             maxGen = max(maxGen, h.generation)
                             // Placement resumes after the newest payload of the group.
@@ -465,7 +502,7 @@ public final class CompressedFile {
         guard end <= layout.maxLogicalSize else { throw FSError(EFBIG, "\(name): write past the largest supported size") }
         if offset > size { try extend(to: offset) }
         let bs = UInt64(layout.blockSize)
-        if Int((end - 1) / bs) >= entries.count { entries += Array(repeating: Entry(), count: Int((end - 1) / bs) + 1 - entries.count) }
+        entries.grow(to: Int((end - 1) / bs) + 1)
         for (b, inBlock, n, pos) in spans(offset, end) {
             settle(b)
             let whole = inBlock == 0 && n == layout.blockSize
@@ -568,7 +605,7 @@ public final class CompressedFile {
         }
         tailVerified = true
         let count = layout.blockCount(logicalSize: newSize)
-        if count > entries.count { entries += Array(repeating: Entry(), count: count - entries.count) }
+        entries.grow(to: count)
         if newSize != size { size = newSize; headerDirty = true }
     }
 
@@ -581,12 +618,10 @@ public final class CompressedFile {
         if newSize >= size { try extend(to: newSize); return }
         let bs = UInt64(layout.blockSize)
         let keep = layout.blockCount(logicalSize: newSize)
-        for b in keep..<entries.count {
-            cache[b] = nil
-            loadErrors[b] = nil
-            try clearSlots(b)
-        }
-        entries.removeSubrange(min(keep, entries.count)...)
+        for b in cache.keys where b >= keep { cache[b] = nil }
+        for b in loadErrors.keys where b >= keep { loadErrors[b] = nil }
+        for b in entries.populated(from: keep) { try clearSlots(b) }
+        entries.shrink(to: keep)
         if newSize % bs != 0 {
             let b = Int(newSize / bs)
             if !entries[b].isHole || cache[b] != nil {
@@ -766,10 +801,10 @@ public final class CompressedFile {
     }
 
     /// Whether some block still has an older copy waiting for a sync.
-    public var hasStaleCopies: Bool { entries.contains { $0.hasStale } }
+    public var hasStaleCopies: Bool { entries.hasStale }
 
     private func dropStaleCopies() throws {
-        for b in entries.indices {
+        for b in entries.populated {
             var e = entries[b]
             e.durable = e.current
             if e.hasStale, let cur = e.current, let oldHeader = e.header(1 - cur) {
@@ -788,13 +823,16 @@ public final class CompressedFile {
     public func seek(_ offset: UInt64, data: Bool) throws -> UInt64 {
         guard offset < size else { throw FSError(ENXIO) }
         let bs = UInt64(layout.blockSize)
-        var b = Int(offset / bs)
-        while b < entries.count {
-            let hole = entries[b].isHole && !(cache[b]?.dirty ?? false)
-            if hole != data { return max(offset, UInt64(b) * bs) }
-            b += 1
+        let start = Int(offset / bs)
+        func isHole(_ b: Int) -> Bool { entries[b].isHole && !(cache[b]?.dirty ?? false) }
+        if data {
+            // The first block at or after `start` with data: among stored and dirty blocks only.
+            let candidates = (entries.populated(from: start) + cache.keys.filter { $0 >= start }).sorted()
+            guard let b = candidates.first(where: { $0 < entries.count && !isHole($0) }) else { throw FSError(ENXIO) }
+            return max(offset, UInt64(b) * bs)
         }
-        if data { throw FSError(ENXIO) }
-        return size
+        var b = start
+        while b < entries.count && !isHole(b) { b += 1 }
+        return b < entries.count ? max(offset, UInt64(b) * bs) : size
     }
 }

@@ -69,6 +69,12 @@ public struct BlockLayout: Sendable, Equatable {
         g == 0 ? 4096 : tableOffset(group: g) + BlockLayout.tablePageSize
     }
 
+    /// The group whose table or region holds byte `offset` of the file.
+    public func group(containing offset: Int) -> Int {
+        let firstEnd = 4096 + regionSize
+        return offset < firstEnd ? 0 : 1 + (offset - firstEnd) / (BlockLayout.tablePageSize + regionSize)
+    }
+
     /// Offset of the header of slot `slot` (0 or 1) of `block`.
     public func slotHeaderOffset(block: Int, slot: Int) -> Int {
         tableOffset(group: block / BlockLayout.blocksPerGroup) + ((block % BlockLayout.blocksPerGroup) * 2 + slot) * BlockLayout.slotHeaderSize

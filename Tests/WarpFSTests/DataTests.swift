@@ -80,6 +80,36 @@ import WarpFSFormat
         }
     }
 
+    /// A terabyte-sized sparse file costs neither memory nor time: the
+    /// block index holds only stored blocks, and opening skips the holes.
+    @Test func sparseTerabyteFile() throws {
+        try withMount { m in
+            let p = m.path("tera")
+            let fd = open(p, O_RDWR | O_CREAT, 0o644)
+            let tera = 1 << 40
+            #expect(ftruncate(fd, off_t(tera)) == 0)
+            try FileIO.pwrite(fd, Array("end!".utf8), tera - 4)
+            try FileIO.pwrite(fd, Array("start".utf8), 0)
+            close(fd)
+            try m.remount()
+            let fd2 = open(p, O_RDWR)
+            defer { close(fd2) }
+            #expect(try FileIO.stat(p).st_size == tera)
+            #expect(try FileIO.pread(fd2, 4, tera - 4) == Array("end!".utf8))
+            #expect(try FileIO.pread(fd2, 5, 0) == Array("start".utf8))
+            #expect(try FileIO.pread(fd2, 64, 1 << 39).allSatisfy { $0 == 0 })
+            // Past the first block, the next data is the last block.
+            #expect(lseek(fd2, 65536, Int32(WD_SEEK_DATA)) == off_t(tera - 65536))
+            #expect(lseek(fd2, 0, Int32(WD_SEEK_HOLE)) == 65536)
+            #expect(ftruncate(fd2, 10) == 0)
+            #expect(try FileIO.pread(fd2, 100, 0) == Array("start".utf8) + [0, 0, 0, 0, 0])
+            let status = String(decoding: try FileIO.read("/proc/\(m.pid)/status"), as: UTF8.self)
+            let hwm = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
+                .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") } ?? 0
+            #expect(hwm > 0 && hwm < 150 * 1024, "peak resident \(hwm) KiB")
+        }
+    }
+
     @Test func thousandsOfSmallFiles() throws {
         try withMount { m in
             #expect(mkdir(m.path("many"), 0o755) == 0)

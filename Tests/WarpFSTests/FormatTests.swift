@@ -66,6 +66,10 @@ import Testing
                 #expect(h < l.regionOffset(group: g) && (g == 0 || h >= l.tableOffset(group: g)))
             }
         }
+        for g in 0..<4 {
+            #expect(l.group(containing: l.tableOffset(group: g)) == g)
+            #expect(l.group(containing: l.regionOffset(group: g) + 64 * 65536 - 1) == g)
+        }
         let h = SlotHeader(encoding: .deflate, block: 17, generation: 9, storedLength: 4097, payloadChecksum: 1, page: 1000)
         #expect(h.pageRange == 1000..<1002)
         #expect(l.payloadOffset(block: 17, slot: 1, header: h) == l.regionOffset(group: 1) + 1000 * 4096)
