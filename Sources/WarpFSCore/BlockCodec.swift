@@ -26,13 +26,17 @@ public final class BlockCodec: @unchecked Sendable {
     /// Above this, files shrink their caches and write-back depth, and idle
     /// files' clean blocks are dropped (see `WarpFileSystem`).
     public let budgetBytes: Int
+    /// Backing space reserved for dirty blocks (nil: writes are not checked
+    /// ahead, as in offline conversion).
+    public let space: SpaceAccount?
 
     /// Whether block buffers exceed the memory budget.
     public var overBudget: Bool { liveBytes.load(ordering: .relaxed) > budgetBytes }
 
     public init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, level: Int,
-                poolBufferSize: Int = 64 << 10, poolBuffers: Int = 0) {
+                poolBufferSize: Int = 64 << 10, poolBuffers: Int = 0, space: SpaceAccount? = nil) {
         self.device = device
+        self.space = space
         self.algorithm = algorithm
         self.level = level
         self.poolBufferSize = poolBufferSize
@@ -195,7 +199,7 @@ final class BlockBuffer {
     let bytes: UnsafeMutableRawBufferPointer
     private let pool: SharedBufferPool?
     private let index: Int
-    private unowned let codec: BlockCodec
+    private let codec: BlockCodec          // strong: a buffer kept past unmount (unstorable data) outlives the file system
 
     init(bytes: UnsafeMutableRawBufferPointer, pool: SharedBufferPool?, index: Int, codec: BlockCodec) {
         self.bytes = bytes

@@ -14,10 +14,20 @@ final class CachedBlock {
     /// Being compressed: its bytes must not change until stored.
     var busy = false
     var lastUse: UInt64 = 0
+    /// Backing space reserved for storing this block's dirty content.
+    var reservation: (account: SpaceAccount, bytes: Int)?
     /// `zeroed: false` for a block about to be overwritten whole (a decompression target).
     init(_ buffer: BlockBuffer, zeroed: Bool = true) {
         self.buffer = buffer
         if zeroed { buffer.bytes.initializeMemory(as: UInt8.self, repeating: 0) }
+    }
+    deinit { reservation.map { $0.account.release($0.bytes) } }
+
+    /// Ends the reservation once the content is stored (`used` bytes written).
+    func stored(used: Int) {
+        guard !dirty, let r = reservation else { return }
+        r.account.release(r.bytes, used: used)
+        reservation = nil
     }
 }
 
@@ -306,9 +316,11 @@ public final class CompressedFile {
                 switch result {
                 case .success(let n) where n <= rawLength - rawLength / 8:
                     try store(block: b, encoding: header.encoding, payload: UnsafeRawBufferPointer(rebasing: output[0..<n]))
+                    source.stored(used: BlockLayout.pages(n) * BlockLayout.pageSize)
                 case .success, .failure(.destinationTooSmall):
                     // Saves less than 12.5%: stored raw.
                     try store(block: b, encoding: .raw, payload: UnsafeRawBufferPointer(rebasing: source.data[0..<rawLength]))
+                    source.stored(used: BlockLayout.pages(rawLength) * BlockLayout.pageSize)
                 case .failure(let e):
                     throw FSError(EIO, "\(name): block \(b) could not be compressed: \(e)")
                 }
@@ -503,10 +515,31 @@ public final class CompressedFile {
         if offset > size { try extend(to: offset) }
         let bs = UInt64(layout.blockSize)
         entries.grow(to: Int((end - 1) / bs) + 1)
-        for (b, inBlock, n, pos) in spans(offset, end) {
+        let pieces = spans(offset, end)
+        // Reserve backing space for every block this write makes dirty,
+        // before accepting any of its data.
+        var reserved: [Int: (SpaceAccount, Int)] = [:]
+        if let account = codec.space {
+            let cost = layout.blockSize + BlockLayout.tablePageSize
+            let needing = pieces.filter { cache[$0.block]?.reservation == nil }.map(\.block)
+            if !needing.isEmpty {
+                guard account.reserve(cost * needing.count) else {
+                    let (held, free) = account.snapshot
+                    throw FSError(ENOSPC, "\(name): no space left in the backing file system for block \(needing[0]) "
+                        + "(\(free >> 20) MiB free, \(held >> 20) MiB held for blocks not yet stored)")
+                }
+                for b in needing { reserved[b] = (account, cost) }
+            }
+        }
+        for (b, inBlock, n, pos) in pieces {
             settle(b)
             let whole = inBlock == 0 && n == layout.blockSize
-            let block = try cached(b, load: !whole)
+            let block: CachedBlock
+            do { block = try cached(b, load: !whole) } catch {
+                for (k, r) in reserved where cache[k]?.reservation == nil { r.0.release(r.1) }
+                throw error
+            }
+            if block.reservation == nil, let r = reserved.removeValue(forKey: b) { block.reservation = (r.0, r.1) }
             (block.data.baseAddress! + inBlock).copyMemory(from: src + Int(pos - offset), byteCount: n)
             block.dirty = true
             if inBlock + n == layout.blockSize { try startCompression(b) }
@@ -530,6 +563,7 @@ public final class CompressedFile {
                 c.dirty = true
                 throw error
             }
+            c.stored(used: 0)
             return
         }
         if CompressedFile.looksIncompressible(UnsafeRawBufferPointer(rebasing: c.data[0..<len])) {
@@ -538,6 +572,7 @@ public final class CompressedFile {
                 c.dirty = true
                 throw error
             }
+            c.stored(used: BlockLayout.pages(len) * BlockLayout.pageSize)
             return
         }
         let s = try compressStream()
