@@ -215,6 +215,11 @@ final class TestMount {
                 if wd_now_ns() > deadline { kill(pid, SIGKILL); waitpid(pid, &status, 0); break }
                 usleep(5000)
             }
+            // A file-system process that died of a crash signal fails the test, with its log.
+            let signal = status & 0x7F
+            if signal != 0 && signal != 0x7F && [SIGSEGV, SIGBUS, SIGILL, SIGTRAP, SIGABRT, SIGFPE].contains(signal) {
+                Issue.record("warpfs died of signal \(signal); its log:\n\(String(log.suffix(6000)))")
+            }
             pid = 0
         }
     }

@@ -77,8 +77,16 @@ import Testing
         _ = fsync(rfd)
         close(rfd)
 
-        // Space freed: the mount works again.
+        // Space freed: the mount works again. (The backing file's space comes
+        // back once the kernel has released and forgotten the unlinked file,
+        // which it does asynchronously: wait for df to show it.)
         #expect(unlink(m.path("fill")) == 0)
+        let deadline = wd_now_ns() + 10_000_000_000
+        while wd_now_ns() < deadline {
+            var st = statvfs()
+            if statvfs(m.mountpoint, &st) == 0, Int(st.f_bfree) * Int(st.f_frsize) >= 4 << 20 { break }
+            usleep(20_000)
+        }
         let after = r.text(3 << 20)
         try FileIO.write(m.path("after"), after)
         let afd = open(m.path("after"), O_RDONLY)
