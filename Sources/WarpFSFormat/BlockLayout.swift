@@ -152,7 +152,7 @@ public struct SlotHeader: Sendable, Equatable {
     /// Decodes a slot header; nil for an empty, damaged or foreign slot.
     /// `block` must match (a header copied to the wrong place is rejected),
     /// the stored length must fit, the payload must lie inside the group's
-    /// region, and only block 0 may be inline.
+    /// region (page 0 when it is empty), and only block 0 may be inline.
     public static func decode(_ bytes: UnsafeRawBufferPointer, block: Int, blockSize: Int) -> SlotHeader? {
         guard bytes.count >= BlockLayout.slotHeaderSize else { return nil }
         let r = LE(UnsafeMutableRawPointer(mutating: bytes.baseAddress!))
@@ -167,7 +167,7 @@ public struct SlotHeader: Sendable, Equatable {
         let word = r.u64(16)
         let page = Int(word >> 48)
         if inline { guard block == 0, len <= BlockLayout.inlineCapacity, page == 0 else { return nil } }
-        else { guard page + BlockLayout.pages(len) <= 64 * blockSize / BlockLayout.pageSize else { return nil } }
+        else { guard len > 0 || page == 0, page + BlockLayout.pages(len) <= 64 * blockSize / BlockLayout.pageSize else { return nil } }
         return SlotHeader(encoding: enc, isInline: inline, block: UInt64(block), generation: word & maxGeneration, storedLength: len,
                           payloadChecksum: r.u32(24), page: page)
     }

@@ -75,7 +75,10 @@ public struct FileHeader: Sendable, Equatable {
         bytes.count >= magic.count && zip(bytes.prefix(magic.count), magic).allSatisfy { $0 == $1 }
     }
 
-    /// Decodes one 512-byte copy.
+    /// Decodes one 512-byte copy. Besides the checksum, every field must be
+    /// in range: version 2, block size a multiple of 4096 in `blockSizeRange`,
+    /// a compressed encoding, flags 0, a 48-bit generation and a logical
+    /// size the layout addresses (`BlockLayout.maxLogicalSize`).
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(DecodeError) -> FileHeader {
         guard bytes.count >= size, hasMagic(bytes) else { throw .notAHeader }
         let r = LE(UnsafeMutableRawPointer(mutating: bytes.baseAddress!))
@@ -84,10 +87,16 @@ public struct FileHeader: Sendable, Equatable {
         guard r.u16(10) == UInt16(size) else { throw .unsupported("header size \(r.u16(10))") }
         let bs = Int(r.u32(12))
         guard blockSizeRange.contains(bs), bs % 4096 == 0 else { throw .unsupported("block size \(bs)") }
-        guard let enc = BlockEncoding(rawValue: r.u8(16)) else { throw .unsupported("encoding \(r.u8(16))") }
+        // New blocks are compressed in this encoding: raw or zero would label compressed payloads wrongly.
+        guard let enc = BlockEncoding(rawValue: r.u8(16)), enc != .raw, enc != .zero else { throw .unsupported("encoding \(r.u8(16))") }
+        guard r.u16(18) == 0 else { throw .unsupported("flags 0x\(String(r.u16(18), radix: 16))") }
+        // Header and slots share one 48-bit generation counter (the next one is computed by adding 1).
+        let generation = r.u64(24)
+        guard generation <= SlotHeader.maxGeneration else { throw .unsupported("generation \(generation)") }
+        // Every block of the file must have offsets that fit in 64 bits.
         let logical = r.u64(32)
-        guard logical <= UInt64(Int64.max) / 4 else { throw .unsupported("logical size \(logical)") }
-        return FileHeader(blockSize: bs, encoding: enc, level: r.u8(17), generation: r.u64(24), logicalSize: logical)
+        guard logical <= BlockLayout(blockSize: bs).maxLogicalSize else { throw .unsupported("logical size \(logical) at block size \(bs)") }
+        return FileHeader(blockSize: bs, encoding: enc, level: r.u8(17), generation: generation, logicalSize: logical)
     }
 
     /// Picks the valid copy with the higher generation from the first 1024
