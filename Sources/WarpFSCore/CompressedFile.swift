@@ -161,13 +161,27 @@ public final class CompressedFile {
         }
         return try buf.withUnsafeBytes { (b) throws -> Kind in
             let got = UnsafeRawBufferPointer(rebasing: b[0..<n])
-            guard FileHeader.hasMagic(got) else { return .plain }
+            guard FileHeader.hasMagic(got) || secondCopyVouches(got) else { return .plain }
             do {
                 return .compressed(try FileHeader.decodeNewest(got).header)
             } catch {
                 throw FSError(EIO, "\(name): damaged WarpFS header (\(error))")
             }
         }
+    }
+
+    /// Whether a file whose first 8 bytes are not the magic is still a
+    /// container with a damaged copy A: copy B is a valid header and the
+    /// first 8 bytes differ from the magic in at most 2 bits (a flipped bit
+    /// must not show a container's bytes as a plain file, while a plain
+    /// file that merely embeds a container at offset 512, like a tar
+    /// archive of a backing file, stays plain).
+    static func secondCopyVouches(_ first: UnsafeRawBufferPointer) -> Bool {
+        guard first.count >= 1024,
+              (try? FileHeader.decode(UnsafeRawBufferPointer(rebasing: first[512..<1024]))) != nil else { return false }
+        var differing = 0
+        for (i, m) in FileHeader.magic.enumerated() { differing += (first[i] ^ m).nonzeroBitCount }
+        return differing <= 2
     }
 
     /// Creates an empty container in the (empty) file at `fd`.
@@ -739,6 +753,10 @@ public final class CompressedFile {
         let len = payload.count
         let inline = b == 0 && len > 0 && len <= BlockLayout.inlineCapacity
         let previous = e.header(target)
+        guard nextGeneration <= SlotHeader.maxGeneration else {
+            throw FSError(EIO, "\(name): block \(b): the file's generation counter is exhausted (a damaged slot header claims "
+                + "generation \(nextGeneration - 1)); copy the file to a new one")
+        }
         let page = inline || len == 0 ? 0 : place(block: b, slot: target, pages: BlockLayout.pages(len))
         let h = SlotHeader(encoding: encoding, isInline: inline, block: UInt64(b), generation: nextGeneration, storedLength: len,
                            payloadChecksum: crc32Checksum(payload), page: page)

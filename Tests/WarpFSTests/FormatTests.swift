@@ -89,6 +89,25 @@ import Testing
         #expect(roundTrip(inlineWithPage) == nil)
     }
 
+    /// A container whose copy A lost a bit of its magic is still a container;
+    /// a plain file that embeds a container at offset 512 (a tar archive of
+    /// a backing file) stays plain.
+    @Test func onlyANearMagicLetsCopyBVouchForAContainer() {
+        var page = [UInt8](repeating: 0, count: 1024)
+        let h = FileHeader(blockSize: 65536, encoding: .deflate, level: 1, generation: 3, logicalSize: 10)
+        page.withUnsafeMutableBytes { h.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[512..<1024])) }
+        var flipped = page
+        for (i, m) in FileHeader.magic.enumerated() { flipped[i] = m }
+        flipped[3] ^= 0x04
+        #expect(flipped.withUnsafeBytes { CompressedFile.secondCopyVouches($0) })
+        var tar = page
+        for (i, c) in "backing/some-file.txt".utf8.enumerated() { tar[i] = c }
+        #expect(!tar.withUnsafeBytes { CompressedFile.secondCopyVouches($0) })
+        var damagedB = flipped
+        damagedB[600] ^= 1
+        #expect(!damagedB.withUnsafeBytes { CompressedFile.secondCopyVouches($0) })
+    }
+
     @Test func randomBytesAreStoredRawWithoutCompressing() {
         var x: UInt64 = 99
         let random = (0..<65536).map { _ -> UInt8 in x ^= x >> 12; x ^= x << 25; x ^= x >> 27; return UInt8(truncatingIfNeeded: x &* 0x2545F4914F6CDD1D >> 32) }

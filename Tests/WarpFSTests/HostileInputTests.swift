@@ -281,11 +281,11 @@ import WarpFSFormat
         }
     }
 
-    // MARK: Damage the format cannot refuse alone (fixes needed in WarpFSCore)
+    // MARK: Damage the format cannot refuse alone (the file system's own checks)
 
     /// A header whose logical size the layout addresses but no backing file
     /// holds: opening it must not allocate per block of the claimed size.
-    @Test(.disabled("needs a fix in WarpFSCore: CompressedFile.loadIndex allocates an index entry per block of the logical size"))
+    @Test
     func aHugeLogicalSizeDoesNotAllocatePerBlock() throws {
         let max = BlockLayout(blockSize: Self.blockSize).maxLogicalSize
         for size in [max, 1 << 50, 1 << 36] {
@@ -298,7 +298,7 @@ import WarpFSFormat
     }
 
     /// The same through the mount, legitimately: a sparse 1 TiB file.
-    @Test(.disabled("needs a fix in WarpFSCore: CompressedFile.extend and loadIndex allocate an index entry per block of the size"))
+    @Test
     func truncatingToATebibyteDoesNotAllocatePerBlock() throws {
         try withMount { m in
             try FileIO.write(m.path("big"), Array("head".utf8))
@@ -316,7 +316,7 @@ import WarpFSFormat
     /// A write to a file whose newest slot holds the largest generation:
     /// the next generation does not fit in 48 bits. The write must fail
     /// (or succeed), not stop the file system.
-    @Test(.disabled("needs a fix in WarpFSCore: CompressedFile.store encodes generation 2^48, which traps in SlotHeader.encode"))
+    @Test
     func writingAfterTheLargestGenerationDoesNotStopTheFileSystem() throws {
         try withDamaged { backing in
             try editSlot(backing + "/multi", block: 17) { $0.put(16, SlotHeader.maxGeneration, 6) }
@@ -358,7 +358,7 @@ import WarpFSFormat
 
     /// A flipped bit in the magic of copy A, with copy B intact: the file
     /// must not be shown as a plain file of its container bytes.
-    @Test(.disabled("needs a fix in WarpFSCore: CompressedFile.kind looks only at the magic of copy A"))
+    @Test
     func aFlippedMagicIsNotShownAsAPlainFile() throws {
         let f = try Fixture.shared()
         try withDamaged { backing in

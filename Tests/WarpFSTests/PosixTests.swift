@@ -135,7 +135,7 @@ import Testing
             #expect(setxattr(p, "user.color", "blue", 4, 0) == 0)
             var buf = [CChar](repeating: 0, count: 64)
             #expect(getxattr(p, "user.color", &buf, 64) == 4)
-            #expect(String(cString: buf) == "blue")
+            #expect(String(decoding: buf.prefix(4).map { UInt8(bitPattern: $0) }, as: UTF8.self) == "blue")
             #expect(getxattr(p, "user.color", nil, 0) == 4)
             #expect(listxattr(p, &buf, 64) > 0)
             #expect(removexattr(p, "user.color") == 0)
