@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CWarpSys
 import Synchronization
 import WarpDrive
 import WarpFSFormat
@@ -29,13 +30,17 @@ public final class BlockCodec: @unchecked Sendable {
     /// Backing space reserved for dirty blocks (nil: writes are not checked
     /// ahead, as in offline conversion).
     public let space: SpaceAccount?
+    /// How long a request may wait for the device before it fails.
+    public let timeoutMilliseconds: Int
 
     /// Whether block buffers exceed the memory budget.
     public var overBudget: Bool { liveBytes.load(ordering: .relaxed) > budgetBytes }
 
     public init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, level: Int,
-                poolBufferSize: Int = 64 << 10, poolBuffers: Int = 0, space: SpaceAccount? = nil) {
+                poolBufferSize: Int = 64 << 10, poolBuffers: Int = 0, space: SpaceAccount? = nil,
+                timeoutMilliseconds: Int = 10_000) {
         self.device = device
+        self.timeoutMilliseconds = timeoutMilliseconds
         self.space = space
         self.algorithm = algorithm
         self.level = level
@@ -62,6 +67,16 @@ public final class BlockCodec: @unchecked Sendable {
     }
 
     private let idleStreams = Mutex<[String: [BlockStream]]>([:])
+    /// Buffers set aside after time-outs (see `quarantine`).
+    let quarantined = Atomic<Int>(0)
+
+    /// Keeps a buffer a timed-out request named: the device may still write
+    /// it, so it is never freed or reused (a block per time-out; time-outs
+    /// are faults, counted in `quarantined`).
+    func quarantine(_ buffer: AnyObject) {
+        _ = Unmanaged.passRetained(buffer)
+        quarantined.add(1, ordering: .relaxed)
+    }
 
     /// Decompresses one buffer and waits for it (for the rare block whose
     /// encoding differs from its file's).
@@ -69,6 +84,7 @@ public final class BlockCodec: @unchecked Sendable {
                        into dst: UnsafeMutableRawBufferPointer) -> Result<Int, WarpDriveError> {
         do {
             let s = try stream(.decompress, algorithm: algorithm, capacity: 1)
+            defer { recycle(s) }
             _ = try s.submit(src, dst)
             return s.reap(minimum: 1).first?.result ?? .failure(.noDevice("no completion"))
         } catch {
@@ -96,7 +112,8 @@ final class BlockStream: @unchecked Sendable {
     private var nextSequence: UInt64 = 0
     private(set) var inFlight = 0
 
-    init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, direction: Direction, level: Int, capacity: Int) throws {
+    init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, direction: Direction, level: Int, capacity: Int,
+         timeoutMilliseconds: Int) throws {
         self.capacity = capacity
         let done = UnsafeMutablePointer<Result<Int, WarpDriveError>?>.allocate(capacity: capacity)
         done.initialize(repeating: nil, count: capacity)
@@ -106,7 +123,7 @@ final class BlockStream: @unchecked Sendable {
         pending = Array(repeating: false, count: capacity)
         sequence = Array(repeating: 0, count: capacity)
         var c = SessionConfiguration(algorithm: algorithm, direction: direction, level: level)
-        c.timeoutMilliseconds = 30_000
+        c.timeoutMilliseconds = timeoutMilliseconds
         // Readers wait for one particular block: wake on each completion.
         // Write-back waits for room: one wake-up per several completions
         // (a drained queue interrupts anyway).
@@ -176,10 +193,28 @@ extension BlockCodec {
     /// A new asynchronous stream on this codec's device.
     /// A stream for one file: a returned idle one when there is one (opening a
     /// queue costs a memfd, two mappings and an eventfd), else a new one.
+    ///
+    /// When the device has no queue left, idle streams of every kind are
+    /// closed (their queues freed) and the call waits, up to the engine
+    /// time-out, for a queue to come back.
     func stream(_ direction: Direction, algorithm: CompressionAlgorithm, capacity: Int) throws -> BlockStream {
         let key = "\(direction.rawValue)/\(algorithm.rawValue)/\(capacity)"
-        if let s = idleStreams.withLock({ $0[key]?.popLast() }) { return s }
-        return try BlockStream(device: device, algorithm: algorithm, direction: direction, level: level, capacity: capacity)
+        let deadline = wd_now_ns() + UInt64(timeoutMilliseconds) * 1_000_000
+        while true {
+            if let s = idleStreams.withLock({ $0[key]?.popLast() }) { return s }
+            do {
+                return try BlockStream(device: device, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
+                                       timeoutMilliseconds: timeoutMilliseconds)
+            } catch WarpDriveError.busy(let d) {
+                let parked = idleStreams.withLock { idle -> [BlockStream] in
+                    defer { idle = [:] }
+                    return idle.values.flatMap { $0 }
+                }
+                if !parked.isEmpty { continue }     // dropping them released their queues
+                guard wd_now_ns() < deadline else { throw WarpDriveError.busy(device: d) }
+                usleep(2000)
+            }
+        }
     }
 
     /// Takes back a drained stream for reuse by another file (16 kept per kind).

@@ -103,8 +103,8 @@ public final class CompressedFile {
 
     // The asynchronous pipeline (see docs/ARCHITECTURE.md).
     private enum Job {
-        case compress(block: Int, source: CachedBlock, output: BlockBuffer, rawLength: Int)
-        case decompress(block: Int, target: CachedBlock, payload: BlockBuffer)
+        case compress(block: Int, source: CachedBlock, output: BlockBuffer, rawLength: Int, attempt: Int)
+        case decompress(block: Int, target: CachedBlock, payload: BlockBuffer, attempt: Int)
     }
     private var compressor: BlockStream?
     private var decompressor: BlockStream?
@@ -319,11 +319,48 @@ public final class CompressedFile {
         } catch { throw FSError(EIO, "\(name): no accelerator queue for decompression: \(error)") }
     }
 
+    /// Tries per request before its error reaches the application.
+    static let attempts = 3
+
+    /// Failures of the device rather than of the data: worth another try.
+    static func retryable(_ e: WarpDriveError) -> Bool {
+        switch e {
+        case .engineError, .deviceReset, .timedOut, .queueFull, .pageFault, .system: return true
+        default: return false
+        }
+    }
+
+    /// Submits, trying again when the queue was found reset (the session
+    /// opens a fresh one for the next attempt).
+    private func submit(_ s: BlockStream, _ src: UnsafeRawBufferPointer, _ dst: UnsafeMutableRawBufferPointer) throws -> Int {
+        var attempt = 1
+        while true {
+            do { return try s.submit(src, dst) } catch let e as WarpDriveError where CompressedFile.retryable(e) && attempt < CompressedFile.attempts {
+                attempt += 1
+            }
+        }
+    }
+
     /// Stores finished compressions; waits for at least `minimum`.
     private func reapCompressions(minimum: Int) {
         guard let s = compressor, s.inFlight > 0 else { return }
-        for (tag, result) in s.reap(minimum: minimum) {
-            guard case .compress(let b, let source, let outputBuffer, let rawLength)? = compressJobs.removeValue(forKey: tag) else { continue }
+        // Take every finished job out before handling any: a retry below
+        // reuses a freed tag, which must not meet a result of this batch.
+        let batch = s.reap(minimum: minimum).map { (job: compressJobs.removeValue(forKey: $0.tag), result: $0.result) }
+        for (job, result) in batch {
+            guard case .compress(let b, let source, var outputBuffer, let rawLength, let attempt)? = job else { continue }
+            if case .failure(let e) = result, CompressedFile.retryable(e), attempt < CompressedFile.attempts - 1 {
+                // An engine error, a reset or a time-out: the data is fine, try again
+                // (the session replaces a failed queue). After a time-out the
+                // device may still write the old output buffer: it is set aside.
+                if case .timedOut = e { codec.quarantine(outputBuffer); outputBuffer = codec.takeBuffer(layout.blockSize) }
+                do {
+                    let t = try submit(s, UnsafeRawBufferPointer(source.data), outputBuffer.bytes)
+                    compressJobs[t] = .compress(block: b, source: source, output: outputBuffer, rawLength: rawLength, attempt: attempt + 1)
+                    Log.error("\(name): block \(b): compression failed (\(e)); retrying")
+                    continue
+                } catch {}
+            }
             let output = outputBuffer.bytes
             source.busy = false
             do {
@@ -350,9 +387,20 @@ public final class CompressedFile {
     /// Caches finished decompressions; waits for at least `minimum`.
     private func reapDecompressions(minimum: Int) {
         guard let s = decompressor, s.inFlight > 0 else { return }
-        for (tag, result) in s.reap(minimum: minimum) {
-            guard case .decompress(let b, let target, _)? = decompressJobs.removeValue(forKey: tag) else { continue }
+        let batch = s.reap(minimum: minimum).map { (tag: $0.tag, job: decompressJobs.removeValue(forKey: $0.tag), result: $0.result) }
+        for (tag, job, result) in batch {
+            guard case .decompress(let b, var target, let payload, let attempt)? = job else { continue }
             if loading[b] == tag { loading[b] = nil }
+            if case .failure(let e) = result, CompressedFile.retryable(e), attempt < CompressedFile.attempts - 1 {
+                if case .timedOut = e { codec.quarantine(target); target = CachedBlock(codec.takeBuffer(layout.blockSize), zeroed: false) }
+                do {
+                    let t = try submit(s, UnsafeRawBufferPointer(payload.bytes), target.data)
+                    decompressJobs[t] = .decompress(block: b, target: target, payload: payload, attempt: attempt + 1)
+                    loading[b] = t
+                    Log.error("\(name): block \(b): decompression failed (\(e)); retrying")
+                    continue
+                } catch {}
+            }
             switch result {
             case .success(let n) where n == layout.blockSize:
                 // Fresh in the LRU order: read-ahead blocks must not be the
@@ -427,6 +475,7 @@ public final class CompressedFile {
         }
         reapCompressions(minimum: 0)
         trimCache()
+        releaseIdleStreams()
         return Int(end - offset)
     }
 
@@ -478,8 +527,8 @@ public final class CompressedFile {
                 cache[b] = c
             case _ where h.encoding == header.encoding:
                 let s = try decompressStream()
-                let tag = try s.submit(payload, c.data)
-                decompressJobs[tag] = .decompress(block: b, target: c, payload: payloadBuffer)
+                let tag = try submit(s, payload, c.data)
+                decompressJobs[tag] = .decompress(block: b, target: c, payload: payloadBuffer, attempt: 0)
                 loading[b] = tag
             case .deflate, .zlib, .gzip:
                 // A block in another encoding than the file's: decode it on its own.
@@ -522,8 +571,7 @@ public final class CompressedFile {
     /// call returns when the data is buffered. At most `writeDepth` blocks
     /// are in flight per file (back-pressure beyond that).
     public func write(offset: UInt64, count: Int, from src: UnsafeRawPointer) throws {
-        try takeWriteError()
-        guard count > 0 else { return }
+        guard count > 0 else { return try takeWriteError() }
         let end = offset + UInt64(count)
         guard end <= layout.maxLogicalSize else { throw FSError(EFBIG, "\(name): write past the largest supported size") }
         if offset > size { try extend(to: offset) }
@@ -564,6 +612,10 @@ public final class CompressedFile {
         // blocks in flight instead of adding more.
         if codec.overBudget, let s = compressor, s.inFlight > 4 { reapCompressions(minimum: s.inFlight - 4) }
         trimCache()
+        // An earlier block's write-back failure is reported here, after this
+        // write's data is safely buffered: failing the request must not make
+        // the kernel drop data that had nothing to do with the failure.
+        try takeWriteError()
     }
 
     /// Sends dirty block `b` to the accelerator (or stores it as a hole).
@@ -594,8 +646,8 @@ public final class CompressedFile {
         let out = codec.takeBuffer(layout.blockSize)
         c.busy = true
         do {
-            let tag = try s.submit(UnsafeRawBufferPointer(c.data), out.bytes)
-            compressJobs[tag] = .compress(block: b, source: c, output: out, rawLength: len)
+            let tag = try submit(s, UnsafeRawBufferPointer(c.data), out.bytes)
+            compressJobs[tag] = .compress(block: b, source: c, output: out, rawLength: len, attempt: 0)
         } catch {
             c.busy = false
             c.dirty = true
@@ -709,6 +761,14 @@ public final class CompressedFile {
     public func flush() throws {
         try writeDirtyBlocks()
         if headerDirty { try writeHeader() }
+        releaseIdleStreams()
+    }
+
+    /// Gives idle accelerator streams back to the mount's pool, so queues are
+    /// held only by files with requests in flight.
+    func releaseIdleStreams() {
+        if let s = compressor, s.inFlight == 0 { codec.recycle(s); compressor = nil }
+        if let s = decompressor, s.inFlight == 0 { codec.recycle(s); decompressor = nil }
     }
 
     /// Makes data and size durable, then releases superseded block copies.
@@ -769,7 +829,7 @@ public final class CompressedFile {
         e.current = target
         entries[b] = e
         // Release what the slot's previous version used and the new one does not.
-        if let previous { release(previous, block: b, keeping: h.pageRange) }
+        if let previous { release(previous, block: b, slot: target, keeping: h.pageRange) }
     }
 
     /// Where `pages` pages for slot `slot` of block `b` go: the first free
@@ -802,17 +862,29 @@ public final class CompressedFile {
     }
 
     /// Punches the pages of an old version that `keeping` does not cover.
-    private func release(_ old: SlotHeader, block b: Int, keeping: Range<Int>) {
+    /// Never punches a page another valid slot of the group names (only a
+    /// damaged or crafted file has such overlaps, but a punch would turn
+    /// them into lost data).
+    private func release(_ old: SlotHeader, block b: Int, slot: Int, keeping: Range<Int>) {
         let r = old.pageRange
         guard !r.isEmpty else { return }
-        let base = layout.regionOffset(group: b / BlockLayout.blocksPerGroup)
-        let ps = BlockLayout.pageSize
-        if keeping.isEmpty || keeping.upperBound <= r.lowerBound || keeping.lowerBound >= r.upperBound {
-            punch(base + r.lowerBound * ps, r.count * ps)
-            return
+        let g = b / BlockLayout.blocksPerGroup
+        var used: [Range<Int>] = keeping.isEmpty ? [] : [keeping]
+        for k in (g * BlockLayout.blocksPerGroup)..<((g + 1) * BlockLayout.blocksPerGroup) {
+            for s in 0..<2 where !(k == b && s == slot) {
+                if let o = entries[k].header(s)?.pageRange, o.overlaps(r) { used.append(o) }
+            }
         }
-        if r.lowerBound < keeping.lowerBound { punch(base + r.lowerBound * ps, (keeping.lowerBound - r.lowerBound) * ps) }
-        if r.upperBound > keeping.upperBound { punch(base + keeping.upperBound * ps, (r.upperBound - keeping.upperBound) * ps) }
+        let base = layout.regionOffset(group: g)
+        let ps = BlockLayout.pageSize
+        var page = r.lowerBound
+        while page < r.upperBound {
+            if used.contains(where: { $0.contains(page) }) { page += 1; continue }
+            var end = page + 1
+            while end < r.upperBound && !used.contains(where: { $0.contains(end) }) { end += 1 }
+            punch(base + page * ps, (end - page) * ps)
+            page = end
+        }
     }
 
     private func writeSlotHeader(_ h: SlotHeader?, block b: Int, slot: Int) throws {
@@ -834,7 +906,7 @@ public final class CompressedFile {
         for s in 0..<2 {
             guard let h = entries[b].header(s) else { continue }
             try writeSlotHeader(nil, block: b, slot: s)
-            release(h, block: b, keeping: 0..<0)
+            release(h, block: b, slot: s, keeping: 0..<0)
         }
         entries[b] = Entry()
     }
@@ -863,7 +935,7 @@ public final class CompressedFile {
             if e.hasStale, let cur = e.current, let oldHeader = e.header(1 - cur) {
                 let old = 1 - cur
                 try writeSlotHeader(nil, block: b, slot: old)
-                release(oldHeader, block: b, keeping: 0..<0)
+                release(oldHeader, block: b, slot: old, keeping: 0..<0)
                 e.set(old, nil)
             }
             entries[b] = e

@@ -33,6 +33,13 @@ public struct MountOptions: Sendable, Equatable {
     public var memoryBudgetMiB = 128
     /// Kernel readahead for the mount in KiB (needs root; 0 leaves the kernel default).
     public var readaheadKiB = 1024
+    /// Seconds a request may wait for the accelerator before it fails (and is retried).
+    public var engineTimeoutSeconds = 10
+    /// Accelerator queues the emulated device offers the mount.
+    public var queues = 1024
+    /// Accept fault-injection commands on the mount root's `user.warpfs.fault`
+    /// extended attribute (for testing error paths; see docs/RELIABILITY.md).
+    public var faultInjection = false
 
     public init() {}
 
@@ -84,9 +91,13 @@ public struct MountOptions: Sendable, Equatable {
             case "no_keep_cache": keepCache = false
             case "readahead": readaheadKiB = try number(0...65536)
             case "memory": memoryBudgetMiB = try number(8...65536)
+            case "engine_timeout": engineTimeoutSeconds = try number(1...3600)
+            case "queues": queues = try number(2...1024)
+            case "fault_injection": faultInjection = true
             default:
                 throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, cache_blocks, "
-                    + "compress, nocompress, ro, rw, allow_other, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory)")
+                    + "compress, nocompress, ro, rw, allow_other, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory, "
+                    + "engine_timeout, queues, fault_injection)")
             }
         }
     }

@@ -46,13 +46,13 @@ public final class WarpFileSystem: @unchecked Sendable {
         var config = EmulatedDeviceConfiguration(engines: options.engines)
         // Each file with I/O in flight holds up to two queues (compress and
         // decompress); 1024 is the device's largest queue count.
-        config.queues = 1024
+        config.queues = options.queues
         device = EmulatedZipDevice(configuration: config)
         // Registered buffers for the cache and the blocks in flight: the
         // engines reach them without copies. Sized to the memory budget.
         codec = BlockCodec(device: device, algorithm: options.algorithm, level: options.level,
                            poolBufferSize: options.blockSize, poolBuffers: max(64, options.memoryBudgetMiB << 20 / options.blockSize),
-                           space: SpaceAccount(fd: fd))
+                           space: SpaceAccount(fd: fd), timeoutMilliseconds: options.engineTimeoutSeconds * 1000)
         inodes = InodeTable(rootFD: fd, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
     }
 
@@ -527,7 +527,44 @@ public final class WarpFileSystem: @unchecked Sendable {
         return node.procPath
     }
 
+    /// Read on the mount root: the accelerator's counters (not stored anywhere).
+    public static let deviceAttribute = "user.warpfs.device"
+    /// Written on the mount root with `-o fault_injection`: `error_rate=F`
+    /// (a fraction of requests fail with an engine error), `hang` (the
+    /// device stops answering), `resume`, `reset` (the device fences every
+    /// queue; requests in flight fail). For testing error paths.
+    public static let faultAttribute = "user.warpfs.fault"
+
+    private func controlFault(_ command: String) throws {
+        guard options.faultInjection else {
+            throw FSError(EPERM, "\(WarpFileSystem.faultAttribute): fault injection is off (mount with -o fault_injection)")
+        }
+        let parts = command.split(separator: "=", maxSplits: 1).map(String.init)
+        switch (parts[0], parts.count > 1 ? parts[1] : nil) {
+        case ("error_rate", let v?):
+            guard let rate = Double(v), (0...1).contains(rate) else {
+                throw FSError(EINVAL, "\(WarpFileSystem.faultAttribute): error_rate=\(v): expected a fraction in 0...1")
+            }
+            device.faults.engineErrorRate = rate
+        case ("hang", nil): device.faults.stopAnswering = true
+        case ("resume", nil): device.faults.stopAnswering = false
+        case ("reset", nil): device.reset()
+        default:
+            throw FSError(EINVAL, "\(WarpFileSystem.faultAttribute): unknown command '\(command)' (error_rate=F, hang, resume, reset)")
+        }
+        Log.info("fault injection: \(command)")
+    }
+
+    private var deviceReport: String {
+        "\(device.name): \(device.totals), isolated=\(device.isIsolated ? 1 : 0), "
+            + "buffers set aside after time-outs=\(codec.quarantined.load(ordering: .relaxed))\n"
+    }
+
     public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws {
+        if id == 1 && name == WarpFileSystem.faultAttribute {
+            let text = String(decoding: value, as: UTF8.self)
+            return try controlFault(String(text.filter { $0 != " " && $0 != "\n" && $0 != "\0" }))
+        }
         let node = try inode(id)
         try writable()
         let path = try xattrPath(node)
@@ -536,6 +573,13 @@ public final class WarpFileSystem: @unchecked Sendable {
 
     /// Size when `into` is empty, else the bytes copied (ERANGE if too small).
     public func getxattr(_ id: UInt64, name: String, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
+        if id == 1 && name == WarpFileSystem.deviceAttribute {
+            let text = Array(deviceReport.utf8)
+            if buf.count == 0 { return text.count }
+            guard buf.count >= text.count else { throw FSError(ERANGE) }
+            buf.copyBytes(from: text)
+            return text.count
+        }
         let path = try xattrPath(try inode(id))
         return try sys("getxattr") { CWarpSys.getxattr(path, name, buf.baseAddress, buf.count) }
     }

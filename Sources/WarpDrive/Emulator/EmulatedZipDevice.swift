@@ -261,12 +261,18 @@ public final class EmulatedZipDevice: @unchecked Sendable {
     private func fence(isolate: Bool) {
         let victims: [HardwareQueue] = lock.withLock { _ in
             let v = active
-            for q in v { q.dead = true; q.setStopWords() }
+            for q in v { q.dead = true }
             active.removeAll()
             isolatedFlag = isolate
             errorCount = 0
             return v
         }
+        // Like a hardware reset, which completes before the driver reports
+        // it: engines finish the requests they had claimed (their output goes
+        // nowhere) before clients see the stop words, so a client that reuses
+        // a failed request's buffers never races a late engine write.
+        while lock.withLock({ _ in victims.contains { $0.inProgress > 0 } }) { usleep(50) }
+        lock.withLock { _ in for q in victims { q.setStopWords() } }
         for q in victims { q.raiseInterrupt() }
     }
 

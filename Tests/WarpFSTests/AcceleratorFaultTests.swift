@@ -1,0 +1,147 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import Synchronization
+import Testing
+
+/// Accelerator faults on a live mount (the emulated device's fault injection,
+/// driven through the `user.warpfs.fault` attribute of the mount root):
+/// applications see EIO or a retry that succeeds, the mount never hangs,
+/// nothing stored is damaged, and the device recovers.
+@Suite struct AcceleratorFaultTests {
+    static func fault(_ m: TestMount, _ command: String) -> Int32 {
+        setxattr(m.mountpoint, "user.warpfs.fault", command, command.utf8.count, 0) == 0 ? 0 : errno
+    }
+
+    /// Writes `data` to `name` and fsyncs; the errno of the first failure, or 0.
+    static func writeAndSync(_ path: String, _ data: [UInt8]) -> Int32 {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { return errno }
+        defer { close(fd) }
+        let n = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if n != data.count { return n < 0 ? errno : EIO }
+        return fsync(fd) == 0 ? 0 : errno
+    }
+
+    /// Runs `body` on a thread; false if it has not finished after `seconds`
+    /// (it keeps running; the caller must unblock it).
+    static func finishes(within seconds: Int, _ body: @escaping @Sendable () -> Void) -> (Bool, () -> Void) {
+        final class Done: Sendable { let flag = Atomic<Bool>(false) }
+        let done = Done()
+        var t = pthread_t()
+        final class Box: @unchecked Sendable { let f: () -> Void; init(_ f: @escaping () -> Void) { self.f = f } }
+        let box = Unmanaged.passRetained(Box { body(); done.flag.store(true, ordering: .releasing) })
+        pthread_create(&t, nil, { Unmanaged<Box>.fromOpaque($0!).takeRetainedValue().f(); return nil }, box.toOpaque())
+        let deadline = wd_now_ns() + UInt64(seconds) * 1_000_000_000
+        while !done.flag.load(ordering: .acquiring) && wd_now_ns() < deadline { usleep(10_000) }
+        let thread = t
+        return (done.flag.load(ordering: .acquiring), { pthread_join(thread, nil) })
+    }
+
+    @Test func faultCommandsNeedTheOption() throws {
+        try withMount { m in
+            #expect(AcceleratorFaultTests.fault(m, "hang") == EPERM)
+            var buf = [UInt8](repeating: 0, count: 512)
+            let n = getxattr(m.mountpoint, "user.warpfs.device", &buf, buf.count)
+            #expect(n > 0 && String(decoding: buf[0..<max(0, n)], as: UTF8.self).contains("requests="))
+        }
+        try withMount(options: "fault_injection") { m in
+            #expect(AcceleratorFaultTests.fault(m, "error_rate=2") == EINVAL)
+            #expect(AcceleratorFaultTests.fault(m, "melt") == EINVAL)
+            #expect(AcceleratorFaultTests.fault(m, "error_rate=0") == 0)
+        }
+    }
+
+    /// Engine errors on a third of the requests: each request is tried three
+    /// times, so most writes succeed; a block that still fails is EIO at
+    /// fsync and stays buffered, and stores once the device is healthy.
+    @Test func engineErrorsAreRetriedAndNothingIsLost() throws {
+        try withMount(options: "fault_injection,engine_timeout=2") { m in
+            var r = Rng(41)
+            let base = r.text(2 << 20)
+            #expect(AcceleratorFaultTests.writeAndSync(m.path("base"), base) == 0)
+            #expect(AcceleratorFaultTests.fault(m, "error_rate=0.3") == 0)
+            let data = r.text(6 << 20)
+            let e = AcceleratorFaultTests.writeAndSync(m.path("a"), data)
+            #expect(e == 0 || e == EIO, "errno \(e)")
+            // Reading under faults: the right bytes or EIO, never others.
+            let fd = open(m.path("base"), O_RDONLY)
+            var buf = [UInt8](repeating: 0, count: 1 << 20)
+            let n = pread(fd, &buf, buf.count, 1 << 20)
+            close(fd)
+            #expect(n == -1 ? errno == EIO : Array(buf[0..<n]) == Array(base[(1 << 20)..<(2 << 20)]))
+            #expect(AcceleratorFaultTests.fault(m, "error_rate=0") == 0)
+            let afd = open(m.path("a"), O_WRONLY)
+            #expect(fsync(afd) == 0)
+            close(afd)
+            #expect(m.log.contains("retrying"), "log: \(m.log)")
+            try m.remount()
+            #expect(try FileIO.read(m.path("a")) == data)
+            #expect(try FileIO.read(m.path("base")) == base)
+        }
+    }
+
+    /// A device that stops answering: fsync fails with EIO after the
+    /// time-out and its retries instead of hanging; other operations go
+    /// on meanwhile; after `resume` everything stores.
+    @Test func aHungDeviceTimesOutAndRecovers() throws {
+        try withMount(options: "fault_injection,engine_timeout=1") { m in
+            var r = Rng(42)
+            let before = r.text(1 << 20)
+            #expect(AcceleratorFaultTests.writeAndSync(m.path("before"), before) == 0)
+            #expect(AcceleratorFaultTests.fault(m, "hang") == 0)
+            let data = r.text(2 << 20)
+            let path = m.path("during")
+            let result = Atomic<Int32>(-1)
+            let (finished, join) = AcceleratorFaultTests.finishes(within: 20) { result.store(AcceleratorFaultTests.writeAndSync(path, data), ordering: .relaxed) }
+            #expect(finished, "fsync on a hung device did not return within 20 s")
+            #expect(!finished || result.load(ordering: .relaxed) == EIO)
+            // The mount answers meanwhile.
+            #expect(try FileIO.stat(m.path("before")).st_size == before.count)
+            #expect(AcceleratorFaultTests.fault(m, "resume") == 0)
+            join()
+            #expect(AcceleratorFaultTests.writeAndSync(m.path("during"), data) == 0)
+            try m.remount()
+            #expect(try FileIO.read(m.path("during")) == data)
+            #expect(try FileIO.read(m.path("before")) == before)
+        }
+    }
+
+    /// Resets while a writer streams: requests in flight fail and are
+    /// retried on fresh queues; the application sees no error.
+    @Test func resetsDuringWritesAreRetried() throws {
+        try withMount(options: "fault_injection") { m in
+            var r = Rng(43)
+            let data = r.text(16 << 20)
+            let path = m.path("r")
+            let result = Atomic<Int32>(-1)
+            let (finished, join) = AcceleratorFaultTests.finishes(within: 0) { result.store(AcceleratorFaultTests.writeAndSync(path, data), ordering: .relaxed) }
+            #expect(!finished || result.load(ordering: .relaxed) == 0)
+            for _ in 0..<5 {
+                usleep(20_000)
+                #expect(AcceleratorFaultTests.fault(m, "reset") == 0)
+            }
+            join()
+            #expect(result.load(ordering: .relaxed) == 0)
+            try m.remount()
+            #expect(try FileIO.read(m.path("r")) == data)
+        }
+    }
+
+    /// Two queues for the whole mount and four writers: files wait for a
+    /// queue instead of failing.
+    @Test func writersShareTooFewQueues() throws {
+        try withMount(options: "queues=2") { m in
+            let contents = (0..<4).map { i -> [UInt8] in var r = Rng(UInt64(50 + i)); return r.text(2 << 20) }
+            let results = Mutex([Int32](repeating: -1, count: 4))
+            let paths = (0..<4).map { m.path("q\($0)") }
+            threads(4) { i in
+                let e = AcceleratorFaultTests.writeAndSync(paths[i], contents[i])
+                results.withLock { $0[i] = e }
+            }
+            #expect(results.withLock { $0 } == [0, 0, 0, 0])
+            for i in 0..<4 { #expect((try? FileIO.read(paths[i])) == contents[i]) }
+        }
+    }
+}
