@@ -138,6 +138,10 @@ public final class ContainerCheck {
         }
         for (i, c) in copies.enumerated() where i != good {
             if case .success = c { continue }
+            // A copy never written yet (all zeros, or past the end of a short
+            // file) is not damage: a file only written once has copy A alone.
+            let mine = FileHeader.copyOffsets[i]
+            if first[min(mine, n)..<min(mine + FileHeader.size, n)].allSatisfy({ $0 == 0 }) { continue }
             let off = FileHeader.copyOffsets[good]
             add(.headerCopy, nil, "header copy \(copyName[i]) is damaged (\(why(c))); copy \(copyName[good]) (generation \(header.generation)) is valid",
                 fix: "copy \(copyName[i]) rewritten from copy \(copyName[good])",
@@ -219,13 +223,13 @@ public final class ContainerCheck {
                     dropped.insert([b, older.slot])
                     dropMessages.append((group, b, older.slot,
                         "block \(b) has two valid versions: generation \(newest.header.generation) (slot \(newest.slot)) and a stale "
-                        + "generation \(older.header.generation) (slot \(older.slot)\(older.damage.map { ", which is damaged: " + $0 } ?? ""))",
+                        + "generation \(older.header.generation) (slot \(older.slot)\(older.damage.map { ", whose payload " + $0 } ?? ""))",
                         "kept generation \(newest.header.generation), dropped generation \(older.header.generation)", .staleCopy))
                 } else if older.damage == nil {
                     dropped.insert([b, newest.slot])
                     dropMessages.append((group, b, newest.slot,
                         "block \(b): the newest version (generation \(newest.header.generation), slot \(newest.slot)) is torn "
-                        + "(\(newest.damage!)); the previous one (generation \(older.header.generation), slot \(older.slot)) is intact",
+                        + "(its payload \(newest.damage!)); the previous one (generation \(older.header.generation), slot \(older.slot)) is intact",
                         "kept generation \(older.header.generation), dropped the torn generation \(newest.header.generation)", .tornVersion))
                 }
             }
@@ -270,10 +274,12 @@ public final class ContainerCheck {
         for b in damagedBlocks.keys.sorted() { add(.damagedBlock, b, "block \(b) is damaged: \(damagedBlocks[b]!)") }
 
         // Payloads that share pages (among the slots that stay): never "fixed".
+        var suspect = Set(damagedBlocks.keys.map { $0 / BlockLayout.blocksPerGroup })
         for group in kept.keys.sorted() {
             let list = kept[group]!.filter { !$0.pages.isEmpty }.sorted { $0.pages.lowerBound < $1.pages.lowerBound }
             for (i, a) in list.enumerated() {
                 for c in list[(i + 1)...] where c.pages.lowerBound < a.pages.upperBound {
+                    suspect.insert(group)
                     add(.overlap, a.block, "block \(a.block) (slot \(a.slot), pages \(a.pages.lowerBound)..<\(a.pages.upperBound)) and block "
                         + "\(c.block) (slot \(c.slot), pages \(c.pages.lowerBound)..<\(c.pages.upperBound)) share pages of group \(group)'s region")
                 }
@@ -308,9 +314,15 @@ public final class ContainerCheck {
             for extent in allocated[group]! {
                 for run in subtract(extent, used) {
                     let off = base + run.lowerBound * BlockLayout.pageSize
-                    add(.unreferenced, nil, "group \(group) (blocks \(first)-\(first + BlockLayout.blocksPerGroup - 1)): \(run.count) "
-                        + "allocated page\(run.count == 1 ? "" : "s") (pages \(run.lowerBound)..<\(run.upperBound), offset \(off)) that no valid slot refers to",
-                        fix: "punched", [.punch(offset: off, length: run.count * BlockLayout.pageSize)])
+                    let what = "group \(group) (blocks \(first)-\(first + BlockLayout.blocksPerGroup - 1)): \(run.count) allocated "
+                        + "page\(run.count == 1 ? "" : "s") (pages \(run.lowerBound)..<\(run.upperBound), offset \(off)) that no valid slot refers to"
+                    if suspect.contains(group) {
+                        // A damaged block's data may be there (a header with a
+                        // wrong length or page): kept for whoever recovers it.
+                        add(.unreferenced, nil, what + " (kept: the group has a damaged block or overlapping payloads)")
+                    } else {
+                        add(.unreferenced, nil, what, fix: "punched", [.punch(offset: off, length: run.count * BlockLayout.pageSize)])
+                    }
                 }
             }
         }
@@ -331,7 +343,11 @@ public final class ContainerCheck {
             guard h.storedLength > 0 else { continue }
             let buf = codec.takeBuffer(h.storedLength)
             let off = layout.payloadOffset(block: list[i].block, slot: list[i].slot, header: h)
-            let n = try preadFully(fd, buf.bytes.baseAddress!, h.storedLength, off, "read \(name) block \(list[i].block)")
+            let n: Int
+            do { n = try preadFully(fd, buf.bytes.baseAddress!, h.storedLength, off, "read") } catch {
+                list[i].damage = "cannot be read (\(error))"     // a media error: this block, not the whole file
+                continue
+            }
             progress?(n)
             guard n == h.storedLength else {
                 list[i].damage = "is truncated (\(n) of \(h.storedLength) bytes; the backing file ends at \(off + n))"
