@@ -2,4 +2,5 @@
 // convert files of a backing directory offline.
 import ArgumentParser
 
+Fsck.mainIfInvoked()   // fsck(8) exit statuses, usage errors included
 WarpFS.main()

@@ -1,0 +1,260 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import CWarpSys
+import WarpDrive
+import WarpFSCore
+import WarpFSFormat
+
+/// `warpfs fsck BACKING [--repair]`: checks every container of an unmounted
+/// backing directory and, with `--repair`, fixes what can be fixed without
+/// losing readable data. Exit codes as fsck(8).
+struct Fsck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check the containers of a backing directory (offline), and repair them with --repair.",
+        discussion: """
+        Walks BACKING (symbolic links are not followed), skips plain files, and checks in every \
+        container both header copies, every block's slot headers and payloads (checksums and \
+        decompression), stale or torn versions left by a crash, slots past the end of the file, \
+        payloads that overlap and allocated space nothing refers to. One line per problem on \
+        standard output, naming the file (relative to BACKING) and the block, then a summary.
+
+        --repair rewrites a damaged header copy from the valid one, drops stale and torn \
+        versions, slots past the end and damaged slot headers next to a valid version, and \
+        punches unreferenced space. It never touches a version that can still be read, and \
+        refuses to run while BACKING is mounted.
+
+        Exit status: 0 no problem; 1 problems found and all repaired; 4 problems left (any \
+        problem without --repair); 8 operational error (BACKING missing or unreadable, a file \
+        that cannot be read, BACKING mounted with --repair); 16 usage error. 8 is added to 1 or \
+        4 when both happen.
+        """)
+
+    static let usageError: Int32 = 16
+    static let operationalError: Int32 = 8
+
+    @Argument(help: "The backing directory (what `warpfs mount` is given); not mounted, for --repair.")
+    var backing: String
+    @Flag(help: "Repair what can be repaired without losing readable data.") var repair = false
+    @Option(help: ArgumentHelp("Progress bar on standard error: auto (when it is a terminal), always or never.", valueName: "when"))
+    var progress: String = "auto"
+
+    func validate() throws {
+        guard ["auto", "always", "never"].contains(progress) else {
+            throw ValidationError("--progress must be auto, always or never, not '\(progress)'")
+        }
+    }
+
+    /// Runs `warpfs fsck ...` when that is the command line, with fsck(8)'s
+    /// usage status (16) for a bad command line instead of the parser's 64;
+    /// returns for every other command.
+    static func mainIfInvoked() {
+        let args = Array(CommandLine.arguments.dropFirst())
+        guard args.first == "fsck" else { return }
+        do {
+            var command = try WarpFS.parseAsRoot(args)
+            try command.run()
+            Glibc.exit(0)
+        } catch {
+            if WarpFS.exitCode(for: error) == .validationFailure {
+                eprint(WarpFS.fullMessage(for: error))
+                Glibc.exit(usageError)
+            }
+            WarpFS.exit(withError: error)
+        }
+    }
+
+    func run() throws {
+        var st = stat()
+        guard stat(backing, &st) == 0 else {
+            eprint("warpfs fsck: backing directory '\(backing)': \(String(cString: strerror(errno)))")
+            throw ExitCode(Fsck.operationalError)
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR, let root = canonical(backing) else {
+            eprint("warpfs fsck: '\(backing)' is not a directory (give the backing directory of a WarpFS mount)")
+            throw ExitCode(Fsck.operationalError)
+        }
+        guard access(root, R_OK | X_OK) == 0 else {
+            eprint("warpfs fsck: backing directory '\(root)': \(String(cString: strerror(errno)))")
+            throw ExitCode(Fsck.operationalError)
+        }
+        if let mnt = liveMount(of: root) {
+            if repair {
+                eprint("warpfs fsck: '\(root)' is the backing directory of the WarpFS mount at '\(mnt)'; unmount it before --repair")
+                throw ExitCode(Fsck.operationalError)
+            }
+            eprint("warpfs fsck: warning: '\(root)' is the backing directory of the WarpFS mount at '\(mnt)'; "
+                + "files changing under the check may give inconsistent results")
+        }
+
+        var walk = FsckWalk(root: root)
+        walk.collect(root)
+        let device = EmulatedZipDevice(configuration: EmulatedDeviceConfiguration(engines: 2))
+        // Stop the engines while this thread still holds the device: an engine
+        // thread that dropped the last reference would free it under itself.
+        defer { device.shutdown() }
+        let codec = BlockCodec(device: device, algorithm: .deflate, level: 1, poolBufferSize: 64 << 10, poolBuffers: 128)
+        let checker = ContainerCheck(codec: codec)
+        let bar = ProgressBar(total: walk.totalBytes, enabled: progress == "always" || (progress == "auto" && isatty(2) != 0))
+        checker.progress = { bar.advance($0) }
+
+        var files = 0, plain = 0, blocks = 0, found = 0, repaired = 0, operational = walk.errors.count
+        for e in walk.errors { bar.print(e, error: true) }
+        for file in walk.files {
+            let before = bar.done
+            do {
+                let r = try checker.check(path: file.path, name: file.name, repair: repair)
+                guard r.isContainer else { plain += 1; bar.set(before + file.bytes); continue }
+                files += 1
+                blocks += r.blocks
+                for p in r.problems {
+                    found += 1
+                    var line = "\(file.name): \(p.message)"
+                    if p.repaired {
+                        repaired += 1
+                        line += "; repaired: \(p.fix!)"
+                    } else if let e = p.repairError {
+                        line += "; repair failed: \(e)"
+                    } else if let fix = p.fix {
+                        line += repair ? "; not repaired" : "; --repair: \(fix)"
+                    } else {
+                        line += "; cannot be repaired"
+                    }
+                    bar.print(line)
+                }
+            } catch {
+                operational += 1
+                bar.print("warpfs fsck: \(error)", error: true)
+            }
+            bar.set(before + file.bytes)
+        }
+        bar.finish()
+        print("\(files) file\(files == 1 ? "" : "s") checked, \(plain) plain file\(plain == 1 ? "" : "s") skipped, "
+            + "\(blocks) block\(blocks == 1 ? "" : "s") checked, \(found) problem\(found == 1 ? "" : "s") found, \(repaired) repaired"
+            + (operational > 0 ? ", \(operational) file\(operational == 1 ? "" : "s") could not be checked" : ""))
+        var code: Int32 = found > repaired ? 4 : found > 0 ? 1 : 0
+        if operational > 0 { code += Fsck.operationalError }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+/// The regular files of a backing tree, in name order, without following
+/// symbolic links; each inode once (hard links share one container).
+struct FsckWalk {
+    struct File { let path: String; let name: String; let bytes: Int }
+    let root: String
+    var files: [File] = []
+    var errors: [String] = []
+    var totalBytes = 0
+    private var seen: Set<[UInt64]> = []
+
+    init(root: String) { self.root = root }
+
+    mutating func collect(_ path: String) {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { errors.append("warpfs fsck: \(relative(path)): \(String(cString: strerror(errno)))"); return }
+        switch st.st_mode & S_IFMT {
+        case S_IFDIR:
+            guard let d = opendir(path) else { errors.append("warpfs fsck: \(relative(path)): \(String(cString: strerror(errno)))"); return }
+            var names: [String] = []
+            while let e = readdir(d) {
+                let n = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                if n != "." && n != ".." { names.append(n) }
+            }
+            closedir(d)
+            for n in names.sorted() { collect(path == "/" ? "/" + n : path + "/" + n) }
+        case S_IFREG:
+            guard seen.insert([UInt64(st.st_dev), UInt64(st.st_ino)]).inserted else { return }
+            let bytes = Int(st.st_blocks) * 512
+            files.append(File(path: path, name: relative(path), bytes: bytes))
+            totalBytes += bytes
+        default:
+            break
+        }
+    }
+
+    func relative(_ path: String) -> String {
+        path == root ? "." : path.hasPrefix(root + "/") ? String(path.dropFirst(root.count + 1)) : path
+    }
+}
+
+/// A one-line progress bar on standard error, redrawn at most five times a
+/// second, cleared before any other line is printed and at the end.
+final class ProgressBar {
+    let total: Int
+    let enabled: Bool
+    private(set) var done = 0
+    private var lastDraw: UInt64 = 0
+    private var shown = false
+
+    init(total: Int, enabled: Bool) {
+        self.total = max(total, 1)
+        self.enabled = enabled
+    }
+
+    func advance(_ n: Int) { set(done + n) }
+
+    func set(_ n: Int) {
+        done = n
+        guard enabled else { return }
+        let now = wd_now_ns()
+        if now - lastDraw < 200_000_000 { return }
+        lastDraw = now
+        let fraction = min(1.0, Double(done) / Double(total))
+        let width = 30
+        let filled = Int(fraction * Double(width))
+        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        raw("\r[\(bar)] \(Int(fraction * 100))% \(mib(min(done, total))) of \(mib(total)) MiB\u{1B}[K")
+        shown = true
+    }
+
+    /// Prints a line on standard output (or error) without mixing it with the bar.
+    func print(_ line: String, error: Bool = false) {
+        clear()
+        if error { eprint(line) } else { Swift.print(line); fflush(nil) }
+    }
+
+    func finish() { clear() }
+
+    private func clear() {
+        guard shown else { return }
+        raw("\r\u{1B}[K")
+        shown = false
+        lastDraw = 0
+    }
+
+    private func raw(_ s: String) {
+        var s = s
+        s.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
+
+    private func mib(_ n: Int) -> String {
+        let tenths = n * 10 / (1 << 20)
+        return "\(tenths / 10).\(tenths % 10)"
+    }
+}
+
+/// The mountpoint of a live WarpFS mount whose backing directory is `root`,
+/// contains it or lies inside it, per /proc/self/mountinfo. `warpfs mount`
+/// names its source `warpfs:BACKING` (fsname, with commas turned into '_'),
+/// file system type `fuse.warpfs`.
+func liveMount(of root: String) -> String? {
+    guard let f = fopen("/proc/self/mountinfo", "r") else { return nil }
+    defer { fclose(f) }
+    let mine = String(root.map { $0 == "," ? "_" : $0 })
+    var line = [CChar](repeating: 0, count: 16384)
+    while fgets(&line, Int32(line.count), f) != nil {
+        let text = String(decoding: line.prefix(while: { $0 != 0 && $0 != 10 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let fields = text.split(separator: " ", omittingEmptySubsequences: false)
+        guard let dash = fields.firstIndex(of: "-"), fields.count > dash + 2, fields.count > 4 else { continue }
+        guard fields[dash + 1] == "fuse.warpfs" else { continue }
+        let source = unescapeMountPath(String(fields[dash + 2]))
+        guard source.hasPrefix("warpfs:") else { continue }
+        let theirs = String(source.dropFirst("warpfs:".count))
+        if theirs == mine || mine.hasPrefix(theirs == "/" ? "/" : theirs + "/") || theirs.hasPrefix(mine == "/" ? "/" : mine + "/") {
+            return unescapeMountPath(String(fields[4]))
+        }
+    }
+    return nil
+}

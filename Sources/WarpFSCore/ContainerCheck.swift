@@ -1,0 +1,470 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import WarpDrive
+import WarpFSFormat
+
+/// One thing wrong with a container, found by `ContainerCheck`: what it is,
+/// where (block or group), and the repair that fixes it, if there is one.
+public struct ContainerProblem: Sendable {
+    /// The kinds of problem, in the terms of `docs/FORMAT.md`.
+    public enum Kind: String, Sendable {
+        /// One header copy is damaged, the other is valid.
+        case headerCopy
+        /// No valid header copy: the file cannot be read.
+        case header
+        /// A block has two valid versions (a crash before the sync that drops the older).
+        case staleCopy
+        /// The newest version of a block is torn; the previous one is intact.
+        case tornVersion
+        /// A valid slot for a block past the logical size.
+        case pastEnd
+        /// A slot header that is neither empty nor valid, next to a valid one.
+        case damagedSlotHeader
+        /// Valid slots of one group whose payloads share pages.
+        case overlap
+        /// Payload pages that no valid slot refers to.
+        case unreferenced
+        /// A block with no readable version.
+        case damagedBlock
+    }
+
+    public let kind: Kind
+    /// The block concerned (nil for the header and for group-level findings).
+    public let block: Int?
+    /// Where and what, e.g. "block 3: payload fails its checksum".
+    public let message: String
+    /// What `--repair` does about it; nil when it cannot be repaired.
+    public let fix: String?
+    /// Whether the repair was carried out.
+    public internal(set) var repaired = false
+    /// Why the repair failed, when it did.
+    public internal(set) var repairError: String?
+}
+
+/// What `ContainerCheck.check` found in one backing file.
+public struct ContainerCheckResult: Sendable {
+    /// False for a plain file (no WarpFS magic): nothing else was checked.
+    public var isContainer = false
+    /// Logical blocks checked (holes included).
+    public var blocks = 0
+    public var problems: [ContainerProblem] = []
+}
+
+/// Checks, and on request repairs, one container offline: both header
+/// copies, every slot header and payload (checksums, and decompression
+/// through the accelerator as the file system does it), stale and torn
+/// versions, slots past the end, overlapping payloads and allocated space
+/// that nothing refers to. Repairs never touch a version that could still
+/// be read; see "Checking and repairing" in `docs/FORMAT.md`.
+public final class ContainerCheck {
+    let codec: BlockCodec
+    /// Called with the number of backing bytes read since the last call.
+    public var progress: ((Int) -> Void)?
+
+    /// O_NOATIME (not exported to Swift): reading a file for the check leaves its access time alone.
+    private static let noAtime: Int32 = 0o1000000
+
+    public init(codec: BlockCodec) {
+        self.codec = codec
+    }
+
+    /// One valid slot header and what its payload turned out to be.
+    private struct Slot {
+        let block: Int
+        let slot: Int
+        let header: SlotHeader
+        /// nil: intact; otherwise what is wrong with the payload.
+        var damage: String?
+        var pages: Range<Int> { header.pageRange }
+    }
+
+    /// A step of a repair, with the problem it belongs to.
+    private enum Step {
+        case writeHeaderCopy(copy: Int, bytes: [UInt8])
+        case clearSlot(block: Int, slot: Int)
+        case punch(offset: Int, length: Int)
+    }
+
+    /// Checks the file at `path` (`name` is how messages call it). Throws
+    /// `FSError` when the file cannot be read (or, with `repair`, opened for
+    /// writing); problems in the file are returned, not thrown.
+    public func check(path: String, name: String, repair: Bool) throws -> ContainerCheckResult {
+        var fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | ContainerCheck.noAtime)
+        if fd < 0 && errno == EPERM { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) }
+        guard fd >= 0 else { throw FSError.last("open \(name)") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw FSError.last("stat \(name)") }
+        var result = ContainerCheckResult()
+        var steps: [[Step]] = []   // parallel to result.problems
+        func add(_ kind: ContainerProblem.Kind, _ block: Int?, _ message: String, fix: String? = nil, _ s: [Step] = []) {
+            result.problems.append(ContainerProblem(kind: kind, block: block, message: message, fix: fix))
+            steps.append(s)
+        }
+
+        // Header copies.
+        var first = [UInt8](repeating: 0, count: 2 * FileHeader.size)
+        let n = try first.withUnsafeMutableBytes { try preadFully(fd, $0.baseAddress!, $0.count, 0, "read header of \(name)") }
+        progress?(n)
+        let magic = first.withUnsafeBytes { FileHeader.hasMagic(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        guard magic else { return result }
+        result.isContainer = true
+        let copies: [Result<FileHeader, FileHeader.DecodeError>] = FileHeader.copyOffsets.map { off in
+            guard n >= off + FileHeader.size else { return .failure(.notAHeader) }
+            return first.withUnsafeBytes { b in
+                Result { () throws(FileHeader.DecodeError) -> FileHeader in
+                    try FileHeader.decode(UnsafeRawBufferPointer(rebasing: b[off..<(off + FileHeader.size)]))
+                }
+            }
+        }
+        let copyName = ["A", "B"]
+        func why(_ r: Result<FileHeader, FileHeader.DecodeError>) -> String {
+            switch r {
+            case .success: return "valid"
+            case .failure(.notAHeader): return "no header"
+            case .failure(.badChecksum): return "bad checksum"
+            case .failure(.unsupported(let s)): return s
+            }
+        }
+        var best: (header: FileHeader, copy: Int)?
+        for (i, c) in copies.enumerated() {
+            if case .success(let h) = c, best == nil || h.generation > best!.header.generation { best = (h, i) }
+        }
+        guard let (header, good) = best else {
+            add(.header, nil, "no valid header copy (A: \(why(copies[0])), B: \(why(copies[1]))); the file cannot be read")
+            return result
+        }
+        for (i, c) in copies.enumerated() where i != good {
+            if case .success = c { continue }
+            // A copy never written yet (all zeros, or past the end of a short
+            // file) is not damage: a file only written once has copy A alone.
+            let mine = FileHeader.copyOffsets[i]
+            if first[min(mine, n)..<min(mine + FileHeader.size, n)].allSatisfy({ $0 == 0 }) { continue }
+            let off = FileHeader.copyOffsets[good]
+            add(.headerCopy, nil, "header copy \(copyName[i]) is damaged (\(why(c))); copy \(copyName[good]) (generation \(header.generation)) is valid",
+                fix: "copy \(copyName[i]) rewritten from copy \(copyName[good])",
+                [.writeHeaderCopy(copy: i, bytes: Array(first[off..<(off + FileHeader.size)]))])
+        }
+
+        // Slot headers of every group whose table holds data (holes are empty tables).
+        let layout = BlockLayout(blockSize: header.blockSize)
+        let bs = layout.blockSize
+        let count = layout.blockCount(logicalSize: header.logicalSize)
+        result.blocks = count
+        let fileSize = Int(st.st_size)
+        let groupBytes = BlockLayout.tablePageSize + layout.regionPages * BlockLayout.pageSize
+        func groupContaining(_ offset: Int) -> Int {
+            offset < layout.tableOffset(group: 1) ? 0 : 1 + (offset - layout.tableOffset(group: 1)) / groupBytes
+        }
+        var slots: [Int: [Slot]] = [:]          // by group
+        var garbage: [Int: [Int]] = [:]         // block -> slots whose header is neither empty nor valid
+        var table = [UInt8](repeating: 0, count: BlockLayout.tableSize)
+        var g = 0
+        while true {
+            let off = layout.tableOffset(group: g)
+            if off >= fileSize { break }
+            let d = Int(lseek(fd, off_t(off), Int32(WD_SEEK_DATA)))
+            if d < 0 { break }
+            if d >= off + BlockLayout.tableSize { g = max(g + 1, groupContaining(d)); continue }
+            let got = try table.withUnsafeMutableBytes { try preadFully(fd, $0.baseAddress!, $0.count, off, "read slot headers of \(name)") }
+            progress?(got)
+            if got < table.count { for i in got..<table.count { table[i] = 0 } }
+            var found: [Slot] = []
+            table.withUnsafeBytes { t in
+                for k in 0..<BlockLayout.blocksPerGroup {
+                    let b = g * BlockLayout.blocksPerGroup + k
+                    for s in 0..<2 {
+                        let at = (k * 2 + s) * BlockLayout.slotHeaderSize
+                        let raw = UnsafeRawBufferPointer(rebasing: t[at..<(at + BlockLayout.slotHeaderSize)])
+                        if let h = SlotHeader.decode(raw, block: b, blockSize: bs) {
+                            found.append(Slot(block: b, slot: s, header: h))
+                        } else if raw.contains(where: { $0 != 0 }) {
+                            garbage[b, default: []].append(s)
+                        }
+                    }
+                }
+            }
+            if !found.isEmpty { slots[g] = found }
+            g += 1
+        }
+
+        // Payloads of the valid slots of blocks in range: checksum, then decompression.
+        for (group, list) in slots {
+            var checked = list
+            try verify(fd: fd, name: name, layout: layout, count: count, group: group, &checked)
+            slots[group] = checked
+        }
+
+        // Per block: which version stays, which goes.
+        var dropped: Set<[Int]> = []          // [block, slot] of valid slots a repair clears
+        var dropMessages: [(Int, Int, Int, String, String, ContainerProblem.Kind)] = []  // group, block, slot, message, fix, kind
+        for group in slots.keys.sorted() {
+            let list = slots[group]!
+            var byBlock: [Int: [Slot]] = [:]
+            for s in list { byBlock[s.block, default: []].append(s) }
+            for b in byBlock.keys.sorted() {
+                let v = byBlock[b]!.sorted { $0.slot < $1.slot }
+                if b >= count {
+                    for s in v {
+                        dropped.insert([b, s.slot])
+                        dropMessages.append((group, b, s.slot,
+                            "block \(b) is past the end of the file (logical size \(header.logicalSize), \(count) blocks) "
+                            + "but slot \(s.slot) holds a valid version (generation \(s.header.generation))",
+                            "slot \(s.slot) cleared", .pastEnd))
+                    }
+                    continue
+                }
+                guard v.count == 2 else { continue }
+                let newest = v[0].header.generation >= v[1].header.generation ? v[0] : v[1]
+                let older = newest.slot == v[0].slot ? v[1] : v[0]
+                if newest.damage == nil {
+                    dropped.insert([b, older.slot])
+                    dropMessages.append((group, b, older.slot,
+                        "block \(b) has two valid versions: generation \(newest.header.generation) (slot \(newest.slot)) and a stale "
+                        + "generation \(older.header.generation) (slot \(older.slot)\(older.damage.map { ", whose payload " + $0 } ?? ""))",
+                        "kept generation \(newest.header.generation), dropped generation \(older.header.generation)", .staleCopy))
+                } else if older.damage == nil {
+                    dropped.insert([b, newest.slot])
+                    dropMessages.append((group, b, newest.slot,
+                        "block \(b): the newest version (generation \(newest.header.generation), slot \(newest.slot)) is torn "
+                        + "(its payload \(newest.damage!)); the previous one (generation \(older.header.generation), slot \(older.slot)) is intact",
+                        "kept generation \(older.header.generation), dropped the torn generation \(newest.header.generation)", .tornVersion))
+                }
+            }
+        }
+        // Pages of the slots that stay, per group: a dropped slot's pages are
+        // punched only where no remaining slot uses them.
+        var kept: [Int: [Slot]] = [:]
+        for (group, list) in slots { kept[group] = list.filter { !dropped.contains([$0.block, $0.slot]) } }
+        for (group, b, s, message, fix, kind) in dropMessages {
+            let slot = slots[group]!.first { $0.block == b && $0.slot == s }!
+            let others = kept[group, default: []].map(\.pages).filter { !$0.isEmpty }
+            let free = subtract(slot.pages, others)
+            var note = ""
+            if free.reduce(0, { $0 + $1.count }) < slot.pages.count {
+                note = "; its pages are shared with another valid slot (only the unshared ones are released)"
+            }
+            let base = layout.regionOffset(group: group)
+            add(kind, b, message + note, fix: fix,
+                [.clearSlot(block: b, slot: s)] + free.map { .punch(offset: base + $0.lowerBound * BlockLayout.pageSize, length: $0.count * BlockLayout.pageSize) })
+        }
+
+        // Damaged slot headers, and blocks that cannot be read.
+        var damagedBlocks: [Int: String] = [:]
+        for b in Set(garbage.keys).union(slots.values.flatMap { $0.map(\.block) }).sorted() where b < count {
+            let v = (slots[b / BlockLayout.blocksPerGroup] ?? []).filter { $0.block == b }
+            let bad = garbage[b] ?? []
+            if v.isEmpty {
+                damagedBlocks[b] = "no valid version: the header of slot\(bad.count > 1 ? "s 0 and 1 is" : " \(bad[0]) is") damaged; the block reads as zeros"
+                continue
+            }
+            for s in bad {
+                add(.damagedSlotHeader, b, "block \(b): the header of slot \(s) is damaged (neither empty nor valid); the block's version "
+                    + "in slot \(v[0].slot) is used", fix: "slot \(s) header cleared", [.clearSlot(block: b, slot: s)])
+            }
+            if v.count == 1, let damage = v[0].damage {
+                damagedBlocks[b] = "its only version (generation \(v[0].header.generation), slot \(v[0].slot)) \(damage); reading it is an I/O error"
+            } else if v.count == 2, let d0 = v[0].damage, let d1 = v[1].damage {
+                damagedBlocks[b] = "both versions are damaged: slot 0 (generation \(v[0].header.generation)) \(d0); "
+                    + "slot 1 (generation \(v[1].header.generation)) \(d1)"
+            }
+        }
+        for b in damagedBlocks.keys.sorted() { add(.damagedBlock, b, "block \(b) is damaged: \(damagedBlocks[b]!)") }
+
+        // Payloads that share pages (among the slots that stay): never "fixed".
+        var suspect = Set(damagedBlocks.keys.map { $0 / BlockLayout.blocksPerGroup })
+        for group in kept.keys.sorted() {
+            let list = kept[group]!.filter { !$0.pages.isEmpty }.sorted { $0.pages.lowerBound < $1.pages.lowerBound }
+            for (i, a) in list.enumerated() {
+                for c in list[(i + 1)...] where c.pages.lowerBound < a.pages.upperBound {
+                    suspect.insert(group)
+                    add(.overlap, a.block, "block \(a.block) (slot \(a.slot), pages \(a.pages.lowerBound)..<\(a.pages.upperBound)) and block "
+                        + "\(c.block) (slot \(c.slot), pages \(c.pages.lowerBound)..<\(c.pages.upperBound)) share pages of group \(group)'s region")
+                }
+            }
+        }
+
+        // Allocated region pages that no valid slot refers to.
+        var allocated: [Int: [Range<Int>]] = [:]
+        var pos = BlockLayout.pageSize
+        while pos < fileSize {
+            let d = Int(lseek(fd, off_t(pos), Int32(WD_SEEK_DATA)))
+            if d < 0 { break }
+            var h = Int(lseek(fd, off_t(d), Int32(WD_SEEK_HOLE)))
+            if h < 0 { h = fileSize }
+            var o = d
+            while o < h {
+                let gg = groupContaining(o)
+                let rs = layout.regionOffset(group: gg), re = rs + layout.regionPages * BlockLayout.pageSize
+                if o < rs { o = rs; continue }      // the group's table page
+                let end: Int = min(h, re)
+                let p0: Int = (o - rs) / BlockLayout.pageSize
+                let p1: Int = (end - rs + BlockLayout.pageSize - 1) / BlockLayout.pageSize
+                if p1 > p0 { allocated[gg, default: []].append(p0..<p1) }
+                o = end
+            }
+            pos = max(h, d + 1)
+        }
+        for group in allocated.keys.sorted() {
+            let used = (slots[group] ?? []).map(\.pages).filter { !$0.isEmpty }
+            let first = group * BlockLayout.blocksPerGroup
+            let base = layout.regionOffset(group: group)
+            for extent in allocated[group]! {
+                for run in subtract(extent, used) {
+                    let off = base + run.lowerBound * BlockLayout.pageSize
+                    let what = "group \(group) (blocks \(first)-\(first + BlockLayout.blocksPerGroup - 1)): \(run.count) allocated "
+                        + "page\(run.count == 1 ? "" : "s") (pages \(run.lowerBound)..<\(run.upperBound), offset \(off)) that no valid slot refers to"
+                    if suspect.contains(group) {
+                        // A damaged block's data may be there (a header with a
+                        // wrong length or page): kept for whoever recovers it.
+                        add(.unreferenced, nil, what + " (kept: the group has a damaged block or overlapping payloads)")
+                    } else {
+                        add(.unreferenced, nil, what, fix: "punched", [.punch(offset: off, length: run.count * BlockLayout.pageSize)])
+                    }
+                }
+            }
+        }
+
+        if repair && steps.contains(where: { !$0.isEmpty }) {
+            try carryOut(steps, on: path, name: name, layout: layout, times: st, into: &result)
+        }
+        return result
+    }
+
+    /// Reads and checks the payloads of `list` (blocks in range only):
+    /// stored length present, CRC-32C, and for compressed payloads a
+    /// decompression through the accelerator that gives exactly one block.
+    private func verify(fd: Int32, name: String, layout: BlockLayout, count: Int, group: Int, _ list: inout [Slot]) throws {
+        var jobs: [(index: Int, payload: BlockBuffer, algorithm: CompressionAlgorithm)] = []
+        for i in list.indices where list[i].block < count {
+            let h = list[i].header
+            guard h.storedLength > 0 else { continue }
+            let buf = codec.takeBuffer(h.storedLength)
+            let off = layout.payloadOffset(block: list[i].block, slot: list[i].slot, header: h)
+            let n: Int
+            do { n = try preadFully(fd, buf.bytes.baseAddress!, h.storedLength, off, "read") } catch {
+                list[i].damage = "cannot be read (\(error))"     // a media error: this block, not the whole file
+                continue
+            }
+            progress?(n)
+            guard n == h.storedLength else {
+                list[i].damage = "is truncated (\(n) of \(h.storedLength) bytes; the backing file ends at \(off + n))"
+                continue
+            }
+            let crc = crc32Checksum(UnsafeRawBufferPointer(buf.bytes))
+            guard crc == h.payloadChecksum else {
+                list[i].damage = "fails its checksum (stored 0x\(String(h.payloadChecksum, radix: 16)), read 0x\(String(crc, radix: 16)))"
+                continue
+            }
+            switch h.encoding {
+            case .deflate: jobs.append((i, buf, .deflate))
+            case .zlib: jobs.append((i, buf, .zlib))
+            case .gzip: jobs.append((i, buf, .gzip))
+            case .raw, .zero: break
+            }
+        }
+        // Decompression, as the file system does it: through a stream per algorithm.
+        for algorithm in CompressionAlgorithm.allCases {
+            let mine = jobs.filter { $0.algorithm == algorithm }
+            guard !mine.isEmpty else { continue }
+            let stream: BlockStream
+            do { stream = try codec.stream(.decompress, algorithm: algorithm, capacity: 2 * BlockLayout.blocksPerGroup) } catch {
+                throw FSError(EIO, "\(name): no accelerator queue for decompression: \(error)")
+            }
+            defer { codec.recycle(stream) }
+            var byTag: [Int: Int] = [:]
+            var outputs: [BlockBuffer] = []
+            for job in mine {
+                let out = codec.takeBuffer(layout.blockSize)
+                outputs.append(out)
+                do {
+                    byTag[try stream.submit(UnsafeRawBufferPointer(job.payload.bytes), out.bytes)] = job.index
+                } catch {
+                    list[job.index].damage = "could not be sent for decompression (\(error))"
+                }
+            }
+            while stream.inFlight > 0 {
+                for (tag, r) in stream.reap(minimum: stream.inFlight) {
+                    guard let i = byTag[tag] else { continue }
+                    switch r {
+                    case .success(let n) where n == layout.blockSize: break
+                    case .success(let n): list[i].damage = "decompresses to \(n) bytes, not \(layout.blockSize)"
+                    case .failure(.destinationTooSmall): list[i].damage = "decompresses to more than \(layout.blockSize) bytes"
+                    case .failure(let e): list[i].damage = "cannot be decompressed (\(e))"
+                    }
+                }
+            }
+            withExtendedLifetime(outputs) {}
+        }
+        withExtendedLifetime(jobs) {}
+    }
+
+    /// Carries out the repair steps: header copies first, then slot headers
+    /// (made durable), then the punches, then durable again. The backing
+    /// file's times are put back (they are the file's times in the mount).
+    private func carryOut(_ steps: [[Step]], on path: String, name: String, layout: BlockLayout, times st: stat,
+                          into result: inout ContainerCheckResult) throws {
+        let fd = Glibc.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { throw FSError.last("open \(name) for repair") }
+        defer { close(fd) }
+        var failed: [Int: String] = [:]
+        func run(_ phase: (Step) -> Bool) {
+            for (i, list) in steps.enumerated() where failed[i] == nil {
+                for step in list where phase(step) {
+                    do {
+                        switch step {
+                        case .writeHeaderCopy(let copy, let bytes):
+                            try bytes.withUnsafeBytes {
+                                try pwriteFully(fd, $0.baseAddress!, $0.count, FileHeader.copyOffsets[copy], "write header copy of \(name)")
+                            }
+                        case .clearSlot(let b, let s):
+                            let zeros = [UInt8](repeating: 0, count: BlockLayout.slotHeaderSize)
+                            try zeros.withUnsafeBytes {
+                                try pwriteFully(fd, $0.baseAddress!, $0.count, layout.slotHeaderOffset(block: b, slot: s), "clear slot \(s) of \(name) block \(b)")
+                            }
+                        case .punch(let off, let len):
+                            _ = try sys("punch \(len) bytes at offset \(off) of \(name)") {
+                                wd_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, Int64(off), Int64(len))
+                            }
+                        }
+                    } catch {
+                        failed[i] = "\(error)"
+                        break
+                    }
+                }
+            }
+        }
+        func durable() {
+            if fdatasync(fd) != 0 {
+                let e = FSError.last("fdatasync \(name)").description
+                for i in steps.indices where !steps[i].isEmpty && failed[i] == nil { failed[i] = e }
+            }
+        }
+        run { if case .writeHeaderCopy = $0 { return true } else { return false } }
+        durable()
+        run { if case .clearSlot = $0 { return true } else { return false } }
+        durable()
+        run { if case .punch = $0 { return true } else { return false } }
+        durable()
+        var t = [st.st_atim, st.st_mtim]
+        _ = futimens(fd, &t)
+        for i in result.problems.indices where !steps[i].isEmpty {
+            if let e = failed[i] { result.problems[i].repairError = e } else { result.problems[i].repaired = true }
+        }
+    }
+
+    /// `range` minus the union of `others`, as sorted runs.
+    private func subtract(_ range: Range<Int>, _ others: [Range<Int>]) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        var at = range.lowerBound
+        for r in others.sorted(by: { $0.lowerBound < $1.lowerBound }) where r.upperBound > at && r.lowerBound < range.upperBound {
+            if r.lowerBound > at { out.append(at..<r.lowerBound) }
+            at = max(at, r.upperBound)
+            if at >= range.upperBound { break }
+        }
+        if at < range.upperBound { out.append(at..<range.upperBound) }
+        return out
+    }
+}
