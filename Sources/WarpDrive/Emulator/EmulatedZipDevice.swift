@@ -276,7 +276,10 @@ public final class EmulatedZipDevice: @unchecked Sendable {
         for q in victims { q.raiseInterrupt() }
     }
 
-    /// Stops the engines. Open queues stop being served.
+    /// Stops the engines. Open queues stop being served. Owners call it
+    /// while they still hold the device: engine threads reach the device
+    /// without owning it, so a last release racing an engine's access
+    /// would free it under the engine (deinit calls it too, as a backstop).
     public func shutdown() {
         let wasRunning: Bool = lock.withLock { _ in
             let r = !shuttingDown
