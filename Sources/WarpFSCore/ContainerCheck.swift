@@ -108,7 +108,12 @@ public final class ContainerCheck {
         var first = [UInt8](repeating: 0, count: 2 * FileHeader.size)
         let n = try first.withUnsafeMutableBytes { try preadFully(fd, $0.baseAddress!, $0.count, 0, "read header of \(name)") }
         progress?(n)
-        let magic = first.withUnsafeBytes { FileHeader.hasMagic(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        // The file system's own classification: the magic, or a near-magic
+        // with a valid copy B (copy A's magic lost a bit; repaired below).
+        let magic = first.withUnsafeBytes { b -> Bool in
+            let got = UnsafeRawBufferPointer(rebasing: b[0..<n])
+            return FileHeader.hasMagic(got) || CompressedFile.secondCopyVouches(got)
+        }
         guard magic else { return result }
         result.isContainer = true
         let copies: [Result<FileHeader, FileHeader.DecodeError>] = FileHeader.copyOffsets.map { off in

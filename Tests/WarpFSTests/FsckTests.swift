@@ -131,6 +131,29 @@ import WarpFSFormat
     /// passes its checksum and does not decompress to a block), and two
     /// blocks sharing pages: reported with file and block, left as they
     /// are by --repair (exit 4 both times), the rest of the file readable.
+    /// One flipped bit in copy A's magic: the file is still a container
+    /// (copy B vouches for it), fsck reports copy A and rewrites it.
+    @Test func aFlippedMagicIsRepairedFromCopyB() throws {
+        try withMount(options: "block_size=16k") { m in
+            var r = Rng(9)
+            let data = r.text(100_000)
+            try FileIO.write(m.path("x"), data)
+            m.unmount()
+            let fd = open(m.backingPath("x"), O_RDWR)
+            var b = try FileIO.pread(fd, 1, 3)
+            b[0] ^= 0x04
+            try FileIO.pwrite(fd, b, 3)
+            close(fd)
+            let before = fsck(m.backing)
+            #expect(before.status == 4 && before.output.contains("x: header copy A is damaged"), "\(before.output)")
+            #expect(fsck(m.backing, "--repair").status == 1)
+            #expect(fsck(m.backing).status == 0)
+            #expect(try FileIO.read(m.backingPath("x")).prefix(8) == ArraySlice(Array("WARPFS\r\n".utf8)))
+            try m.start()
+            #expect(try FileIO.read(m.path("x")) == data)
+        }
+    }
+
     @Test func damageBeyondRepairIsReportedAndLeftAlone() throws {
         try withMount(options: "block_size=16k") { m in
             let bs = FsckTests.bs
