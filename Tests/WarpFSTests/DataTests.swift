@@ -103,9 +103,7 @@ import WarpFSFormat
             #expect(lseek(fd2, 0, Int32(WD_SEEK_HOLE)) == 65536)
             #expect(ftruncate(fd2, 10) == 0)
             #expect(try FileIO.pread(fd2, 100, 0) == Array("start".utf8) + [0, 0, 0, 0, 0])
-            let status = String(decoding: try FileIO.read("/proc/\(m.pid)/status"), as: UTF8.self)
-            let hwm = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
-                .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") } ?? 0
+            let hwm = peakResidentKiB(m.pid)
             #expect(hwm > 0 && hwm < 150 * 1024, "peak resident \(hwm) KiB")
         }
     }
@@ -165,9 +163,7 @@ import WarpFSFormat
             }
             for fd in fds { #expect(try FileIO.pread(fd, data.count, 0) == data) }
             usleep(500_000)  // the reclaimer runs every 200 ms
-            let status = String(decoding: try FileIO.read("/proc/\(m.pid)/status"), as: UTF8.self)
-            let hwm = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
-                .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") } ?? 0
+            let hwm = peakResidentKiB(m.pid)
             #expect(hwm > 0 && hwm < 120 * 1024, "peak resident \(hwm) KiB")
         }
     }

@@ -599,14 +599,6 @@ private final class DeadlineBox: @unchecked Sendable {
     let done = Atomic<Bool>(false)
 }
 
-/// VmHWM of a process in KiB (0 when it cannot be read).
-func peakResidentKiB(_ pid: pid_t) -> Int {
-    guard let raw = try? FileIO.read("/proc/\(pid)/status") else { return 0 }
-    let status = String(decoding: raw, as: UTF8.self)
-    return status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
-        .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") } ?? 0
-}
-
 /// Allocated ranges of a (sparse) file.
 func dataExtents(_ path: String) throws -> [Range<Int>] {
     let fd = open(path, O_RDONLY)

@@ -246,3 +246,11 @@ func withMount<T>(options: String = "", _ body: (TestMount) throws -> T) throws 
     defer { m.close() }
     return try body(m)
 }
+
+/// VmHWM of a process in KiB (0 when it cannot be read).
+func peakResidentKiB(_ pid: pid_t) -> Int {
+    guard let raw = try? FileIO.read("/proc/\(pid)/status") else { return 0 }
+    let status = String(decoding: raw, as: UTF8.self)
+    return status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
+        .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") } ?? 0
+}

@@ -22,12 +22,6 @@ import Testing
         }
     }
 
-    static func peakResidentKiB(_ pid: pid_t) throws -> Int {
-        let status = String(decoding: try FileIO.read("/proc/\(pid)/status"), as: UTF8.self)
-        return status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
-            .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") } ?? 0
-    }
-
     /// Writes 1 MiB chunks until `limit` chunks or an error; returns the
     /// chunks accepted and the errno of the failure (0 if none).
     static func fill(_ fd: Int32, chunks limit: Int) -> (written: [[UInt8]], error: Int32) {
@@ -67,7 +61,7 @@ import Testing
         // The application is told, at write() or at fsync().
         #expect(writeError == ENOSPC || syncError == ENOSPC, "write errno \(writeError), fsync errno \(syncError)")
         // Refused data is not piled up in memory (96 MiB were offered).
-        #expect(try SpaceTests.peakResidentKiB(m.pid) < 80 * 1024)
+        #expect(peakResidentKiB(m.pid) < 80 * 1024)
         #expect(m.log.contains("no space left in the backing file system"), "log: \(m.log)")
         #expect(try FileIO.read(m.path("keep")) == keep)
 
