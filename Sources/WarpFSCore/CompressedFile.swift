@@ -582,6 +582,9 @@ public final class CompressedFile {
         // before accepting any of its data.
         var reserved: [Int: (SpaceAccount, Int)] = [:]
         if let account = codec.space {
+            // A block being compressed releases its reservation when stored:
+            // let that happen first, so what needs one is known here.
+            for p in pieces { settle(p.block) }
             let cost = layout.blockSize + BlockLayout.tablePageSize
             let needing = pieces.filter { cache[$0.block]?.reservation == nil }.map(\.block)
             if !needing.isEmpty {
