@@ -231,8 +231,23 @@ struct Unmount: ParsableCommand {
         }
         // Wait for the file-system process to store its data and exit.
         let deadline = wd_now_ns() + 30_000_000_000
-        while servers.contains(where: { kill($0, 0) == 0 }) && wd_now_ns() < deadline { usleep(10_000) }
+        while servers.contains(where: isRunning) && wd_now_ns() < deadline { usleep(10_000) }
     }
+}
+
+/// Whether `pid` is alive and not a zombie (an exited server whose parent,
+/// e.g. the shell that ran `mount -f`, has not reaped it yet).
+func isRunning(_ pid: pid_t) -> Bool {
+    guard kill(pid, 0) == 0 else { return false }
+    let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var buf = [UInt8](repeating: 0, count: 512)
+    let n = read(fd, &buf, buf.count)
+    guard n > 0 else { return false }
+    // "pid (comm) S ...": the state follows the last ')'.
+    guard let close = buf[0..<n].lastIndex(of: UInt8(ascii: ")")), close + 2 < n else { return true }
+    return buf[close + 2] != UInt8(ascii: "Z")
 }
 
 /// Processes serving `warpfs mount ... MNT`.

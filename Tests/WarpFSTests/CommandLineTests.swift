@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CWarpSys
 import Testing
 
 /// Bad command lines: a message naming the problem, a non-zero exit, nothing mounted.
@@ -31,6 +32,23 @@ import Testing
         #expect(un.status == 0, "\(un.output)")
         #expect(!isMounted(root + "/m"))
         #expect(try FileIO.read(root + "/b/hello").prefix(6).elementsEqual(Array("WARPFS".utf8)))
+    }
+
+    /// `warpfs unmount` returns once the server has exited, even when the
+    /// server's parent (here the test, which started `mount -f`) has not
+    /// reaped it yet: a zombie is not a running server.
+    @Test func unmountDoesNotWaitForAnUnreapedServer() throws {
+        let m = try TestMount()
+        defer { m.close() }
+        try FileIO.write(m.path("f"), Array("kept".utf8))
+        let start = wd_now_ns()
+        let r = runCommand([warpfsBinary, "unmount", m.mountpoint])
+        let seconds = Double(wd_now_ns() - start) / 1e9
+        #expect(r.status == 0, "\(r.output)")
+        #expect(seconds < 10, "unmount took \(seconds) s")
+        #expect(!isMounted(m.mountpoint))
+        try m.start()
+        #expect(try FileIO.read(m.path("f")) == Array("kept".utf8))
     }
 
     @Test func signalsUnmountCleanly() throws {
