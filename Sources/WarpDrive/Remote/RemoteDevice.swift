@@ -25,7 +25,6 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
     let fd: Int32
     private let control = Mutex(())
     private let lost = Atomic<Bool>(false)
-    private let closed = Atomic<Bool>(false)
 
     /// Connects to `warpdrived` at `socket`. Fails with `daemonUnavailable`
     /// naming the socket when it is missing or nobody listens on it.
