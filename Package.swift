@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "WarpFSCore", targets: ["WarpFSCore"]),
         .executable(name: "warpdrive-bench", targets: ["WarpDriveBench"]),
         .executable(name: "warpdrive-hello", targets: ["WarpDriveHello"]),
+        .executable(name: "warpdrived", targets: ["warpdrived"]),
+        .library(name: "WarpDriveDaemon", targets: ["WarpDriveDaemon"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -31,6 +33,19 @@ let package = Package(
         .target(
             name: "WarpDrive",
             dependencies: ["CWarpSys"]
+        ),
+        // warpdrived's server: the emulated device shared over a Unix socket.
+        .target(
+            name: "WarpDriveDaemon",
+            dependencies: ["WarpDrive", "CWarpSys"]
+        ),
+        // The `warpdrived` command.
+        .executableTarget(
+            name: "warpdrived",
+            dependencies: [
+                "WarpDriveDaemon", "WarpDrive",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         // The on-disk container format: headers, slots, checksums. Pure, fuzzable.
         .target(

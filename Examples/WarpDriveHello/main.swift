@@ -1,8 +1,10 @@
 // The "hello world" of the WarpDrive layer: compress a file through an
-// accelerator queue of the emulated ZIP device, then check the result with
-// stock zlib's own `uncompress`.
+// accelerator queue, then check the result with stock zlib's own
+// `uncompress`. The queue is on the in-process emulated device, or on the
+// one `warpdrived` serves when --device names its socket.
 //
-//   swift run warpdrive-hello [FILE]      (default: this program's binary)
+//   swift run warpdrive-hello [--device SOCKET] [--repeat N] [FILE]
+//   (default FILE: this program's binary; --repeat compresses it N times)
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -27,7 +29,23 @@ func readFile(_ path: String) -> [UInt8]? {
     return data
 }
 
-let path = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : CommandLine.arguments[0]
+var socketPath: String?
+var repeats = 1
+var path = CommandLine.arguments[0]
+var args = CommandLine.arguments.dropFirst()
+while let a = args.popFirst() {
+    switch a {
+    case "--device":
+        guard let v = args.popFirst() else { eprint("warpdrive-hello: --device needs a socket path"); exit(2) }
+        socketPath = v
+    case "--repeat":
+        guard let v = args.popFirst(), let n = Int(v), n >= 1 else { eprint("warpdrive-hello: --repeat needs a count >= 1"); exit(2) }
+        repeats = n
+    default:
+        path = a
+    }
+}
+
 guard var data = readFile(path) else {
     eprint("warpdrive-hello: cannot read \(path): \(String(cString: strerror(errno)))")
     exit(1)
@@ -38,17 +56,28 @@ if data.count > ZipSQE.maxRequestBytes {
 }
 
 do {
-    // Discover the emulated device, open a zlib compression session over one queue.
-    let registry = DeviceRegistry()
-    let device = try registry.device(for: .zlib)
-    let a = device.attributes
-    print("device \(a.name): api \(a.api), SVA \(a.supportsSVA), algorithms \(a.algorithms.joined(separator: ",")), "
-        + "free queues \(a.availableInstances ?? 0)")
+    // The device: warpdrived's over its socket, or the emulated device discovered in-process.
+    let device: any AcceleratorDevice
+    var local: EmulatedZipDevice?
+    if let socketPath {
+        let remote = try RemoteDevice(socket: socketPath)
+        print("device \(remote.name) served by warpdrived (pid \(remote.daemonPID)) at \(socketPath)")
+        device = remote
+    } else {
+        let registry = DeviceRegistry()
+        let emulated = try registry.device(for: .zlib)
+        let a = emulated.attributes
+        print("device \(a.name): api \(a.api), SVA \(a.supportsSVA), algorithms \(a.algorithms.joined(separator: ",")), "
+            + "free queues \(a.availableInstances ?? 0)")
+        device = emulated
+        local = emulated
+    }
     let session = try CompressionSession(device: device,
                                          configuration: SessionConfiguration(algorithm: .zlib, direction: .compress, level: 6))
-    let compressed = try session.compress(data)
+    var compressed: [UInt8] = []
+    for _ in 0..<repeats { compressed = try session.compress(data) }
     print("queue \(session.currentQueues[0].number) (PASID \(session.currentQueues[0].pasid)): "
-        + "\(data.count) bytes -> \(compressed.count) bytes")
+        + "\(data.count) bytes -> \(compressed.count) bytes" + (repeats > 1 ? " (\(repeats) times)" : ""))
 
     // Check with stock zlib.
     var restored = [UInt8](repeating: 0, count: max(data.count, 1))
@@ -65,7 +94,7 @@ do {
     print("zlib's uncompress restores the input: OK; byte-identical to zlib's compress2: \(identical ? "yes" : "no")")
     print("queue counters: \(session.currentQueues[0].counters)")
     session.close()
-    device.shutdown()
+    local?.shutdown()
 } catch {
     eprint("warpdrive-hello: \(error)")
     exit(1)

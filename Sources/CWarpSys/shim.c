@@ -11,6 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 uint32_t wd_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 void wd_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -181,3 +184,113 @@ uint32_t wd_crc32c(uint32_t crc, const void *data, size_t length) {
 }
 
 uint32_t wd_crc32c_table(uint32_t crc, const void *data, size_t length) { return ~crc32c_soft(~crc, data, length); }
+
+static int unix_address(const char *path, struct sockaddr_un *a) {
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof a->sun_path) return -ENAMETOOLONG;
+    strcpy(a->sun_path, path);
+    return 0;
+}
+
+int wd_seqpacket_listen(const char *path, int backlog) {
+    struct sockaddr_un a;
+    int r = unix_address(path, &a);
+    if (r < 0) return r;
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, backlog) < 0) {
+        int e = errno; close(fd); return -e;
+    }
+    return fd;
+}
+
+int wd_seqpacket_connect(const char *path) {
+    struct sockaddr_un a;
+    int r = unix_address(path, &a);
+    if (r < 0) return r;
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    while (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        if (errno == EINTR) continue;
+        int e = errno; close(fd); return -e;
+    }
+    return fd;
+}
+
+int wd_accept(int fd) {
+    for (;;) {
+        int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c >= 0) return c;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+}
+
+ssize_t wd_send_message(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    struct iovec io = { .iov_base = (void *)buf, .iov_len = len };
+    union { char b[CMSG_SPACE(8 * sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1 };
+    if (nfds > 8) return -EINVAL;
+    if (nfds > 0) {
+        memset(&u, 0, sizeof u);
+        m.msg_control = u.b;
+        m.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+    }
+    for (;;) {
+        ssize_t n = sendmsg(sock, &m, MSG_NOSIGNAL);
+        if (n >= 0) return n;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+}
+
+ssize_t wd_recv_message(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds) {
+    struct iovec io = { .iov_base = buf, .iov_len = len };
+    union { char b[CMSG_SPACE(8 * sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b };
+    *nfds = 0;
+    ssize_t n;
+    for (;;) {
+        n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+        if (n >= 0) break;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int got[8];
+        if (k > 8) k = 8;
+        memcpy(got, CMSG_DATA(c), k * sizeof(int));
+        for (int i = 0; i < k; i++) {
+            if (*nfds < maxfds) fds[(*nfds)++] = got[i];
+            else close(got[i]);
+        }
+    }
+    return n;
+}
+
+int wd_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred c;
+    socklen_t l = sizeof c;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &c, &l) < 0) return -errno;
+    *pid = c.pid; *uid = c.uid; *gid = c.gid;
+    return 0;
+}
+
+int wd_allow_ptracer(pid_t pid) {
+    unsigned long who = pid < 0 ? PR_SET_PTRACER_ANY : (unsigned long)pid;
+    return prctl(PR_SET_PTRACER, who, 0, 0, 0) < 0 ? -errno : 0;
+}
+
+int wd_peer_gone(int sock) {
+    struct pollfd p = { .fd = sock, .events = POLLRDHUP, .revents = 0 };
+    int r = poll(&p, 1, 0);
+    return r > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) ? 1 : 0;
+}

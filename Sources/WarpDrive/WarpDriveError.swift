@@ -36,6 +36,9 @@ public enum WarpDriveError: Error, Equatable, Sendable, CustomStringConvertible 
     case noDevice(String)
     /// A system call failed.
     case system(call: String, errno: Int32)
+    /// `warpdrived` cannot be reached at `socket`: not running, the socket
+    /// is missing, or the daemon went away while a queue was open.
+    case daemonUnavailable(socket: String, reason: String)
 
     public var description: String {
         switch self {
@@ -57,6 +60,7 @@ public enum WarpDriveError: Error, Equatable, Sendable, CustomStringConvertible 
         case .deviceIsolated(let d): return "\(d) is isolated after too many errors"
         case .noDevice(let why): return "no accelerator device: \(why)"
         case .system(let call, let e): return "\(call) failed: errno \(e)"
+        case .daemonUnavailable(let socket, let why): return "warpdrived at \(socket): \(why)"
         }
     }
 }

@@ -66,6 +66,8 @@ struct Settings: Sendable {
     var quick: Bool
     var syntheticOnly: Bool
     var jsonPath: String?
+    /// Queue path through warpdrived at this socket instead of an in-process device.
+    var daemonSocket: String? = nil
 
     func interruptThreshold(_ n: Int) -> Int { max(1, n / irqDivisor) }
 
@@ -101,6 +103,10 @@ struct Bench: ParsableCommand {
     var idleSpin: Int?
     @Flag(help: "A CI-sized run (well under 30 s): fewer and shorter trials, fewer configurations.") var quick = false
     @Flag(help: .hidden) var syntheticOnly = false
+    @Option(name: .customLong("device"), help: ArgumentHelp(
+        "Run the queue path through the warpdrived listening on this socket (throughput only, unregistered buffers; "
+            + "give --engines the daemon's engine count so zlib runs on as many threads).", valueName: "socket"))
+    var daemonSocket: String?
 
     func validate() throws {
         guard (0...9).contains(level) else { throw ValidationError("--level must be 0...9") }
@@ -138,7 +144,7 @@ struct Bench: ParsableCommand {
             algorithm: algorithm, blockSize: blockSize, corpusBytes: corpusMiB << 20,
             latencyReps: latencyReps ?? (quick ? 3000 : 20000), irqDivisor: irqDivisor,
             idleSpin: idleSpin ?? EmulatedDeviceConfiguration().idleSpinMicroseconds,
-            quick: quick, syntheticOnly: syntheticOnly, jsonPath: json)
+            quick: quick, syntheticOnly: syntheticOnly, jsonPath: json, daemonSocket: daemonSocket)
     }
 
     func run() throws {
@@ -198,11 +204,13 @@ func runBench(_ s: Settings) throws {
     ]
 
     // (a) Latency.
-    let latency = try measureLatency(s, corpus)
-    report.append(("latency", .array(latency.map(\.json))))
+    if s.daemonSocket == nil {
+        let latency = try measureLatency(s, corpus)
+        report.append(("latency", .array(latency.map(\.json))))
+    }
 
     // (b) Throughput.
-    let rows = try measureThroughput(s, corpus)
+    let rows = try s.daemonSocket.map { try measureDaemonThroughput(s, corpus, socket: $0) } ?? measureThroughput(s, corpus)
     report.append(("throughput", .array(rows.map(\.json))))
     let scaling = printScaling(s, rows)
     report.append(("engine_scaling", .array(scaling)))
@@ -672,9 +680,36 @@ func measureThroughput(_ s: Settings, _ corpus: Corpus) throws -> [Row] {
     return rows
 }
 
+/// Throughput with the queue path through `warpdrived` at `socket`: the
+/// same blocks, unregistered buffers (the daemon copies them with
+/// process_vm_readv/writev), zlib on `--engines` threads alongside.
+func measureDaemonThroughput(_ s: Settings, _ corpus: Corpus, socket: String) throws -> [Row] {
+    let remote = try RemoteDevice(socket: socket)
+    let e = s.engines[0]
+    out("")
+    out("(b) throughput through warpdrived (pid \(remote.daemonPID)) at \(socket), \(corpus.count) blocks of "
+        + "\(corpus.blockSize >> 10) KiB; medians of \(s.trials) trials of \(fmt(s.seconds, 2)) s, zlib (\(e) threads) "
+        + "and queue trials alternating; engine busy is not visible from here")
+    out("")
+    out(Row.header)
+    var rows: [Row] = []
+    for direction in [Direction.compress, .decompress] {
+        let direct = DirectRunner(threads: e, settings: s, corpus: corpus)
+        let heap = try QueueBuffers(direction: direction, corpus: corpus, slots: s.inflight.max()!, device: nil, registered: false)
+        defer { heap.release() }
+        for n in s.inflight {
+            let row = try measureConfig(s, corpus, direction: direction, engines: e, inflight: n,
+                                        device: remote, buffers: heap, direct: direct)
+            out(row.line)
+            rows.append(row)
+        }
+    }
+    return rows
+}
+
 /// Warm-up and check, then `trials` alternating zlib / queue trials.
 func measureConfig(_ s: Settings, _ corpus: Corpus, direction: Direction, engines e: Int, inflight n: Int,
-                   device: EmulatedZipDevice, buffers: QueueBuffers, direct: DirectRunner) throws -> Row {
+                   device: any AcceleratorDevice, buffers: QueueBuffers, direct: DirectRunner) throws -> Row {
     var row = Row(direction: direction, engines: e, inflight: n, registered: buffers.registered,
                   irqThreshold: s.interruptThreshold(n))
     let runner = try QueueRunner(settings: s, corpus: corpus, direction: direction, inflight: n,
@@ -801,12 +836,12 @@ final class QueueBuffers {
     private var binding: SVABinding?
     private var heap: [UnsafeMutableRawBufferPointer] = []
 
-    init(direction: Direction, corpus: Corpus, slots: Int, device: EmulatedZipDevice, registered: Bool) throws {
+    init(direction: Direction, corpus: Corpus, slots: Int, device: EmulatedZipDevice?, registered: Bool) throws {
         self.registered = registered
         let sourceSize = direction == .compress ? corpus.blockSize : corpus.maxStream
         let destinationSize = slotCapacity(corpus.blockSize)
         let src: [UnsafeMutableRawBufferPointer], dst: [UnsafeMutableRawBufferPointer]
-        if registered {
+        if registered, let device {
             let b = try device.iommu.bind()
             binding = b
             let sp = try SharedBufferPool(binding: b, bufferSize: sourceSize, count: corpus.count)
@@ -928,13 +963,13 @@ final class QueueRunner {
     let inflight: Int
     let corpus: Corpus
     let buffers: QueueBuffers
-    let device: EmulatedZipDevice
+    let device: any AcceleratorDevice
     private let slotBlock: UnsafeMutablePointer<Int>
     private let doneTags: UnsafeMutablePointer<Int>
     private let doneSizes: UnsafeMutablePointer<Int>
 
     init(settings s: Settings, corpus: Corpus, direction: Direction, inflight n: Int,
-         device: EmulatedZipDevice, buffers: QueueBuffers) throws {
+         device: any AcceleratorDevice, buffers: QueueBuffers) throws {
         precondition(buffers.destinations.count >= n)
         var c = SessionConfiguration(algorithm: s.algorithm.algorithm, direction: direction, level: s.level)
         c.notification = .interrupt
@@ -966,7 +1001,8 @@ final class QueueRunner {
         let blocks = corpus.count, blockSize = corpus.blockSize
         let cap = requests ?? Int.max
         var cursor = 0, submitted = 0, bytes = 0
-        let busy0 = device.engineBusyNanoseconds.reduce(0, +)
+        let local = device as? EmulatedZipDevice
+        let busy0 = local?.engineBusyNanoseconds.reduce(0, +) ?? 0
         let cpu0 = wd_process_cpu_ns(), t0 = wd_now_ns()
         let end = seconds.map { t0 + UInt64($0 * 1e9) } ?? UInt64.max
 
@@ -1001,7 +1037,7 @@ final class QueueRunner {
             }
         }
         let wall = wd_now_ns() - t0, cpu = wd_process_cpu_ns() - cpu0
-        let busy = device.engineBusyNanoseconds.reduce(0, +) - busy0
+        let busy = (local?.engineBusyNanoseconds.reduce(0, +) ?? 0) - busy0
         return Trial(bytes: bytes, wallNs: wall, cpuNs: cpu, engineBusyNs: busy)
     }
 }

@@ -75,4 +75,24 @@ uint32_t wd_crc32c_table(uint32_t crc, const void *data, size_t length);
 int wd_deflate_init2(z_stream *strm, int level, int window_bits, int mem_level, int strategy);
 int wd_inflate_init2(z_stream *strm, int window_bits);
 
+/* Unix SOCK_SEQPACKET sockets for warpdrived (CMSG and ucred are macros and
+   GNU structs Swift does not see). All fds are close-on-exec.
+   listen/connect/accept return an fd or -errno. */
+int wd_seqpacket_listen(const char *path, int backlog);
+int wd_seqpacket_connect(const char *path);
+int wd_accept(int fd);
+/* Sends one message with up to 8 fds (SCM_RIGHTS), MSG_NOSIGNAL.
+   Returns bytes sent or -errno. */
+ssize_t wd_send_message(int sock, const void *buf, size_t len, const int *fds, int nfds);
+/* Receives one message and up to maxfds fds (stored in fds, count in *nfds;
+   extra fds are closed). Returns bytes, 0 at end of stream, or -errno. */
+ssize_t wd_recv_message(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
+/* SO_PEERCRED of a connected Unix socket. Returns 0 or -errno. */
+int wd_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
+/* prctl(PR_SET_PTRACER, pid): lets pid (or any process, pid = -1) use
+   process_vm_readv/writev on us under Yama ptrace_scope 1. 0 or -errno. */
+int wd_allow_ptracer(pid_t pid);
+/* 1 when the peer of a connected socket has gone (POLLHUP/POLLRDHUP/POLLERR), else 0. */
+int wd_peer_gone(int sock);
+
 #endif

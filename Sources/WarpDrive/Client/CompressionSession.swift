@@ -49,8 +49,8 @@ public final class CompressionSession: @unchecked Sendable {
     /// thread that reaps it (inside `poll`, `submit` or a synchronous call).
     public typealias CompletionHandler = @Sendable (_ tag: UInt64, _ result: Result<Int, WarpDriveError>) -> Void
 
-    /// The device the session's queues are on.
-    public let device: EmulatedZipDevice
+    /// The device the session's queues are on (in-process or `warpdrived`).
+    public let device: any AcceleratorDevice
     /// The session's settings.
     public let configuration: SessionConfiguration
     private let handler: CompletionHandler?
@@ -59,7 +59,7 @@ public final class CompressionSession: @unchecked Sendable {
     private let outstandingAsync = Atomic<Int>(0)
 
     /// Opens `configuration.queues` queues on `device`.
-    public init(device: EmulatedZipDevice, configuration: SessionConfiguration,
+    public init(device: any AcceleratorDevice, configuration: SessionConfiguration,
                 completionHandler: CompletionHandler? = nil) throws {
         guard (0...9).contains(configuration.level) else {
             throw WarpDriveError.badRequest(status: ZipSQE.Status.badRequest)
@@ -77,7 +77,7 @@ public final class CompressionSession: @unchecked Sendable {
         queues = Mutex(qs)
     }
 
-    private static func openQueue(_ device: EmulatedZipDevice, _ c: SessionConfiguration) throws -> Queue {
+    private static func openQueue(_ device: any AcceleratorDevice, _ c: SessionConfiguration) throws -> Queue {
         let q = try Queue.started(device: device, direction: c.direction, notification: c.notification)
         q.setInterruptThreshold(c.interruptThreshold)
         return q
@@ -162,6 +162,7 @@ public final class CompressionSession: @unchecked Sendable {
         case .timedOut: return .failure(.timedOut(device: device.name, queue: queue.number, milliseconds: configuration.timeoutMilliseconds))
         case .reset: return .failure(.deviceReset(device: device.name, queue: queue.number))
         case .released: return .failure(.invalidState(operation: "request", state: QueueState.released.rawValue))
+        case .lost: return .failure(queue.failedWith ?? .invalidState(operation: "request", state: QueueState.released.rawValue))
         }
         switch r.status {
         case ZipSQE.Status.ok, ZipSQE.Status.negativeCompression, ZipSQE.Status.endOfStream:

@@ -37,7 +37,7 @@ struct PendingRequest {
     var failure: QueueFailure = .none
 }
 
-enum QueueFailure: UInt8 { case none, timedOut, reset, released }
+enum QueueFailure: UInt8 { case none, timedOut, reset, released, lost }
 
 /// A synchronous caller's completion slot, on the caller's stack.
 struct SyncWaiter {
@@ -53,16 +53,17 @@ struct SyncWaiter {
 /// nothing works after `release()`. Thread-safe: submissions and reaping are
 /// serialised by a per-queue lock held for a few hundred nanoseconds.
 public final class Queue: @unchecked Sendable {
-    /// The device serving the queue.
-    public let device: EmulatedZipDevice
+    /// The device serving the queue (in-process or `warpdrived`).
+    public let device: any AcceleratorDevice
     /// Queue number on the device (`qn` in the doorbell).
     public let number: Int
     /// Ring geometry.
     public let layout: RingLayout
     /// The address-space binding requests are translated with.
-    public var pasid: UInt32 { hw.binding.pasid }
+    public let pasid: UInt32
 
-    let hw: HardwareQueue
+    /// The device side of the queue.
+    let backend: any DeviceQueue
     private var mmio: SharedMapping?
     private var dus: SharedMapping?
     private(set) var direction: Direction = .compress
@@ -76,29 +77,35 @@ public final class Queue: @unchecked Sendable {
     private var pending: UnsafeMutablePointer<PendingRequest>
     private var failure: QueueFailure = .none
     private var failureError: WarpDriveError?
+    private var isStarted = false
     private(set) var phaseFlips = 0
     private let busyCount = Atomic<UInt64>(0)
 
     /// Opens a queue in INIT on `device`, bound to the address space of
     /// process `pid` (default: this process). Takes one of the device's
     /// instances; `WarpDriveError.busy` when none is left.
-    public init(device: EmulatedZipDevice, pid: pid_t = getpid()) throws {
-        let binding = try device.iommu.bind(pid: pid)
-        do {
-            hw = try device.openQueue(binding: binding)
-        } catch {
-            binding.unbind()
-            throw error
-        }
+    public convenience init(device: EmulatedZipDevice, pid: pid_t) throws {
+        self.init(device: device, backend: try device.openDeviceQueue(pid: pid))
+    }
+
+    /// Opens a queue in INIT on `device`, bound to this process's address
+    /// space. `WarpDriveError.busy` when no instance is left.
+    public convenience init(device: any AcceleratorDevice) throws {
+        self.init(device: device, backend: try device.openDeviceQueue())
+    }
+
+    init(device: any AcceleratorDevice, backend: any DeviceQueue) {
+        self.backend = backend
         self.device = device
-        number = hw.number
-        layout = device.layout
+        number = backend.number
+        pasid = backend.pasid
+        layout = backend.layout
         pending = .allocate(capacity: layout.depth)
         pending.initialize(repeating: PendingRequest(), count: layout.depth)
     }
 
     /// Opens, maps, sets the direction and starts a queue: ready for requests.
-    public static func started(device: EmulatedZipDevice, direction: Direction,
+    public static func started(device: any AcceleratorDevice, direction: Direction,
                                notification: NotificationMode = .interrupt) throws -> Queue {
         let q = try Queue(device: device)
         do {
@@ -114,11 +121,11 @@ public final class Queue: @unchecked Sendable {
     }
 
     /// Current state (INIT, STARTED, ZOMBIE).
-    public var state: QueueState { device.lock.withLock { _ in hw.state } }
+    public var state: QueueState { backend.state }
 
     /// Maps a region (uacce `mmap` at `region * PAGE_SIZE`). Each region maps once.
     public func map(_ region: QueueRegion) throws {
-        let file = try device.map(hw, region: region)
+        let file = try backend.map(region)
         let m = try file.map()
         switch region {
         case .mmio: mmio = m
@@ -128,12 +135,15 @@ public final class Queue: @unchecked Sendable {
 
     /// Sets the queue's direction (HiSilicon `SET_QP_CTX` qc_type). INIT only.
     public func setContext(_ direction: Direction) throws {
-        try device.setContext(hw, direction: direction)
+        try backend.setContext(direction)
         self.direction = direction
     }
 
     /// Starts the queue (`START_Q`). INIT only, both regions mapped.
-    public func start() throws { try device.start(hw) }
+    public func start() throws {
+        try backend.start()
+        lock.withLock { _ in isStarted = true }
+    }
 
     /// Stops and frees the queue (`PUT_Q` / close): its instance returns to
     /// the device and its address space is unbound. Pending requests fail.
@@ -142,7 +152,7 @@ public final class Queue: @unchecked Sendable {
 
     /// The eventfd that becomes readable when the device raises a completion
     /// interrupt, for `poll`/`epoll` loops (enable with `setFDNotification`).
-    public var notificationFD: Int32 { hw.eventFD }
+    public var notificationFD: Int32 { backend.notificationFD }
 
     /// Asks the device to also signal `notificationFD` on completion interrupts.
     public func setFDNotification(_ on: Bool) {
@@ -171,7 +181,7 @@ public final class Queue: @unchecked Sendable {
 
     /// Counters the device keeps for this queue, plus ring-full rejections.
     public var counters: WorkCounters {
-        var c = hw.counters.snapshot
+        var c = backend.counters
         c.busyRejections = busyCount.load(ordering: .relaxed)
         return c
     }
@@ -195,7 +205,7 @@ public final class Queue: @unchecked Sendable {
     private func ring(_ cmd: Doorbell.Command, _ index: Int) {
         let raw = Doorbell(queueNumber: UInt16(number), command: cmd, index: UInt16(index)).raw
         wd_store_release_u64((mmio!.base + RingLayout.doorbellOffset).assumingMemoryBound(to: UInt64.self), raw)
-        device.doorbell(hw, raw)
+        backend.doorbell(raw)
     }
 
     /// Writes one SQE and rings the doorbell. Returns false when the ring is full.
@@ -203,14 +213,14 @@ public final class Queue: @unchecked Sendable {
                    destinationCapacity: Int, type: ZipSQE.RequestType, level: Int, window: Int) throws -> Bool {
         try lock.withLock { _ in
             if let e = failureError { throw e }
-            guard let _ = dus, let _ = mmio, hw.state == .started else {
-                throw WarpDriveError.invalidState(operation: "submit", state: hw.state.rawValue)
+            guard let _ = dus, let _ = mmio, isStarted else {
+                throw WarpDriveError.invalidState(operation: "submit", state: backend.state.rawValue)
             }
             if stopped { throw WarpDriveError.deviceReset(device: device.name, queue: number) }
             let next = (sqTail + 1) % layout.depth
             if next == sqHead {
                 busyCount.add(1, ordering: .relaxed)
-                device.counters.busy.add(1, ordering: .relaxed)
+                backend.noteRingFull()
                 return false
             }
             let sqe = ZipSQE(dus!.base + layout.sqOffset + sqTail * RingLayout.sqeSize)
@@ -303,8 +313,18 @@ public final class Queue: @unchecked Sendable {
             }
             if mode == .busyPoll || spins < 64 {
                 spins += 1
+                if spins & 0xffff == 0, let lost = backend.lostError {
+                    failPending(.lost, lostError: lost, deliver: deliver)
+                    throw lost
+                }
                 wd_cpu_relax()
                 continue
+            }
+            // About to sleep: a device that can no longer answer (a daemon
+            // gone) must turn into an error, not a wait until the deadline.
+            if let lost = backend.lostError {
+                failPending(.lost, lostError: lost, deliver: deliver)
+                throw lock.withLock { _ in failureError! }
             }
             let s = statusWords
             _ = wd_fetch_add_u32(s.pointer(RingLayout.irqWaiters / 4), 1)
@@ -316,20 +336,22 @@ public final class Queue: @unchecked Sendable {
     /// Fails the queue: the device side is released first (so it writes no
     /// more into callers' buffers), then every pending request completes
     /// with the failure. Only the first failure counts; idempotent.
-    func failPending(_ why: QueueFailure, timeoutMilliseconds: Int = 0,
+    func failPending(_ why: QueueFailure, timeoutMilliseconds: Int = 0, lostError: WarpDriveError? = nil,
                      deliver: (inout PendingRequest) -> Void = { _ in }) {
         let first: Bool = lock.withLock { _ in
             guard failure == .none else { return false }
             failure = why
+            isStarted = false
             switch why {
             case .timedOut: failureError = .timedOut(device: device.name, queue: number, milliseconds: timeoutMilliseconds)
             case .reset: failureError = .deviceReset(device: device.name, queue: number)
+            case .lost: failureError = lostError ?? .invalidState(operation: "submit", state: QueueState.released.rawValue)
             case .released, .none: failureError = .invalidState(operation: "submit", state: QueueState.released.rawValue)
             }
             return true
         }
         guard first else { return }
-        device.put(hw)
+        backend.put()
         var orphans: [PendingRequest] = []
         lock.withLock { _ in
             while sqHead != sqTail {
@@ -347,6 +369,9 @@ public final class Queue: @unchecked Sendable {
         }
         for i in orphans.indices { deliver(&orphans[i]) }
     }
+
+    /// The error the queue failed with, if it has failed.
+    var failedWith: WarpDriveError? { lock.withLock { _ in failureError } }
 
     /// Whether the queue has failed (reset, time-out or released).
     public var hasFailed: Bool { lock.withLock { _ in failure != .none } }

@@ -25,6 +25,22 @@ public final class SharedMemoryFile: @unchecked Sendable {
         self.size = size
     }
 
+    /// Takes ownership of a memfd received from another process (a ring
+    /// region sent by `warpdrived`); `size` is checked against the file.
+    public init(adopting fd: Int32, size: Int) throws {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = errno; close(fd)
+            throw WarpDriveError.system(call: "fstat(received memfd)", errno: e)
+        }
+        guard Int(st.st_size) == size else {
+            close(fd)
+            throw WarpDriveError.system(call: "received memfd of \(st.st_size) bytes, expected \(size)", errno: EINVAL)
+        }
+        self.fd = fd
+        self.size = size
+    }
+
     /// Maps the whole file shared, read-write. Each call is a distinct mapping.
     public func map() throws -> SharedMapping {
         try SharedMapping(fd: fd, size: size)

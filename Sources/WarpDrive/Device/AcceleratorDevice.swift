@@ -1,0 +1,86 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a client-side `Queue` needs from a device: open a queue pair bound
+/// to the caller's address space. Implemented by the in-process
+/// `EmulatedZipDevice` and by `RemoteDevice` (a queue served by `warpdrived`).
+public protocol AcceleratorDevice: AnyObject, Sendable {
+    /// `<name>-<id>` of the device, for messages.
+    var name: String { get }
+    /// Opens a queue pair in INIT bound to the calling process's address
+    /// space (uacce `open()`): `busy` when no instance is left.
+    func openDeviceQueue() throws -> any DeviceQueue
+}
+
+/// The device side of one queue pair as its client reaches it: the uacce
+/// calls (mmap, SET_QP_CTX, START_Q, PUT_Q) and the doorbell store.
+public protocol DeviceQueue: AnyObject, Sendable {
+    /// Queue number on the device (`qn` in the doorbell).
+    var number: Int { get }
+    /// The PASID the queue's requests are translated with.
+    var pasid: UInt32 { get }
+    /// Ring geometry.
+    var layout: RingLayout { get }
+    /// Lifecycle state as the device sees it.
+    var state: QueueState { get }
+    /// The eventfd signalled on completion interrupts (when asked for).
+    var notificationFD: Int32 { get }
+    /// Counters the device keeps for the queue.
+    var counters: WorkCounters { get }
+    /// The memory of a ring region, to be mapped by the client (uacce `mmap`).
+    func map(_ region: QueueRegion) throws -> SharedMemoryFile
+    /// Sets the direction (`SET_QP_CTX`). INIT only.
+    func setContext(_ direction: Direction) throws
+    /// Starts the queue (`START_Q`). INIT only, both regions mapped.
+    func start() throws
+    /// Delivers the doorbell word the client just stored at MMIO + 0x1000.
+    func doorbell(_ raw: UInt64)
+    /// Stops and frees the queue (`PUT_Q`): when it returns, no engine
+    /// touches the client's memory for this queue any more.
+    func put()
+    /// Counts a submission refused because the ring was full.
+    func noteRingFull()
+    /// Why the device can no longer serve the queue (e.g. the daemon is
+    /// gone), or nil. Checked by waiters before they sleep.
+    var lostError: WarpDriveError? { get }
+}
+
+/// A queue of the in-process emulated device.
+final class LocalDeviceQueue: DeviceQueue, @unchecked Sendable {
+    let device: EmulatedZipDevice
+    let hw: HardwareQueue
+
+    init(device: EmulatedZipDevice, hw: HardwareQueue) { self.device = device; self.hw = hw }
+
+    var number: Int { hw.number }
+    var pasid: UInt32 { hw.binding.pasid }
+    var layout: RingLayout { hw.layout }
+    var state: QueueState { device.lock.withLock { _ in hw.state } }
+    var notificationFD: Int32 { hw.eventFD }
+    var counters: WorkCounters { hw.counters.snapshot }
+    func map(_ region: QueueRegion) throws -> SharedMemoryFile { try device.map(hw, region: region) }
+    func setContext(_ direction: Direction) throws { try device.setContext(hw, direction: direction) }
+    func start() throws { try device.start(hw) }
+    @inline(__always) func doorbell(_ raw: UInt64) { device.doorbell(hw, raw) }
+    func put() { device.put(hw) }
+    func noteRingFull() { device.counters.busy.add(1, ordering: .relaxed) }
+    var lostError: WarpDriveError? { nil }
+}
+
+extension EmulatedZipDevice: AcceleratorDevice {
+    /// Opens a queue bound to this process.
+    public func openDeviceQueue() throws -> any DeviceQueue { try openDeviceQueue(pid: getpid()) }
+
+    /// Opens a queue bound to the address space of process `pid` (the
+    /// daemon opens queues for its clients this way).
+    public func openDeviceQueue(pid: pid_t) throws -> any DeviceQueue {
+        let binding = try iommu.bind(pid: pid)
+        do {
+            return LocalDeviceQueue(device: self, hw: try openQueue(binding: binding))
+        } catch {
+            binding.unbind()
+            throw error
+        }
+    }
+}

@@ -1,0 +1,70 @@
+// warpdrived: one emulated ZIP accelerator shared by many client processes
+// over a Unix socket (see docs/warpdrive.md, "warpdrived").
+//
+//   warpdrived --socket /run/warpdrive.sock [--engines N] [--queues N]
+//
+// Runs in the foreground; SIGTERM or SIGINT stops it cleanly (clients'
+// queues are reset and released, the socket file is removed).
+import ArgumentParser
+import WarpDrive
+import WarpDriveDaemon
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct Warpdrived: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "warpdrived",
+        abstract: "Serve the emulated ZIP accelerator's queues to other processes over a Unix socket.")
+
+    @Option(help: "Path of the Unix socket to listen on.") var socket: String
+    @Option(help: "Engine threads of the emulated device.") var engines: Int = 2
+    @Option(help: "Queue pairs (instances) the device offers in all.") var queues: Int = 64
+    @Option(help: "Ring depth of every queue.") var depth: Int = 1024
+
+    func validate() throws {
+        guard (1...64).contains(engines) else { throw ValidationError("--engines must be 1...64") }
+        guard (1...1024).contains(queues) else { throw ValidationError("--queues must be 1...1024") }
+        guard depth >= 2 && depth <= 32768 && depth & (depth - 1) == 0 else {
+            throw ValidationError("--depth must be a power of two in 2...32768")
+        }
+        guard !socket.isEmpty, socket.utf8.count < 108 else { throw ValidationError("--socket must be a path of at most 107 bytes") }
+    }
+
+    func run() throws {
+        // Block the stop signals in every thread (engines and clients inherit
+        // the mask); this thread takes them with sigwait.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGTERM)
+        sigaddset(&stopSignals, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+        signal(SIGPIPE, SIG_IGN)
+
+        var c = EmulatedDeviceConfiguration(engines: engines)
+        c.queues = queues
+        c.queueDepth = depth
+        let server: DaemonServer
+        do {
+            server = try DaemonServer(socketPath: socket, configuration: c)
+        } catch {
+            throw ValidationError("warpdrived: \(error)")
+        }
+        final class Box: @unchecked Sendable { let s: DaemonServer; init(_ s: DaemonServer) { self.s = s } }
+        var acceptor = pthread_t()
+        let box = Unmanaged.passRetained(Box(server))
+        pthread_create(&acceptor, nil, { arg in
+            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().s.run()
+            return nil
+        }, box.toOpaque())
+        print("warpdrived \(getpid()): \(server.device.name) on \(socket), \(engines) engines, \(queues) queues of depth \(depth)")
+        fflush(nil)
+        var sig: Int32 = 0
+        sigwait(&stopSignals, &sig)
+        server.stop()
+        pthread_join(acceptor, nil)
+        print("warpdrived \(getpid()): stopped on signal \(sig); \(server.device.totals)")
+        fflush(nil)
+    }
+}
