@@ -11,7 +11,8 @@ import WarpFSFormat
 /// come from a pool registered with the device's IOMMU. No zlib call here or
 /// anywhere in the file system compresses: only the accelerator does.
 public final class BlockCodec: @unchecked Sendable {
-    public let device: EmulatedZipDevice
+    /// The accelerator: the in-process emulated device, or a `warpdrived` daemon.
+    public let device: any AcceleratorDevice
     public let algorithm: CompressionAlgorithm
     public let level: Int
 
@@ -36,7 +37,7 @@ public final class BlockCodec: @unchecked Sendable {
     /// Whether block buffers exceed the memory budget.
     public var overBudget: Bool { liveBytes.load(ordering: .relaxed) > budgetBytes }
 
-    public init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, level: Int,
+    public init(device: any AcceleratorDevice, algorithm: CompressionAlgorithm, level: Int,
                 poolBufferSize: Int = 64 << 10, poolBuffers: Int = 0, space: SpaceAccount? = nil,
                 timeoutMilliseconds: Int = 10_000) {
         self.device = device
@@ -46,7 +47,9 @@ public final class BlockCodec: @unchecked Sendable {
         self.level = level
         self.poolBufferSize = poolBufferSize
         budgetBytes = poolBuffers > 0 ? poolBuffers * poolBufferSize : Int.max
-        if poolBuffers > 0, let b = try? device.iommu.bind() {
+        // Registered buffers exist for the in-process device; a daemon
+        // reaches this process's buffers through its IOMMU emulation (copies).
+        if poolBuffers > 0, let local = device as? EmulatedZipDevice, let b = try? local.iommu.bind() {
             binding = b
             pool = try? SharedBufferPool(binding: b, bufferSize: poolBufferSize, count: poolBuffers)
         } else {
@@ -112,7 +115,7 @@ final class BlockStream: @unchecked Sendable {
     private var nextSequence: UInt64 = 0
     private(set) var inFlight = 0
 
-    init(device: EmulatedZipDevice, algorithm: CompressionAlgorithm, direction: Direction, level: Int, capacity: Int,
+    init(device: any AcceleratorDevice, algorithm: CompressionAlgorithm, direction: Direction, level: Int, capacity: Int,
          timeoutMilliseconds: Int) throws {
         self.capacity = capacity
         let done = UnsafeMutablePointer<Result<Int, WarpDriveError>?>.allocate(capacity: capacity)

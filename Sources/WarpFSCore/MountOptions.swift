@@ -40,6 +40,8 @@ public struct MountOptions: Sendable, Equatable {
     /// Accept fault-injection commands on the mount root's `user.warpfs.fault`
     /// extended attribute (for testing error paths; see docs/RELIABILITY.md).
     public var faultInjection = false
+    /// A `warpdrived` socket to use instead of the in-process emulated device.
+    public var deviceSocket: String?
 
     public init() {}
 
@@ -94,10 +96,11 @@ public struct MountOptions: Sendable, Equatable {
             case "engine_timeout": engineTimeoutSeconds = try number(1...3600)
             case "queues": queues = try number(2...1024)
             case "fault_injection": faultInjection = true
+            case "device": deviceSocket = try need()
             default:
                 throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, cache_blocks, "
                     + "compress, nocompress, ro, rw, allow_other, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory, "
-                    + "engine_timeout, queues, fault_injection)")
+                    + "engine_timeout, queues, fault_injection, device)")
             }
         }
     }

@@ -30,7 +30,10 @@ public final class WarpFileSystem: @unchecked Sendable {
 
     public let backingPath: String
     public let options: MountOptions
-    public let device: EmulatedZipDevice
+    /// The accelerator the mount uses.
+    public let device: any AcceleratorDevice
+    /// The in-process emulated device, when the mount owns one (not with `-o device=SOCKET`).
+    public let localDevice: EmulatedZipDevice?
     let codec: BlockCodec
     let inodes: InodeTable
     private let isRoot = geteuid() == 0
@@ -43,11 +46,25 @@ public final class WarpFileSystem: @unchecked Sendable {
         guard fstat(fd, &st) == 0 else { let e = FSError.last("stat '\(backing)'"); close(fd); throw e }
         backingPath = backing
         self.options = options
-        var config = EmulatedDeviceConfiguration(engines: options.engines)
-        // Each file with I/O in flight holds up to two queues (compress and
-        // decompress); 1024 is the device's largest queue count.
-        config.queues = options.queues
-        device = EmulatedZipDevice(configuration: config)
+        if let socket = options.deviceSocket {
+            guard !options.faultInjection else {
+                close(fd)
+                throw FSError(EINVAL, "option 'fault_injection' drives the in-process device; it cannot be combined with 'device=\(socket)'")
+            }
+            do { device = try RemoteDevice(socket: socket) } catch {
+                close(fd)
+                throw FSError(EIO, "option 'device=\(socket)': \(error)")
+            }
+            localDevice = nil
+        } else {
+            var config = EmulatedDeviceConfiguration(engines: options.engines)
+            // Each file with I/O in flight holds up to two queues (compress and
+            // decompress) while it has requests in flight.
+            config.queues = options.queues
+            let local = EmulatedZipDevice(configuration: config)
+            device = local
+            localDevice = local
+        }
         // Registered buffers for the cache and the blocks in flight: the
         // engines reach them without copies. Sized to the memory budget.
         codec = BlockCodec(device: device, algorithm: options.algorithm, level: options.level,
@@ -536,7 +553,7 @@ public final class WarpFileSystem: @unchecked Sendable {
     public static let faultAttribute = "user.warpfs.fault"
 
     private func controlFault(_ command: String) throws {
-        guard options.faultInjection else {
+        guard options.faultInjection, let device = localDevice else {
             throw FSError(EPERM, "\(WarpFileSystem.faultAttribute): fault injection is off (mount with -o fault_injection)")
         }
         let parts = command.split(separator: "=", maxSplits: 1).map(String.init)
@@ -556,8 +573,11 @@ public final class WarpFileSystem: @unchecked Sendable {
     }
 
     private var deviceReport: String {
-        "\(device.name): \(device.totals), isolated=\(device.isIsolated ? 1 : 0), "
-            + "buffers set aside after time-outs=\(codec.quarantined.load(ordering: .relaxed))\n"
+        let aside = "buffers set aside after time-outs=\(codec.quarantined.load(ordering: .relaxed))"
+        guard let local = localDevice else {
+            return "\(device.name) (served by warpdrived at \(options.deviceSocket ?? "?")): \(aside)\n"
+        }
+        return "\(local.name): \(local.totals), isolated=\(local.isIsolated ? 1 : 0), \(aside)\n"
     }
 
     public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws {
@@ -630,6 +650,6 @@ public final class WarpFileSystem: @unchecked Sendable {
     /// Stops the accelerator.
     public func shutdown() {
         flushAll()
-        device.shutdown()
+        localDevice?.shutdown()
     }
 }
