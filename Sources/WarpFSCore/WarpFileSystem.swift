@@ -51,7 +51,7 @@ public final class WarpFileSystem: @unchecked Sendable {
                 close(fd)
                 throw FSError(EINVAL, "option 'fault_injection' drives the in-process device; it cannot be combined with 'device=\(socket)'")
             }
-            do { device = try RemoteDevice(socket: socket) } catch {
+            do { device = try ReconnectingDevice(socket: socket) } catch {
                 close(fd)
                 throw FSError(EIO, "option 'device=\(socket)': \(error)")
             }

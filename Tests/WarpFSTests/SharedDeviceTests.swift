@@ -12,11 +12,13 @@ import Testing
     /// `stop` ends it (SIGTERM, then SIGKILL).
     final class Daemon {
         let dir = makeTempDir("warpdrived-test")
-        var socket: String { dir + "/wd.sock" }
+        let socket: String
         var logPath: String { dir + "/wd.log" }
         private(set) var pid: pid_t = 0
 
-        init() throws {
+        /// A daemon on `socket`, or on a new socket in its own directory.
+        init(socket existing: String? = nil) throws {
+            socket = existing ?? dir + "/wd.sock"
             let binary = String(warpfsBinary.dropLast("warpfs".count)) + "warpdrived"
             let args = [binary, "--socket", socket]
             let cargs = args.map { strdup($0) } + [nil]
@@ -89,6 +91,38 @@ import Testing
         let local = try TestMount(afterUnmounting: a)
         defer { local.close() }
         #expect(try FileIO.read(local.path("a")) == contents[0])
+    }
+
+    /// The daemon is restarted under a mount: requests fail while it is
+    /// gone, then the mount connects again by itself and everything stores.
+    @Test func aRestartedDaemonIsPickedUpAgain() throws {
+        let d = try Daemon()
+        defer { d.close() }
+        let m = try TestMount(options: "device=\(d.socket),engine_timeout=2")
+        defer { m.close() }
+        var r = Rng(81)
+        let first = r.text(1 << 20)
+        try FileIO.write(m.path("first"), first)
+        d.stop(signal: SIGKILL)
+        let lost = r.text(1 << 20)
+        let fd = open(m.path("lost"), O_WRONLY | O_CREAT, 0o644)
+        _ = lost.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        #expect(fsync(fd) == -1 && errno == EIO)
+        close(fd)
+        let again = try Daemon(socket: d.socket)
+        defer { again.close() }
+        let second = r.text(3 << 20)
+        try FileIO.write(m.path("second"), second)
+        let sfd = open(m.path("second"), O_RDONLY)
+        #expect(fsync(sfd) == 0)
+        close(sfd)
+        try m.remount()
+        #expect(try FileIO.read(m.path("first")) == first)
+        #expect(try FileIO.read(m.path("second")) == second)
+        // The restarted daemon did the work (its totals, printed when it stops).
+        m.unmount()
+        again.stop()
+        #expect(again.log.contains("requests=") && !again.log.contains("requests=0 "), "daemon log: \(again.log)")
     }
 
     /// The daemon dies under a mount: operations that need the accelerator

@@ -187,3 +187,37 @@ final class RemoteDeviceQueue: DeviceQueue, @unchecked Sendable {
 
     var lostError: WarpDriveError? { device.lostError }
 }
+
+/// A `warpdrived` device that survives a daemon restart: while the current
+/// connection works it is used; once the daemon has gone, requests in
+/// flight fail (`daemonUnavailable`) and the next queue opened connects
+/// again, so a restarted daemon is picked up without the client starting
+/// over. Queues keep the connection they were opened on.
+public final class ReconnectingDevice: AcceleratorDevice, @unchecked Sendable {
+    /// The daemon's socket path.
+    public let socketPath: String
+    /// The device name the daemon gave at the first connection.
+    public let name: String
+    private let current: Mutex<RemoteDevice>
+
+    /// Connects now (so a missing daemon is reported at once).
+    public init(socket: String) throws {
+        let first = try RemoteDevice(socket: socket)
+        socketPath = socket
+        name = first.name
+        current = Mutex(first)
+    }
+
+    /// The live connection, connecting again when the last one was lost.
+    public func connection() throws -> RemoteDevice {
+        try current.withLock { (c: inout RemoteDevice) throws -> RemoteDevice in
+            if c.lostError != nil { c = try RemoteDevice(socket: socketPath) }
+            return c
+        }
+    }
+
+    public func openDeviceQueue() throws -> any DeviceQueue { try connection().openDeviceQueue() }
+
+    /// Daemon-wide figures from the live connection.
+    public func info() throws -> DaemonInfo { try connection().info() }
+}
