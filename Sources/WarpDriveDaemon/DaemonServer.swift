@@ -27,6 +27,16 @@ public final class DaemonServer: @unchecked Sendable {
         var stopping = false
         var clients: [Int32: pthread_t] = [:]
         var stopped = false
+        /// What the status report shows of each connection, by its fd.
+        var records: [Int32: ClientRecord] = [:]
+    }
+    private struct ClientRecord {
+        var pid: pid_t
+        var uid: uid_t
+        var queues: Set<Int> = []
+        var pasid: UInt32?
+        /// Counters of the queues it released, and its refused opens.
+        var released = WorkCounters()
     }
     private let clientCount = Atomic<Int>(0)
 
@@ -50,6 +60,26 @@ public final class DaemonServer: @unchecked Sendable {
     public var info: (total: Int, available: Int, pasids: Int, clients: Int) {
         (device.configuration.queues, device.attributes.availableInstances ?? 0,
          device.iommu.pasids.allocatedCount, clientCount.load(ordering: .relaxed))
+    }
+
+    /// The status report: attributes, totals, every open queue and every
+    /// connected client with the sums of its queues' counters.
+    public var report: DaemonReport {
+        let queues = device.queueStatus
+        let byNumber = Dictionary(queues.map { ($0.number, $0) }, uniquingKeysWith: { a, _ in a })
+        let records = state.withLock { s in s.records.sorted { $0.key < $1.key }.map(\.value) }
+        let clients = records.map { r -> ClientStatus in
+            var c = r.released
+            for n in r.queues {
+                guard let q = byNumber[n]?.counters else { continue }
+                c.requests += q.requests; c.bytesIn += q.bytesIn; c.bytesOut += q.bytesOut
+                c.errors += q.errors; c.busyRejections += q.busyRejections
+            }
+            return ClientStatus(pid: r.pid, uid: r.uid, pasid: r.queues.isEmpty ? nil : r.pasid, queues: r.queues.count, counters: c)
+        }
+        return DaemonReport(attributes: device.attributes, totalQueues: device.configuration.queues,
+                            engines: device.configuration.engines, daemonPID: getpid(), totals: device.totals,
+                            queues: queues, clients: clients)
     }
 
     /// Accepts connections until `stop()`; each gets a thread.
@@ -112,7 +142,9 @@ public final class DaemonServer: @unchecked Sendable {
         clientCount.add(1, ordering: .relaxed)
         var queues: [Int: any DeviceQueue] = [:]
         var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
+        var reportLines: [String] = []
         if wd_peer_credentials(fd, &pid, &uid, &gid) == 0 {
+            state.withLock { $0.records[fd] = ClientRecord(pid: pid, uid: uid) }
             loop: while true {
                 switch DaemonMessage.receive(fd) {
                 case .failure(let e) where e.errno == EBADMSG: continue
@@ -127,7 +159,14 @@ public final class DaemonServer: @unchecked Sendable {
                         queues[Int(m.queue)]?.doorbell(m[0])
                         continue
                     }
-                    let (reply, out) = handle(op, m, pid: pid, queues: &queues)
+                    if op == .report {
+                        if m[0] == 0 { reportLines = report.lines }
+                        let page = DaemonReport.page(reportLines, from: Int(m[0]))
+                        _ = DaemonMessage(op: DaemonMessage.Status.ok.rawValue,
+                                          [UInt64(reportLines.count), UInt64(page.next)], text: page.text).send(fd)
+                        continue
+                    }
+                    let (reply, out) = handle(op, m, fd: fd, pid: pid, queues: &queues)
                     _ = reply.send(fd, fds: out)
                 }
             }
@@ -137,6 +176,7 @@ public final class DaemonServer: @unchecked Sendable {
         queues.removeAll()
         clientCount.subtract(1, ordering: .relaxed)
         let detach: Bool = state.withLock { s in
+            s.records[fd] = nil
             if s.stopping { return false }
             s.clients[fd] = nil
             return true
@@ -145,7 +185,7 @@ public final class DaemonServer: @unchecked Sendable {
         if detach { pthread_detach(pthread_self()) }
     }
 
-    private func handle(_ op: DaemonMessage.Op, _ m: DaemonMessage, pid: pid_t,
+    private func handle(_ op: DaemonMessage.Op, _ m: DaemonMessage, fd: Int32, pid: pid_t,
                         queues: inout [Int: any DeviceQueue]) -> (DaemonMessage, [Int32]) {
         let ok = DaemonMessage.Status.ok.rawValue
         do {
@@ -159,8 +199,18 @@ public final class DaemonServer: @unchecked Sendable {
                 return (DaemonInfo.reply(total: i.total, available: i.available, pasids: i.pasids, clients: i.clients,
                                          requests: t.requests, errors: t.errors), [])
             case .open:
-                let q = try device.openDeviceQueue(pid: pid)
+                let q: any DeviceQueue
+                do {
+                    q = try device.openDeviceQueue(pid: pid)
+                } catch WarpDriveError.busy(let d) {
+                    state.withLock { $0.records[fd]?.released.busyRejections += 1 }
+                    throw WarpDriveError.busy(device: d)
+                }
                 queues[q.number] = q
+                state.withLock { s in
+                    s.records[fd]?.queues.insert(q.number)
+                    s.records[fd]?.pasid = q.pasid
+                }
                 return (DaemonMessage(op: ok, queue: UInt32(q.number), [UInt64(q.pasid), UInt64(q.layout.depth)]), [q.notificationFD])
             case .doorbell:
                 return (DaemonMessage(op: ok), [])
@@ -187,6 +237,15 @@ public final class DaemonServer: @unchecked Sendable {
             case .put:
                 q.put()
                 queues[Int(m.queue)] = nil
+                let c = q.counters
+                state.withLock { s in
+                    s.records[fd]?.queues.remove(q.number)
+                    s.records[fd]?.released.requests += c.requests
+                    s.records[fd]?.released.bytesIn += c.bytesIn
+                    s.records[fd]?.released.bytesOut += c.bytesOut
+                    s.records[fd]?.released.errors += c.errors
+                    s.records[fd]?.released.busyRejections += c.busyRejections
+                }
             case .counters:
                 let c = q.counters
                 return (DaemonMessage(op: ok, queue: m.queue, [c.requests, c.bytesIn, c.bytesOut, c.errors]), [])

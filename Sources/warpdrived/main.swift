@@ -2,6 +2,7 @@
 // over a Unix socket (see docs/warpdrive.md, "warpdrived").
 //
 //   warpdrived --socket /run/warpdrive.sock [--engines N] [--queues N]
+//   warpdrived --info --socket /run/warpdrive.sock [--json]   (ask a running one)
 //
 // Runs in the foreground; SIGTERM or SIGINT stops it cleanly (clients'
 // queues are reset and released, the socket file is removed).
@@ -22,6 +23,9 @@ struct Warpdrived: ParsableCommand {
     @Option(help: "Engine threads of the emulated device.") var engines: Int = 2
     @Option(help: "Queue pairs (instances) the device offers in all.") var queues: Int = 64
     @Option(help: "Ring depth of every queue.") var depth: Int = 1024
+    @Flag(help: "Do not serve: print the report of the warpdrived already serving --socket (attributes, queues, clients).")
+    var info = false
+    @Flag(help: "With --info: print the report as JSON.") var json = false
 
     func validate() throws {
         guard (1...64).contains(engines) else { throw ValidationError("--engines must be 1...64") }
@@ -33,6 +37,17 @@ struct Warpdrived: ParsableCommand {
     }
 
     func run() throws {
+        if info {
+            do {
+                let report = try RemoteDevice(socket: socket).report()
+                print(json ? report.json(socket: socket) : report.render(socket: socket), terminator: json ? "\n" : "")
+            } catch {
+                var line = "warpdrived --info: \(error)\n"
+                line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+                throw ExitCode(1)
+            }
+            return
+        }
         // Block the stop signals in every thread (engines and clients inherit
         // the mask); this thread takes them with sigwait.
         var stopSignals = sigset_t()

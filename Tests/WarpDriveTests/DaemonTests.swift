@@ -377,6 +377,31 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
         }
     }
 
+    /// The status report spans several messages when many queues are open,
+    /// and a client's sums keep the counters of queues it released.
+    @Test func theReportListsEveryQueueAcrossPagesAndKeepsReleasedCounters() throws {
+        try withDaemon(queues: 100) { daemon in
+            let remote = try RemoteDevice(socket: daemon.socket)
+            let data = TestData.mixed(300_000)
+            do {
+                let c = try remoteSession(remote, .zlib, .compress, level: 1)
+                _ = try c.compress(data)
+            }
+            let queues = try (0..<70).map { _ in try remote.openDeviceQueue() }
+            defer { queues.forEach { $0.put() } }
+            #expect(DaemonReport.page(try remote.report().lines, from: 0).next < 70, "the report should need more than one page")
+            let r = try remote.report()
+            #expect(r.queues.map(\.number).sorted() == queues.map(\.number).sorted())
+            #expect(r.queues.allSatisfy { $0.pid == getpid() && $0.pasid == queues[0].pasid && $0.state == .initialized })
+            #expect(r.totalQueues == 100 && r.attributes.availableInstances == 30 && r.daemonPID == daemon.process.pid)
+            let me = r.clients.filter { $0.pid == getpid() }
+            #expect(me.count == 1 && me.first?.queues == 70 && me.first?.pasid == queues[0].pasid, "\(r.clients)")
+            #expect((me.first?.counters.requests ?? 0) >= 1 && me.first?.counters.bytesIn == UInt64(data.count), "\(r.clients)")
+            #expect(r.totals.requests == me.first?.counters.requests)
+            #expect(DaemonReport(lines: r.lines) == r)
+        }
+    }
+
     @Test func noDaemonIsAClearError() throws {
         var template = Array("/tmp/warpdrived-test-XXXXXX".utf8CString)
         let dir = String(cString: mkdtemp(&template)!)

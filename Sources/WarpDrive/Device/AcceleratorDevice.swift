@@ -64,7 +64,10 @@ final class LocalDeviceQueue: DeviceQueue, @unchecked Sendable {
     func start() throws { try device.start(hw) }
     @inline(__always) func doorbell(_ raw: UInt64) { device.doorbell(hw, raw) }
     func put() { device.put(hw) }
-    func noteRingFull() { device.counters.busy.add(1, ordering: .relaxed) }
+    func noteRingFull() {
+        device.counters.busy.add(1, ordering: .relaxed)
+        hw.counters.busy.add(1, ordering: .relaxed)
+    }
     var lostError: WarpDriveError? { nil }
 }
 

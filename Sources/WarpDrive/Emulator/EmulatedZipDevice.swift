@@ -83,6 +83,18 @@ public final class EmulatedZipDevice: @unchecked Sendable {
         }
     }
 
+    /// Every open queue: owner, PASID, direction, state and counters, by number.
+    public var queueStatus: [QueueStatus] {
+        lock.withLock { _ in
+            queues.compactMap { q in
+                q.map {
+                    QueueStatus(number: $0.number, pid: $0.binding.pid, pasid: $0.binding.pasid, direction: $0.direction,
+                                state: $0.state, counters: $0.counters.snapshot)
+                }
+            }
+        }
+    }
+
     /// Sets the error threshold for isolation (`isolate_strategy`, writable in sysfs).
     public func setIsolateStrategy(_ threshold: Int) { lock.withLock { _ in isolateThreshold = max(0, threshold) } }
 

@@ -28,6 +28,10 @@ public struct DaemonMessage: Sendable, Equatable {
         case counters = 8
         /// Daemon-wide figures → `DaemonInfo`.
         case info = 9
+        /// One page of the status report (`DaemonReport` lines) from line
+        /// v0; v0 = 0 takes a fresh snapshot, later pages read the same one.
+        /// → v0 lines in all, v1 the next line; text: whole lines.
+        case report = 10
     }
 
     /// Reply status in `op`: 0 success, otherwise the error kind.

@@ -124,6 +124,27 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
 
     /// Daemon-wide figures: free instances, bound PASIDs, clients, requests.
     public func info() throws -> DaemonInfo { DaemonInfo(try request(.info).0) }
+
+    /// The daemon's status report: attributes, totals, and live counters
+    /// per queue and per client (read page by page from one snapshot).
+    public func report() throws -> DaemonReport {
+        var lines: [String] = []
+        var next = 0
+        repeat {
+            let r = try request(.report, [UInt64(next)]).0
+            let page = r.text.split(separator: "\n").map(String.init)
+            guard Int(r[1]) > next || r[0] == 0 else {
+                throw WarpDriveError.daemonUnavailable(socket: socketPath, reason: "report page \(next) made no progress")
+            }
+            lines += page
+            next = Int(r[1])
+            if next >= Int(r[0]) { break }
+        } while true
+        guard let report = DaemonReport(lines: lines) else {
+            throw WarpDriveError.daemonUnavailable(socket: socketPath, reason: "report without a device line")
+        }
+        return report
+    }
 }
 
 /// A queue served by `warpdrived`: the uacce calls become requests on the

@@ -1,0 +1,291 @@
+/// One open queue of a device as a status report shows it.
+public struct QueueStatus: Sendable, Equatable {
+    /// Queue number on the device.
+    public var number: Int
+    /// The process whose address space the queue is bound to.
+    public var pid: Int32
+    /// The PASID its requests are translated with.
+    public var pasid: UInt32
+    /// Direction set with `SET_QP_CTX` (compress until set).
+    public var direction: Direction
+    /// Lifecycle state (`INIT`, `STARTED`, `ZOMBIE`).
+    public var state: QueueState
+    /// The queue's counters.
+    public var counters: WorkCounters
+
+    public init(number: Int, pid: Int32, pasid: UInt32, direction: Direction, state: QueueState, counters: WorkCounters) {
+        self.number = number; self.pid = pid; self.pasid = pasid; self.direction = direction
+        self.state = state; self.counters = counters
+    }
+}
+
+/// One client connection of `warpdrived` as a status report shows it.
+public struct ClientStatus: Sendable, Equatable {
+    /// The client's process and user (SO_PEERCRED).
+    public var pid: Int32
+    public var uid: UInt32
+    /// The PASID its queues carry; nil while it holds no queue.
+    public var pasid: UInt32?
+    /// Queues it holds now.
+    public var queues: Int
+    /// Its queues' counters summed since it connected (released queues
+    /// included); `busyRejections` also counts its refused queue opens.
+    public var counters: WorkCounters
+
+    public init(pid: Int32, uid: UInt32, pasid: UInt32?, queues: Int, counters: WorkCounters) {
+        self.pid = pid; self.uid = uid; self.pasid = pasid; self.queues = queues; self.counters = counters
+    }
+}
+
+/// What `warpdrived` reports about its device (the `report` request):
+/// attributes, device-wide counters, and live counters per queue and per
+/// client.
+///
+/// On the wire it is text, one record per line, each a kind followed by
+/// space-separated `key=value` fields (values have no spaces):
+///
+///     device name=hisi_zip-0 api=hisi_qm_v2 flags=1 algorithms=deflate,zlib,gzip available_instances=62 queues=64 engines=2 depth=1024 isolated=0 isolate_strategy=0 numa_node=-1 daemon_pid=812
+///     totals requests=10 bytes_in=655360 bytes_out=1234 errors=0 busy=0
+///     queue number=0 pid=900 pasid=1 direction=compress state=STARTED requests=5 bytes_in=327680 bytes_out=600 errors=0 busy=0
+///     client pid=900 uid=1000 pasid=1 queues=1 requests=5 bytes_in=327680 bytes_out=600 errors=0 busy=0
+///
+/// The lines travel in pages of whole lines that fit one message (see
+/// `DaemonMessage.Op.report`); unknown kinds and keys are ignored, so
+/// fields can be added.
+public struct DaemonReport: Sendable, Equatable {
+    /// The device's attributes.
+    public var attributes: DeviceAttributes
+    /// Queue pairs in all, and engine threads.
+    public var totalQueues: Int
+    public var engines: Int
+    /// The daemon's process id.
+    public var daemonPID: Int32
+    /// Device-wide counters since the daemon started.
+    public var totals: WorkCounters
+    /// Open queues, by number.
+    public var queues: [QueueStatus]
+    /// Connected clients (the one asking included).
+    public var clients: [ClientStatus]
+
+    public init(attributes: DeviceAttributes, totalQueues: Int, engines: Int, daemonPID: Int32, totals: WorkCounters,
+                queues: [QueueStatus], clients: [ClientStatus]) {
+        self.attributes = attributes; self.totalQueues = totalQueues; self.engines = engines
+        self.daemonPID = daemonPID; self.totals = totals; self.queues = queues; self.clients = clients
+    }
+
+    // MARK: Wire text
+
+    private static func fields(_ c: WorkCounters) -> String {
+        "requests=\(c.requests) bytes_in=\(c.bytesIn) bytes_out=\(c.bytesOut) errors=\(c.errors) busy=\(c.busyRejections)"
+    }
+
+    private static func word(_ s: String) -> String {
+        s.isEmpty ? "-" : String(s.map { $0 == " " || $0 == "\n" || $0 == "=" ? "_" : $0 })
+    }
+
+    /// The report as wire lines.
+    public var lines: [String] {
+        let a = attributes
+        var r = ["device name=\(DaemonReport.word(a.name)) api=\(DaemonReport.word(a.api)) flags=\(a.flags) "
+            + "algorithms=\(DaemonReport.word(a.algorithms.joined(separator: ","))) "
+            + "available_instances=\(a.availableInstances ?? 0) queues=\(totalQueues) engines=\(engines) "
+            + "depth=\(a.queueDepth ?? 0) isolated=\(a.isolated ? 1 : 0) isolate_strategy=\(a.isolateStrategy) "
+            + "numa_node=\(a.numaNode) daemon_pid=\(daemonPID)",
+            "totals " + DaemonReport.fields(totals)]
+        for q in queues {
+            r.append("queue number=\(q.number) pid=\(q.pid) pasid=\(q.pasid) direction=\(q.direction) "
+                + "state=\(q.state.rawValue) " + DaemonReport.fields(q.counters))
+        }
+        for c in clients {
+            r.append("client pid=\(c.pid) uid=\(c.uid) pasid=\(c.pasid.map { String($0) } ?? "-") queues=\(c.queues) "
+                + DaemonReport.fields(c.counters))
+        }
+        return r
+    }
+
+    /// Parses wire lines; nil without a `device` line.
+    public init?(lines: [String]) {
+        var attributes: DeviceAttributes?
+        var totalQueues = 0, engines = 0
+        var daemonPID: Int32 = 0
+        var totals = WorkCounters()
+        var queues: [QueueStatus] = []
+        var clients: [ClientStatus] = []
+        func counters(_ f: [String: String]) -> WorkCounters {
+            var c = WorkCounters()
+            c.requests = f["requests"].flatMap { UInt64($0) } ?? 0
+            c.bytesIn = f["bytes_in"].flatMap { UInt64($0) } ?? 0
+            c.bytesOut = f["bytes_out"].flatMap { UInt64($0) } ?? 0
+            c.errors = f["errors"].flatMap { UInt64($0) } ?? 0
+            c.busyRejections = f["busy"].flatMap { UInt64($0) } ?? 0
+            return c
+        }
+        for line in lines {
+            let parts = line.split(separator: " ")
+            guard let kind = parts.first else { continue }
+            var f: [String: String] = [:]
+            for p in parts.dropFirst() {
+                let kv = p.split(separator: "=", maxSplits: 1)
+                if kv.count == 2 { f[String(kv[0])] = String(kv[1]) }
+            }
+            func int(_ k: String) -> Int { f[k].flatMap { Int($0) } ?? 0 }
+            switch kind {
+            case "device":
+                attributes = DeviceAttributes(
+                    name: f["name"] ?? "", api: f["api"] ?? "", flags: f["flags"].flatMap { UInt32($0) } ?? 0,
+                    algorithms: (f["algorithms"] ?? "").split(separator: ",").map(String.init).filter { $0 != "-" },
+                    availableInstances: int("available_instances"), queueDepth: int("depth"),
+                    regionMMIOSize: nil, regionDUSSize: nil, isolated: f["isolated"] == "1",
+                    isolateStrategy: int("isolate_strategy"), numaNode: f["numa_node"].flatMap { Int($0) } ?? -1)
+                totalQueues = int("queues"); engines = int("engines"); daemonPID = Int32(truncatingIfNeeded: int("daemon_pid"))
+            case "totals":
+                totals = counters(f)
+            case "queue":
+                queues.append(QueueStatus(
+                    number: int("number"), pid: Int32(truncatingIfNeeded: int("pid")),
+                    pasid: UInt32(truncatingIfNeeded: int("pasid")),
+                    direction: f["direction"] == "decompress" ? .decompress : .compress,
+                    state: f["state"].flatMap { QueueState(rawValue: $0) } ?? .initialized, counters: counters(f)))
+            case "client":
+                clients.append(ClientStatus(
+                    pid: Int32(truncatingIfNeeded: int("pid")), uid: UInt32(truncatingIfNeeded: int("uid")),
+                    pasid: f["pasid"].flatMap { UInt32($0) }, queues: int("queues"), counters: counters(f)))
+            default:
+                continue
+            }
+        }
+        guard let a = attributes else { return nil }
+        self.init(attributes: a, totalQueues: totalQueues, engines: engines, daemonPID: daemonPID, totals: totals,
+                  queues: queues, clients: clients)
+    }
+
+    /// Splits `lines` from `first` into one page of whole lines that fits a
+    /// message: the page's text and the index of the next line (a single
+    /// line too long for a message is cut).
+    public static func page(_ lines: [String], from first: Int) -> (text: String, next: Int) {
+        let room = DaemonMessage.maxSize - DaemonMessage.headerSize
+        var text = ""
+        var i = max(0, first)
+        while i < lines.count {
+            let add = (text.isEmpty ? "" : "\n") + lines[i]
+            if text.utf8.count + add.utf8.count > room {
+                if text.isEmpty { text = String(decoding: Array(lines[i].utf8.prefix(room)), as: UTF8.self); i += 1 }
+                break
+            }
+            text += add
+            i += 1
+        }
+        return (text, i)
+    }
+
+    // MARK: Rendering
+
+    /// Attributes, then a table of queues and a table of clients, for people.
+    public func render(socket: String) -> String {
+        var out = DeviceReportFormat.attributes(attributes, kind: "warpdrived pid \(daemonPID) at \(socket)",
+                                                totalQueues: totalQueues, engines: engines)
+        out += "  totals               \(totals)\n\n"
+        func row(_ c: WorkCounters) -> [String] {
+            ["\(c.requests)", "\(c.bytesIn)", "\(c.bytesOut)", "\(c.errors)", "\(c.busyRejections)"]
+        }
+        let counterHeads = ["REQUESTS", "BYTES_IN", "BYTES_OUT", "ERRORS", "BUSY"]
+        out += "queues (\(queues.count) open):\n"
+        out += DeviceReportFormat.table(
+            ["QUEUE", "PID", "PASID", "DIRECTION", "STATE"] + counterHeads,
+            queues.map { ["\($0.number)", "\($0.pid)", "\($0.pasid)", "\($0.direction)", $0.state.rawValue] + row($0.counters) })
+        out += "\nclients (\(clients.count) connected):\n"
+        out += DeviceReportFormat.table(
+            ["PID", "UID", "PASID", "QUEUES"] + counterHeads,
+            clients.map { ["\($0.pid)", "\($0.uid)", $0.pasid.map { "\($0)" } ?? "-", "\($0.queues)"] + row($0.counters) })
+        return out
+    }
+
+    /// The same as one JSON object.
+    public func json(socket: String) -> String {
+        typealias J = DeviceReportFormat
+        func counters(_ c: WorkCounters) -> String {
+            "\"requests\":\(c.requests),\"bytes_in\":\(c.bytesIn),\"bytes_out\":\(c.bytesOut),\"errors\":\(c.errors),\"busy\":\(c.busyRejections)"
+        }
+        let qs = queues.map {
+            "{\"queue\":\($0.number),\"pid\":\($0.pid),\"pasid\":\($0.pasid),\"direction\":\(J.string("\($0.direction)")),"
+                + "\"state\":\(J.string($0.state.rawValue)),\(counters($0.counters))}"
+        }
+        let cs = clients.map {
+            "{\"pid\":\($0.pid),\"uid\":\($0.uid),\"pasid\":\($0.pasid.map { "\($0)" } ?? "null"),\"queues\":\($0.queues),"
+                + "\(counters($0.counters))}"
+        }
+        return "{\"socket\":\(J.string(socket)),\"daemon_pid\":\(daemonPID),"
+            + "\"device\":\(J.attributesJSON(attributes, kind: "warpdrived", totalQueues: totalQueues, engines: engines)),"
+            + "\"totals\":{\(counters(totals))},\"queues\":[\(qs.joined(separator: ","))],"
+            + "\"clients\":[\(cs.joined(separator: ","))]}"
+    }
+}
+
+/// Text and JSON rendering shared by `warpfs devices` and `warpdrived --info`.
+public enum DeviceReportFormat {
+    /// A device's attributes as an indented block under its name.
+    public static func attributes(_ a: DeviceAttributes, kind: String, totalQueues: Int?, engines: Int?) -> String {
+        var rows: [(String, String)] = [
+            ("api", a.api), ("flags", "\(a.flags)\(a.supportsSVA ? " (SVA)" : "")"),
+            ("algorithms", a.algorithms.joined(separator: " ")),
+            ("available_instances", a.availableInstances.map { "\($0)" } ?? "?"),
+        ]
+        if let totalQueues { rows.append(("queues", "\(totalQueues)")) }
+        if let engines { rows.append(("engines", "\(engines)")) }
+        rows.append(("depth", a.queueDepth.map { "\($0)" } ?? "?"))
+        rows.append(("isolated", a.isolated ? "1" : "0"))
+        rows.append(("isolate_strategy", "\(a.isolateStrategy)"))
+        rows.append(("numa_node", "\(a.numaNode)"))
+        var out = "\(a.name) (\(kind))\n"
+        for (k, v) in rows { out += "  " + k + String(repeating: " ", count: max(1, 21 - k.count)) + v + "\n" }
+        return out
+    }
+
+    /// A device's attributes as a JSON object.
+    public static func attributesJSON(_ a: DeviceAttributes, kind: String, totalQueues: Int?, engines: Int?,
+                                  extra: [(String, String)] = []) -> String {
+        func opt(_ v: Int?) -> String { v.map { "\($0)" } ?? "null" }
+        var f = [
+            ("name", string(a.name)), ("kind", string(kind)), ("api", string(a.api)), ("flags", "\(a.flags)"),
+            ("algorithms", "[" + a.algorithms.map(string).joined(separator: ",") + "]"),
+            ("available_instances", opt(a.availableInstances)), ("queues", opt(totalQueues)), ("engines", opt(engines)),
+            ("depth", opt(a.queueDepth)), ("isolated", a.isolated ? "true" : "false"),
+            ("isolate_strategy", "\(a.isolateStrategy)"), ("numa_node", "\(a.numaNode)"),
+        ]
+        f += extra
+        return "{" + f.map { string($0.0) + ":" + $0.1 }.joined(separator: ",") + "}"
+    }
+
+    /// A JSON string literal.
+    public static func string(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 {
+                    let h = String(u.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out + "\""
+    }
+
+    /// Left-aligned columns under a header row; "(none)" when empty.
+    public static func table(_ head: [String], _ rows: [[String]]) -> String {
+        guard !rows.isEmpty else { return "  (none)\n" }
+        var widths = head.map(\.count)
+        for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+        func line(_ r: [String]) -> String {
+            "  " + r.enumerated().map { i, c in i == r.count - 1 ? c : c + String(repeating: " ", count: widths[i] - c.count + 2) }
+                .joined() + "\n"
+        }
+        return line(head) + rows.map(line).joined()
+    }
+}

@@ -1,0 +1,61 @@
+import ArgumentParser
+import WarpDrive
+
+/// `warpfs devices`: the accelerator devices this host offers with their
+/// attributes, or one `warpdrived`'s device with live counters per queue and
+/// per client (in the spirit of `uadk_tool` and `accel-config`).
+struct Devices: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List accelerator devices and their attributes, or a warpdrived's queues and clients.",
+        discussion: """
+        Without --device: the devices the registry knows on this host, the in-process emulated ZIP device \
+        (as a mount would create it with default settings) and any uacce devices under /sys/class/uacce. \
+        With --device SOCKET: the attributes of that warpdrived's device, its totals, and tables of its open \
+        queues and connected clients with their live counters (this command's own connection is one of \
+        the clients).
+        """)
+
+    @Option(help: "Ask the warpdrived listening on this Unix socket.") var device: String?
+    @Flag(help: "Print JSON instead of text.") var json = false
+    @Option(help: .hidden) var sysfs = "/sys"
+
+    func run() throws {
+        if let socket = device {
+            let report: DaemonReport
+            do {
+                report = try RemoteDevice(socket: socket).report()
+            } catch {
+                eprint("warpfs devices: \(error)")
+                throw ExitCode(1)
+            }
+            print(json ? report.json(socket: socket) : report.render(socket: socket), terminator: json ? "\n" : "")
+            return
+        }
+        let configuration = EmulatedDeviceConfiguration()
+        let emulated = EmulatedZipDevice(configuration: configuration)
+        defer { emulated.shutdown() }
+        let registry = DeviceRegistry(emulated: [emulated], sysfsRoot: sysfs)
+        var texts: [String] = []
+        var objects: [String] = []
+        for entry in registry.devices {
+            let a = entry.attributes
+            if let e = entry.emulated {
+                let kind = "emulated, in-process"
+                texts.append(DeviceReportFormat.attributes(a, kind: kind, totalQueues: e.configuration.queues,
+                                                           engines: e.configuration.engines))
+                objects.append(DeviceReportFormat.attributesJSON(a, kind: "emulated", totalQueues: e.configuration.queues,
+                                                                 engines: e.configuration.engines))
+            } else {
+                let path = entry.sysfsPath ?? ""
+                texts.append(DeviceReportFormat.attributes(a, kind: "uacce, \(path); listed only", totalQueues: nil, engines: nil))
+                objects.append(DeviceReportFormat.attributesJSON(a, kind: "uacce", totalQueues: nil, engines: nil,
+                                                                 extra: [("sysfs", DeviceReportFormat.string(path))]))
+            }
+        }
+        if json {
+            print("{\"devices\":[" + objects.joined(separator: ",") + "]}")
+        } else {
+            print(texts.joined(separator: "\n"), terminator: "")
+        }
+    }
+}
