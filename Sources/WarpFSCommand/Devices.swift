@@ -1,5 +1,6 @@
 import ArgumentParser
 import WarpDrive
+import WarpFSCore
 
 /// `warpfs devices`: the accelerator devices this host offers with their
 /// attributes, or one `warpdrived`'s device with live counters per queue and
@@ -31,7 +32,10 @@ struct Devices: ParsableCommand {
             print(json ? report.json(socket: socket) : report.render(socket: socket), terminator: json ? "\n" : "")
             return
         }
-        let configuration = EmulatedDeviceConfiguration()
+        // The device a mount creates with its default options.
+        let defaults = MountOptions()
+        var configuration = EmulatedDeviceConfiguration(engines: defaults.engines)
+        configuration.queues = defaults.queues
         let emulated = EmulatedZipDevice(configuration: configuration)
         defer { emulated.shutdown() }
         let registry = DeviceRegistry(emulated: [emulated], sysfsRoot: sysfs)

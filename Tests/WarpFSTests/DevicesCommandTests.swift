@@ -129,7 +129,7 @@ import Testing
         #expect(r.status == 0, "\(r.output)")
         #expect(r.output.contains("warpdrive_zip_emu-0 (emulated, in-process)"), "\(r.output)")
         for line in ["api                  hisi_qm_v2", "algorithms           deflate zlib gzip",
-                     "available_instances  64", "engines              2", "isolated             0"] {
+                     "available_instances  1024", "engines              2", "isolated             0"] {
             #expect(r.output.contains(line), "\(line) missing:\n\(r.output)")
         }
         let j = runCommand([warpfsBinary, "devices", "--json"])
