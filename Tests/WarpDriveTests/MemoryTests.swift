@@ -108,6 +108,55 @@ import Testing
         }
     }
 
+    /// Clients take turns on the engines, not queues: a process with four
+    /// full queues and one with a single queue get alternate requests. With
+    /// one engine and every request queued before the device answers, the
+    /// one-queue client's tenth request completes after about ten of the
+    /// other's (round robin over queues would serve forty first).
+    @Test func clientsTakeTurnsWhateverTheirQueueCount() throws {
+        try withDevice(EmulatedDeviceConfiguration(engines: 1)) { device in
+            let child = try ChildProcess()
+            device.faults.stopAnswering = true
+            let heavy = try (0..<4).map { _ in try Queue.started(device: device, direction: .compress) }
+            defer { heavy.forEach { $0.release() } }
+            let light = try Queue(device: device, pid: child.pid)
+            try light.map(.mmio); try light.map(.dus); try light.setContext(.compress); try light.start()
+            defer { light.release() }
+            let data = TestData.text(256 << 10)
+            var out = [UInt8](repeating: 0, count: 40 * (300 << 10))
+            try data.withUnsafeBytes { s in
+                try out.withUnsafeMutableBytes { d in
+                    let src = UInt64(UInt(bitPattern: s.baseAddress))
+                    for (qi, q) in heavy.enumerated() {
+                        for r in 0..<10 {
+                            let dst = UInt64(UInt(bitPattern: d.baseAddress)) + UInt64((qi * 10 + r) * (300 << 10))
+                            #expect(try q.trySubmit(PendingRequest(), source: src, sourceLength: s.count, destination: dst,
+                                                    destinationCapacity: 300 << 10, type: .deflate, level: 1, window: 4))
+                        }
+                    }
+                    // The light client's requests name addresses its process does not map: each faults at once.
+                    let nowhere: UInt64 = 0x10
+                    for _ in 0..<10 {
+                        #expect(try light.trySubmit(PendingRequest(), source: nowhere, sourceLength: 4096, destination: nowhere,
+                                                    destinationCapacity: 4096, type: .deflate, level: 1, window: 4))
+                    }
+                    device.faults.stopAnswering = false
+                    var lightDone = 0
+                    try light.wait(until: { lightDone >= 10 }, deadline: wd_now_ns() + 30_000_000_000, timeoutMilliseconds: 30_000,
+                                   mode: .interrupt) { _ in lightDone += 1 }
+                    var done = heavy.map { $0.reap { _ in } }
+                    let heavyDone = done.reduce(0, +)
+                    #expect(heavyDone <= 16, "\(heavyDone) of the four-queue client's requests completed before the one-queue client's ten")
+                    // Drain before the buffers go away.
+                    for (i, q) in heavy.enumerated() where done[i] < 10 {
+                        try q.wait(until: { done[i] >= 10 }, deadline: wd_now_ns() + 30_000_000_000, timeoutMilliseconds: 30_000,
+                                   mode: .interrupt) { _ in done[i] += 1 }
+                    }
+                }
+            }
+        }
+    }
+
     @Test func registeredPoolBuffersAreReachedDirectly() throws {
         try withDevice { device in
             let c = try session(device, .zlib, .compress, level: 1)

@@ -27,6 +27,8 @@ public final class EmulatedZipDevice: @unchecked Sendable {
     private var queues: [HardwareQueue?]
     private var active: [HardwareQueue] = []
     private var roundRobin = 0
+    /// The PASID whose queue was served last (clients take turns).
+    private var lastServedPASID: UInt32 = 0
     private var isolatedFlag = false
     private var errorCount = 0
     private var isolateThreshold: Int
@@ -206,18 +208,29 @@ public final class EmulatedZipDevice: @unchecked Sendable {
         return lock.withLock { _ in
             let n = active.count
             guard n > 0, !shuttingDown else { return (nil, false) }
+            // Clients (PASIDs) take turns, and each client's queues take
+            // turns: a process cannot win a larger share by opening more
+            // queues. The next client is the nearest PASID after the last
+            // one served that has work; with one client this is plain round
+            // robin over its queues.
+            var pick = -1
+            var bestTurn = UInt32.max
             for k in 0..<n {
-                let q = active[(roundRobin + k) % n]
-                if q.pendingWork > 0 {
-                    let slot = q.claimHead
-                    q.claimHead = (slot + 1) % layout.depth
-                    q.inProgress += 1
-                    roundRobin = (roundRobin + k + 1) % n
-                    let more = active.contains { $0.pendingWork > 0 }
-                    return (Job(queue: q, slot: slot), more)
-                }
+                let i = (roundRobin + k) % n
+                let q = active[i]
+                guard q.pendingWork > 0 else { continue }
+                let turn = (q.binding.pasid &- lastServedPASID &- 1) & PASIDAllocator.maxPASID
+                if turn < bestTurn { bestTurn = turn; pick = i }
             }
-            return (nil, false)
+            guard pick >= 0 else { return (nil, false) }
+            let q = active[pick]
+            let slot = q.claimHead
+            q.claimHead = (slot + 1) % layout.depth
+            q.inProgress += 1
+            roundRobin = (pick + 1) % n
+            lastServedPASID = q.binding.pasid
+            let more = active.contains { $0.pendingWork > 0 }
+            return (Job(queue: q, slot: slot), more)
         }
     }
 
