@@ -237,6 +237,57 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
         return out
     }
 
+    /// A client that fills four queues with requests naming nothing and
+    /// never reaps them, and floods a fifth with garbage doorbell words,
+    /// while another client process does real work: that process finishes
+    /// (clients take turns on the engines; bad doorbells are counted and
+    /// dropped), and the daemon keeps serving.
+    @Test func aMisbehavingClientDoesNotStarveOthers() throws {
+        try withDaemon(queues: 8) { daemon in
+            let file = daemon.directory + "/data"
+            writeFile(file, TestData.mixed(1 << 20, seed: 9))
+            let remote = try RemoteDevice(socket: daemon.socket)
+            let hogs = try (0..<4).map { _ in try Queue.started(device: remote, direction: .compress) }
+            defer { hogs.forEach { $0.release() } }
+            var queued = 0
+            for q in hogs {
+                while (try? q.trySubmit(PendingRequest(), source: 0x10, sourceLength: 65536, destination: 0x10,
+                                        destinationCapacity: 65536, type: .deflate, level: 1, window: 4)) == true { queued += 1 }
+            }
+            #expect(queued > 1000)
+            let noisy = try remote.openDeviceQueue()
+            _ = try noisy.map(.mmio); _ = try noisy.map(.dus)
+            try noisy.setContext(.compress); try noisy.start()
+            defer { noisy.put() }
+            final class Flag: Sendable { let stop = Atomic<Bool>(false); let rings = Atomic<Int>(0) }
+            let flag = Flag()
+            let hello = builtProductsDirectory + "/warpdrive-hello"
+            let client = try Spawned(hello, ["--device", daemon.socket, "--repeat", "10", file], output: daemon.directory + "/hello.log")
+            var t = pthread_t()
+            final class Box: @unchecked Sendable { let f: () -> Void; init(_ f: @escaping () -> Void) { self.f = f } }
+            let box = Unmanaged.passRetained(Box {
+                var x: UInt64 = 0x9E37_79B9_7F4A_7C15
+                while !flag.stop.load(ordering: .relaxed) {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                    noisy.doorbell(x)
+                    flag.rings.add(1, ordering: .relaxed)
+                }
+            })
+            pthread_create(&t, nil, { Unmanaged<Box>.fromOpaque($0!).takeRetainedValue().f(); return nil }, box.toOpaque())
+            let status = client.wait(seconds: 120)
+            flag.stop.store(true, ordering: .relaxed)
+            pthread_join(t, nil)
+            #expect(status == 0, "well-behaved client: \(client.output)")
+            #expect(client.output.contains("restores the input: OK"), "\(client.output)")
+            #expect(flag.rings.load(ordering: .relaxed) > 1000, "only \(flag.rings.load(ordering: .relaxed)) doorbells were rung")
+            // Still serving.
+            let c = try remoteSession(remote, .zlib, .compress, level: 1)
+            defer { c.close() }
+            let data = TestData.text(100_000)
+            #expect(try c.compress(data) == Zlib.compress(data, .zlib, level: 1))
+        }
+    }
+
     @Test func addressesTheClientDoesNotMapFaultAndTheQueueKeepsServing() throws {
         try withDaemon { daemon in
             let remote = try RemoteDevice(socket: daemon.socket)
