@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "WarpFSCore", targets: ["WarpFSCore"]),
         .executable(name: "warpdrive-bench", targets: ["WarpDriveBench"]),
         .executable(name: "warpdrive-hello", targets: ["WarpDriveHello"]),
+        .executable(name: "warpdrive-load", targets: ["WarpDriveLoad"]),
         .executable(name: "warpdrived", targets: ["warpdrived"]),
         .library(name: "WarpDriveDaemon", targets: ["WarpDriveDaemon"]),
     ],
@@ -81,6 +82,11 @@ let package = Package(
             name: "WarpDriveHello",
             dependencies: ["WarpDrive", "CWarpSys"],
             path: "Examples/WarpDriveHello"
+        ),
+        .executableTarget(
+            name: "WarpDriveLoad",
+            dependencies: ["WarpDrive", "CWarpSys"],
+            path: "Examples/WarpDriveLoad"
         ),
         .testTarget(
             name: "WarpDriveTests",
