@@ -70,11 +70,8 @@ public final class CompressedFile {
             count = n
             for b in stored.keys where b >= n { stored[b] = nil }
         }
-        /// Blocks with an entry, in order.
-        var populated: [Int] { stored.keys.sorted() }
-        /// Blocks with an entry at or after `b`, in order.
-        func populated(from b: Int) -> [Int] { stored.keys.filter { $0 >= b }.sorted() }
-        var hasStale: Bool { stored.values.contains { $0.hasStale } }
+        /// Blocks with an entry at or after `b` (in no particular order).
+        func populated(from b: Int) -> [Int] { stored.keys.filter { $0 >= b } }
     }
 
     /// Backing file descriptor (owned).
@@ -119,6 +116,9 @@ public final class CompressedFile {
     private var groupCursor: [Int: Int] = [:]
     /// Last block whose payload the backing file system was asked to read ahead.
     private var hintedUpTo = -1
+    /// Blocks stored since the last sync (or found with two versions on open):
+    /// the only ones whose durable slot changes, or that can hold a stale copy.
+    private var changedSinceSync = Set<Int>()
 
     public var blockSize: Int { layout.blockSize }
 
@@ -216,7 +216,6 @@ public final class CompressedFile {
         var maxGen = header.generation
         var table = [UInt8](repeating: 0, count: BlockLayout.tableSize)
         var group = 0
-        var stale = false
         while group * BlockLayout.blocksPerGroup < count {
             // Groups with nothing stored are holes in the backing file: jump
             // to the group of the next data (a sparse file costs no reads).
@@ -256,7 +255,7 @@ public final class CompressedFile {
                     case (nil, nil): e.current = nil
                     case (_?, nil): e.current = 0
                     case (nil, _?): e.current = 1
-                    case (let a?, let b?): e.current = a.generation >= b.generation ? 0 : 1; stale = true
+                    case (let a?, let b?): e.current = a.generation >= b.generation ? 0 : 1; changedSinceSync.insert(first + k)
                     }
                     // Two versions: a crash came between a write and the sync that
                     // drops the older one. The newer may be torn (its payload not
@@ -277,7 +276,7 @@ public final class CompressedFile {
         nextGeneration = maxGen + 1
         // What is on disk now is what the next writes must not overwrite:
         // make it durable, then drop older copies.
-        if stale {
+        if !changedSinceSync.isEmpty {
             _ = fdatasync(fd)
             try dropStaleCopies()
         }
@@ -286,13 +285,23 @@ public final class CompressedFile {
     /// Whether the payload of a slot reads back with its checksum.
     private func payloadIntact(block b: Int, slot: Int, header h: SlotHeader) -> Bool {
         guard h.storedLength > 0 else { return true }
-        var buf = [UInt8](repeating: 0, count: h.storedLength)
-        let ok = buf.withUnsafeMutableBytes { (p: UnsafeMutableRawBufferPointer) -> Bool in
-            guard let n = try? preadFully(fd, p.baseAddress!, h.storedLength, layout.payloadOffset(block: b, slot: slot, header: h), "read"),
-                  n == h.storedLength else { return false }
-            return crc32Checksum(UnsafeRawBufferPointer(p)) == h.payloadChecksum
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: h.storedLength, alignment: 16)
+        defer { buf.deallocate() }
+        return (try? readPayload(block: b, slot: slot, header: h, into: buf)) == nil
+    }
+
+    /// Reads a slot's payload into `buf` (at least `storedLength` bytes) and
+    /// checks it: nil when intact, else why not, naming file and block.
+    private func readPayload(block b: Int, slot: Int, header h: SlotHeader, into buf: UnsafeMutableRawBufferPointer) throws -> FSError? {
+        let n = try preadFully(fd, buf.baseAddress!, h.storedLength, layout.payloadOffset(block: b, slot: slot, header: h),
+                               "read \(name) block \(b)")
+        guard n == h.storedLength else { return FSError(EIO, "\(name): block \(b) is truncated (\(n) of \(h.storedLength) bytes)") }
+        let crc = crc32Checksum(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
+        guard crc == h.payloadChecksum else {
+            return FSError(EIO, "\(name): block \(b) fails its checksum (stored 0x\(String(h.payloadChecksum, radix: 16)), "
+                + "read 0x\(String(crc, radix: 16))): the backing file is damaged")
         }
-        return ok
+        return nil
     }
 
     // MARK: Pipeline plumbing
@@ -458,6 +467,8 @@ public final class CompressedFile {
         let bs = UInt64(layout.blockSize)
         let first = Int(offset / bs), last = Int((end - 1) / bs)
         // Start the blocks of this read, and the next ones for a sequential reader.
+        // A jump (a new reader starting at 0 included): what was hinted before may lie elsewhere.
+        if offset != lastReadEnd { hintedUpTo = first - 1 }
         var ahead = last
         if offset == lastReadEnd || offset == 0 { ahead = min(entries.count - 1, last + readahead) }
         try startLoads(first...max(first, ahead))
@@ -497,25 +508,20 @@ public final class CompressedFile {
     /// Reads the payloads of uncached blocks in `range` and submits their
     /// decompression, all in flight together.
     private func startLoads(_ range: ClosedRange<Int>) throws {
-        if range.count > 1 { hintBacking(range) }
+        // Blocks hinted as the previous call's next window are not hinted again.
+        if range.count > 1, range.upperBound > hintedUpTo {
+            hintBacking(max(range.lowerBound, hintedUpTo + 1)...range.upperBound)
+            hintedUpTo = range.upperBound
+        }
         for b in range where b < entries.count && cache[b] == nil && loading[b] == nil && !entries[b].isHole {
             if decompressor?.isFull ?? false { break }
             guard let h = entries[b].newest, let slot = entries[b].current else { continue }
             let payloadBuffer = codec.takeBuffer(h.storedLength)
-            let buf = payloadBuffer.bytes
-            let n = try preadFully(fd, buf.baseAddress!, h.storedLength, layout.payloadOffset(block: b, slot: slot, header: h),
-                                   "read \(name) block \(b)")
-            guard n == h.storedLength else {
-                loadErrors[b] = FSError(EIO, "\(name): block \(b) is truncated (\(n) of \(h.storedLength) bytes)")
+            if let damage = try readPayload(block: b, slot: slot, header: h, into: payloadBuffer.bytes) {
+                loadErrors[b] = damage
                 continue
             }
-            let payload = UnsafeRawBufferPointer(rebasing: buf[0..<h.storedLength])
-            let crc = crc32Checksum(payload)
-            guard crc == h.payloadChecksum else {
-                loadErrors[b] = FSError(EIO, "\(name): block \(b) fails its checksum (stored 0x\(String(h.payloadChecksum, radix: 16)), "
-                    + "read 0x\(String(crc, radix: 16))): the backing file is damaged")
-                continue
-            }
+            let payload = UnsafeRawBufferPointer(rebasing: payloadBuffer.bytes[0..<h.storedLength])
             let c = CachedBlock(codec.takeBuffer(layout.blockSize), zeroed: h.encoding != .deflate && h.encoding != .zlib && h.encoding != .gzip)
             switch h.encoding {
             case .zero:
@@ -580,12 +586,15 @@ public final class CompressedFile {
         let pieces = spans(offset, end)
         // Reserve backing space for every block this write makes dirty,
         // before accepting any of its data.
-        var reserved: [Int: (SpaceAccount, Int)] = [:]
+        // Blocks reserved here and not yet handed to their cached block; what
+        // is left when the write fails is given back.
+        var reserved = Set<Int>()
+        let cost = layout.blockSize + BlockLayout.tablePageSize
+        defer { if let account = codec.space, !reserved.isEmpty { account.release(cost * reserved.count) } }
         if let account = codec.space {
             // A block being compressed releases its reservation when stored:
             // let that happen first, so what needs one is known here.
             for p in pieces { settle(p.block) }
-            let cost = layout.blockSize + BlockLayout.tablePageSize
             let needing = pieces.filter { cache[$0.block]?.reservation == nil }.map(\.block)
             if !needing.isEmpty {
                 guard account.reserve(cost * needing.count) else {
@@ -593,18 +602,14 @@ public final class CompressedFile {
                     throw FSError(ENOSPC, "\(name): no space left in the backing file system for block \(needing[0]) "
                         + "(\(free >> 20) MiB free, \(held >> 20) MiB held for blocks not yet stored)")
                 }
-                for b in needing { reserved[b] = (account, cost) }
+                reserved = Set(needing)
             }
         }
         for (b, inBlock, n, pos) in pieces {
             settle(b)
             let whole = inBlock == 0 && n == layout.blockSize
-            let block: CachedBlock
-            do { block = try cached(b, load: !whole) } catch {
-                for (k, r) in reserved where cache[k]?.reservation == nil { r.0.release(r.1) }
-                throw error
-            }
-            if block.reservation == nil, let r = reserved.removeValue(forKey: b) { block.reservation = (r.0, r.1) }
+            let block = try cached(b, load: !whole)
+            if block.reservation == nil, let account = codec.space, reserved.remove(b) != nil { block.reservation = (account, cost) }
             (block.data.baseAddress! + inBlock).copyMemory(from: src + Int(pos - offset), byteCount: n)
             block.dirty = true
             if inBlock + n == layout.blockSize { try startCompression(b) }
@@ -627,17 +632,10 @@ public final class CompressedFile {
         var len = layout.blockSize
         while len > 0 && c.data[len - 1] == 0 { len -= 1 }
         c.dirty = false
-        if len == 0 {
-            do { try store(block: b, encoding: .zero, payload: UnsafeRawBufferPointer(start: nil, count: 0)) } catch {
-                c.dirty = true
-                throw error
-            }
-            c.stored(used: 0)
-            return
-        }
-        if CompressedFile.looksIncompressible(UnsafeRawBufferPointer(rebasing: c.data[0..<len])) {
-            // Random-looking bytes: store raw without spending an engine on them.
-            do { try store(block: b, encoding: .raw, payload: UnsafeRawBufferPointer(rebasing: c.data[0..<len])) } catch {
+        let content = UnsafeRawBufferPointer(rebasing: c.data[0..<len])
+        // All zeros: a hole. Random-looking bytes: raw, without spending an engine on them.
+        if len == 0 || CompressedFile.looksIncompressible(content) {
+            do { try store(block: b, encoding: len == 0 ? .zero : .raw, payload: content) } catch {
                 c.dirty = true
                 throw error
             }
@@ -831,6 +829,7 @@ public final class CompressedFile {
         e.set(target, h)
         e.current = target
         entries[b] = e
+        changedSinceSync.insert(b)
         // Release what the slot's previous version used and the new one does not.
         if let previous { release(previous, block: b, slot: target, keeping: h.pageRange) }
     }
@@ -841,13 +840,7 @@ public final class CompressedFile {
     /// payload counts as free (it is not the durable version).
     private func place(block b: Int, slot: Int, pages: Int) -> Int {
         let g = b / BlockLayout.blocksPerGroup
-        var used: [Range<Int>] = []
-        for k in (g * BlockLayout.blocksPerGroup)..<min(entries.count, (g + 1) * BlockLayout.blocksPerGroup) {
-            for s in 0..<2 where !(k == b && s == slot) {
-                if let r = entries[k].header(s)?.pageRange, !r.isEmpty { used.append(r) }
-            }
-        }
-        used.sort { $0.lowerBound < $1.lowerBound }
+        let used = pagesInUse(group: g, except: (b, slot)).sorted { $0.lowerBound < $1.lowerBound }
         let limit = layout.regionPages
         func firstFit(from start: Int, to end: Int) -> Int? {
             var at = start
@@ -864,6 +857,17 @@ public final class CompressedFile {
         return at
     }
 
+    /// The page ranges the valid slots of group `g` name, except one slot's.
+    private func pagesInUse(group g: Int, except: (block: Int, slot: Int)) -> [Range<Int>] {
+        var used: [Range<Int>] = []
+        for k in (g * BlockLayout.blocksPerGroup)..<((g + 1) * BlockLayout.blocksPerGroup) {
+            for s in 0..<2 where !(k == except.block && s == except.slot) {
+                if let r = entries[k].header(s)?.pageRange, !r.isEmpty { used.append(r) }
+            }
+        }
+        return used
+    }
+
     /// Punches the pages of an old version that `keeping` does not cover.
     /// Never punches a page another valid slot of the group names (only a
     /// damaged or crafted file has such overlaps, but a punch would turn
@@ -872,12 +876,7 @@ public final class CompressedFile {
         let r = old.pageRange
         guard !r.isEmpty else { return }
         let g = b / BlockLayout.blocksPerGroup
-        var used: [Range<Int>] = keeping.isEmpty ? [] : [keeping]
-        for k in (g * BlockLayout.blocksPerGroup)..<((g + 1) * BlockLayout.blocksPerGroup) {
-            for s in 0..<2 where !(k == b && s == slot) {
-                if let o = entries[k].header(s)?.pageRange, o.overlaps(r) { used.append(o) }
-            }
-        }
+        let used = pagesInUse(group: g, except: (b, slot)).filter { $0.overlaps(r) } + (keeping.isEmpty ? [] : [keeping])
         let base = layout.regionOffset(group: g)
         let ps = BlockLayout.pageSize
         var page = r.lowerBound
@@ -929,10 +928,13 @@ public final class CompressedFile {
     }
 
     /// Whether some block still has an older copy waiting for a sync.
-    public var hasStaleCopies: Bool { entries.hasStale }
+    public var hasStaleCopies: Bool { changedSinceSync.contains { entries[$0].hasStale } }
 
+    /// After a sync: every block's current version is its durable one, and
+    /// older copies go. Only blocks stored since the last sync can differ.
     private func dropStaleCopies() throws {
-        for b in entries.populated {
+        defer { changedSinceSync.removeAll(keepingCapacity: true) }
+        for b in changedSinceSync {
             var e = entries[b]
             e.durable = e.current
             if e.hasStale, let cur = e.current, let oldHeader = e.header(1 - cur) {
@@ -955,8 +957,8 @@ public final class CompressedFile {
         func isHole(_ b: Int) -> Bool { entries[b].isHole && !(cache[b]?.dirty ?? false) }
         if data {
             // The first block at or after `start` with data: among stored and dirty blocks only.
-            let candidates = (entries.populated(from: start) + cache.keys.filter { $0 >= start }).sorted()
-            guard let b = candidates.first(where: { $0 < entries.count && !isHole($0) }) else { throw FSError(ENXIO) }
+            let candidates = entries.populated(from: start) + cache.keys.filter { $0 >= start }
+            guard let b = candidates.filter({ $0 < entries.count && !isHole($0) }).min() else { throw FSError(ENXIO) }
             return max(offset, UInt64(b) * bs)
         }
         var b = start
