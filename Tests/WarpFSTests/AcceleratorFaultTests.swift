@@ -29,14 +29,10 @@ import Testing
     static func finishes(within seconds: Int, _ body: @escaping @Sendable () -> Void) -> (Bool, () -> Void) {
         final class Done: Sendable { let flag = Atomic<Bool>(false) }
         let done = Done()
-        var t = pthread_t()
-        final class Box: @unchecked Sendable { let f: () -> Void; init(_ f: @escaping () -> Void) { self.f = f } }
-        let box = Unmanaged.passRetained(Box { body(); done.flag.store(true, ordering: .releasing) })
-        pthread_create(&t, nil, { Unmanaged<Box>.fromOpaque($0!).takeRetainedValue().f(); return nil }, box.toOpaque())
+        let t = startThread { body(); done.flag.store(true, ordering: .releasing) }
         let deadline = wd_now_ns() + UInt64(seconds) * 1_000_000_000
         while !done.flag.load(ordering: .acquiring) && wd_now_ns() < deadline { usleep(10_000) }
-        let thread = t
-        return (done.flag.load(ordering: .acquiring), { pthread_join(thread, nil) })
+        return (done.flag.load(ordering: .acquiring), { pthread_join(t, nil) })
     }
 
     @Test func faultCommandsNeedTheOption() throws {

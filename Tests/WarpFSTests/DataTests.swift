@@ -371,19 +371,20 @@ import WarpFSFormat
     }
 }
 
+/// Runs `body(0..<n)` on `n` threads and waits for all of them.
 func threads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    final class Box: @unchecked Sendable { let f: () -> Void; init(_ f: @escaping () -> Void) { self.f = f } }
-    var ts: [pthread_t] = []
-    for i in 0..<n {
-        let box = Unmanaged.passRetained(Box { body(i) })
-        var t = pthread_t()
-        pthread_create(&t, nil, { arg in
-            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().f()
-            return nil
-        }, box.toOpaque())
-        ts.append(t)
-    }
+    let ts = (0..<n).map { i in startThread { body(i) } }
     for t in ts { pthread_join(t, nil) }
+}
+
+/// Starts `body` on a new joinable thread.
+func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+    final class Box: @unchecked Sendable { let f: () -> Void; init(_ f: @escaping () -> Void) { self.f = f } }
+    var t = pthread_t()
+    let rc = pthread_create(&t, nil, { Unmanaged<Box>.fromOpaque($0!).takeRetainedValue().f(); return nil },
+                            Unmanaged.passRetained(Box(body)).toOpaque())
+    precondition(rc == 0, "pthread_create: \(rc)")
+    return t
 }
 
 /// The valid slot headers of a container, read from the backing file.

@@ -576,16 +576,11 @@ struct ReadOutcome: Sendable {
 func runWithDeadline<T: Sendable>(seconds: Double, _ body: @escaping @Sendable () -> T) -> T? {
     let result = Mutex<T?>(nil)
     let box = DeadlineBox()
-    box.run = { let r = body(); result.withLock { $0 = r } }
-    var t = pthread_t()
-    let rc = pthread_create(&t, nil, { arg in
-        let box = Unmanaged<DeadlineBox>.fromOpaque(arg!).takeRetainedValue()
-        box.run()
+    pthread_detach(startThread {
+        let r = body()
+        result.withLock { $0 = r }
         box.done.store(true, ordering: .releasing)
-        return nil
-    }, Unmanaged.passRetained(box).toOpaque())
-    guard rc == 0 else { return nil }
-    pthread_detach(t)
+    })
     let deadline = wd_now_ns() + UInt64(seconds * 1e9)
     while !box.done.load(ordering: .acquiring) {
         if wd_now_ns() > deadline { return nil }
@@ -594,8 +589,7 @@ func runWithDeadline<T: Sendable>(seconds: Double, _ body: @escaping @Sendable (
     return result.withLock { $0 }
 }
 
-private final class DeadlineBox: @unchecked Sendable {
-    var run: () -> Void = {}
+private final class DeadlineBox: Sendable {
     let done = Atomic<Bool>(false)
 }
 
