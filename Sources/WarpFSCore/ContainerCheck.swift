@@ -77,6 +77,10 @@ public final class ContainerCheck {
         let header: SlotHeader
         /// nil: intact; otherwise what is wrong with the payload.
         var damage: String?
+        /// The damage is what a crash leaves (a payload shorter than its
+        /// header says, or failing its checksum): only then may the older
+        /// version replace it, as the file system does on open.
+        var torn = false
         var pages: Range<Int> { header.pageRange }
     }
 
@@ -159,10 +163,6 @@ public final class ContainerCheck {
         let count = layout.blockCount(logicalSize: header.logicalSize)
         result.blocks = count
         let fileSize = Int(st.st_size)
-        let groupBytes = BlockLayout.tablePageSize + layout.regionPages * BlockLayout.pageSize
-        func groupContaining(_ offset: Int) -> Int {
-            offset < layout.tableOffset(group: 1) ? 0 : 1 + (offset - layout.tableOffset(group: 1)) / groupBytes
-        }
         var slots: [Int: [Slot]] = [:]          // by group
         var garbage: [Int: [Int]] = [:]         // block -> slots whose header is neither empty nor valid
         var table = [UInt8](repeating: 0, count: BlockLayout.tableSize)
@@ -172,7 +172,7 @@ public final class ContainerCheck {
             if off >= fileSize { break }
             let d = Int(lseek(fd, off_t(off), Int32(WD_SEEK_DATA)))
             if d < 0 { break }
-            if d >= off + BlockLayout.tableSize { g = max(g + 1, groupContaining(d)); continue }
+            if d >= off + BlockLayout.tableSize { g = max(g + 1, layout.group(containing: d)); continue }
             let got = try table.withUnsafeMutableBytes { try preadFully(fd, $0.baseAddress!, $0.count, off, "read slot headers of \(name)") }
             progress?(got)
             if got < table.count { for i in got..<table.count { table[i] = 0 } }
@@ -230,7 +230,7 @@ public final class ContainerCheck {
                         "block \(b) has two valid versions: generation \(newest.header.generation) (slot \(newest.slot)) and a stale "
                         + "generation \(older.header.generation) (slot \(older.slot)\(older.damage.map { ", whose payload " + $0 } ?? ""))",
                         "kept generation \(newest.header.generation), dropped generation \(older.header.generation)", .staleCopy))
-                } else if older.damage == nil {
+                } else if older.damage == nil && newest.torn {
                     dropped.insert([b, newest.slot])
                     dropMessages.append((group, b, newest.slot,
                         "block \(b): the newest version (generation \(newest.header.generation), slot \(newest.slot)) is torn "
@@ -271,6 +271,11 @@ public final class ContainerCheck {
             }
             if v.count == 1, let damage = v[0].damage {
                 damagedBlocks[b] = "its only version (generation \(v[0].header.generation), slot \(v[0].slot)) \(damage); reading it is an I/O error"
+            } else if v.count == 2, let newest = v.max(by: { $0.header.generation < $1.header.generation }), let damage = newest.damage,
+                      !newest.torn, v.contains(where: { $0.damage == nil }) {
+                // Not what a crash leaves: the file system reads (and fails on) this version, so it stays.
+                damagedBlocks[b] = "its newest version (generation \(newest.header.generation), slot \(newest.slot)) passes its checksum but "
+                    + "\(damage); reading it is an I/O error (the older version is left in place)"
             } else if v.count == 2, let d0 = v[0].damage, let d1 = v[1].damage {
                 damagedBlocks[b] = "both versions are damaged: slot 0 (generation \(v[0].header.generation)) \(d0); "
                     + "slot 1 (generation \(v[1].header.generation)) \(d1)"
@@ -301,7 +306,7 @@ public final class ContainerCheck {
             if h < 0 { h = fileSize }
             var o = d
             while o < h {
-                let gg = groupContaining(o)
+                let gg = layout.group(containing: o)
                 let rs = layout.regionOffset(group: gg), re = rs + layout.regionPages * BlockLayout.pageSize
                 if o < rs { o = rs; continue }      // the group's table page
                 let end: Int = min(h, re)
@@ -349,18 +354,18 @@ public final class ContainerCheck {
             let buf = codec.takeBuffer(h.storedLength)
             let off = layout.payloadOffset(block: list[i].block, slot: list[i].slot, header: h)
             let n: Int
-            do { n = try preadFully(fd, buf.bytes.baseAddress!, h.storedLength, off, "read") } catch {
-                list[i].damage = "cannot be read (\(error))"     // a media error: this block, not the whole file
-                continue
-            }
+            // A read error is not damage a repair may act on: stop, change nothing.
+            n = try preadFully(fd, buf.bytes.baseAddress!, h.storedLength, off, "read \(name) block \(list[i].block)")
             progress?(n)
             guard n == h.storedLength else {
                 list[i].damage = "is truncated (\(n) of \(h.storedLength) bytes; the backing file ends at \(off + n))"
+                list[i].torn = true
                 continue
             }
             let crc = crc32Checksum(UnsafeRawBufferPointer(buf.bytes))
             guard crc == h.payloadChecksum else {
                 list[i].damage = "fails its checksum (stored 0x\(String(h.payloadChecksum, radix: 16)), read 0x\(String(crc, radix: 16)))"
+                list[i].torn = true
                 continue
             }
             switch h.encoding {
@@ -381,13 +386,16 @@ public final class ContainerCheck {
             defer { codec.recycle(stream) }
             var byTag: [Int: Int] = [:]
             var outputs: [BlockBuffer] = []
-            for job in mine {
+            // A failure of the accelerator is no verdict on a block: finish
+            // what is in flight (its buffers must outlive it), then stop.
+            var deviceFailure: FSError?
+            for job in mine where deviceFailure == nil {
                 let out = codec.takeBuffer(layout.blockSize)
                 outputs.append(out)
                 do {
                     byTag[try stream.submit(UnsafeRawBufferPointer(job.payload.bytes), out.bytes)] = job.index
                 } catch {
-                    list[job.index].damage = "could not be sent for decompression (\(error))"
+                    deviceFailure = FSError(EIO, "\(name): block \(list[job.index].block) could not be sent for decompression (\(error)); nothing was changed")
                 }
             }
             while stream.inFlight > 0 {
@@ -397,11 +405,15 @@ public final class ContainerCheck {
                     case .success(let n) where n == layout.blockSize: break
                     case .success(let n): list[i].damage = "decompresses to \(n) bytes, not \(layout.blockSize)"
                     case .failure(.destinationTooSmall): list[i].damage = "decompresses to more than \(layout.blockSize) bytes"
+                    case .failure(let e) where CompressedFile.retryable(e):
+                        deviceFailure = deviceFailure
+                            ?? FSError(EIO, "\(name): block \(list[i].block): the accelerator failed while checking it (\(e)); nothing was changed")
                     case .failure(let e): list[i].damage = "cannot be decompressed (\(e))"
                     }
                 }
             }
             withExtendedLifetime(outputs) {}
+            if let deviceFailure { throw deviceFailure }
         }
         withExtendedLifetime(jobs) {}
     }
