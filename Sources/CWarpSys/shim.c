@@ -215,6 +215,12 @@ int wd_seqpacket_connect(const char *path) {
         if (errno == EINTR) continue;
         int e = errno; close(fd); return -e;
     }
+    /* A daemon that is alive but does not answer must become an error, not
+       a hang: replies (and sends into a full socket) wait at most 30 s,
+       longer than any single request (8 MiB) takes an engine. */
+    struct timeval tv = { .tv_sec = 30, .tv_usec = 0 };
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     return fd;
 }
 

@@ -297,6 +297,7 @@ public final class Queue: @unchecked Sendable {
     func wait(until done: () -> Bool, deadline: UInt64, timeoutMilliseconds: Int, mode: NotificationMode,
               deliver: (inout PendingRequest) -> Void) throws {
         var spins = 0
+        var sleptIdle = false
         while true {
             let irq = statusWords.loadAcquire(RingLayout.irqCounter / 4)
             reap(deliver)
@@ -320,9 +321,11 @@ public final class Queue: @unchecked Sendable {
                 wd_cpu_relax()
                 continue
             }
-            // About to sleep: a device that can no longer answer (a daemon
-            // gone) must turn into an error, not a wait until the deadline.
-            if let lost = backend.lostError {
+            // About to sleep again after a sleep no interrupt ended: a device
+            // that can no longer answer (a daemon gone) must turn into an
+            // error, not a wait until the deadline. (Checked only then: for a
+            // daemon the check is a system call, not worth one per request.)
+            if sleptIdle, let lost = backend.lostError {
                 failPending(.lost, lostError: lost, deliver: deliver)
                 throw lock.withLock { _ in failureError! }
             }
@@ -330,6 +333,7 @@ public final class Queue: @unchecked Sendable {
             _ = wd_fetch_add_u32(s.pointer(RingLayout.irqWaiters / 4), 1)
             _ = wd_futex_wait(s.pointer(RingLayout.irqCounter / 4), irq, Int64(min(deadline - now, 50_000_000)))
             _ = wd_fetch_add_u32(s.pointer(RingLayout.irqWaiters / 4), UInt32.max)
+            sleptIdle = statusWords.loadAcquire(RingLayout.irqCounter / 4) == irq
         }
     }
 

@@ -76,23 +76,27 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
         case .success(let r): return r
         case .failure(let e):
             throw WarpDriveError.daemonUnavailable(
-                socket: socket, reason: e.errno == 0 ? "the daemon closed the connection" : "receive failed: errno \(e.errno)")
+                socket: socket, reason: e.errno == 0 ? "the daemon closed the connection"
+                    : e.errno == EAGAIN ? "no answer within 30 s" : "receive failed: errno \(e.errno)")
         }
     }
 
     /// One request and its reply (serialised; doorbells are not).
     func request(_ op: DaemonMessage.Op, queue: Int = 0, _ v: [UInt64] = []) throws -> (DaemonMessage, [Int32]) {
         if let e = lostError { throw e }
+        let reply: (DaemonMessage, [Int32])
         do {
-            let (r, fds) = try control.withLock { _ in
+            reply = try control.withLock { _ in
                 try RemoteDevice.exchange(fd, socketPath, DaemonMessage(op: op.rawValue, queue: UInt32(queue), v))
             }
-            if let e = r.error(socket: socketPath) { fds.forEach { close($0) }; throw e }
-            return (r, fds)
-        } catch let e as WarpDriveError {
-            if case .daemonUnavailable = e { lost.store(true, ordering: .releasing) }
-            throw e
+        } catch {
+            // Only the transport failing means the daemon is gone; a refused
+            // request (below) leaves the connection and its other queues alone.
+            lost.store(true, ordering: .releasing)
+            throw error
         }
+        if let e = reply.0.error(socket: socketPath) { reply.1.forEach { close($0) }; throw e }
+        return reply
     }
 
     /// Sends a doorbell word (no reply). A failed send marks the daemon lost.
@@ -156,7 +160,6 @@ final class RemoteDeviceQueue: DeviceQueue, @unchecked Sendable {
     let layout: RingLayout
     let notificationFD: Int32
     private let localState = Mutex(QueueState.initialized)
-    private let files = Mutex<[SharedMemoryFile]>([])
 
     init(device: RemoteDevice, number: Int, pasid: UInt32, layout: RingLayout, eventFD: Int32) {
         self.device = device; self.number = number; self.pasid = pasid; self.layout = layout; notificationFD = eventFD
@@ -179,9 +182,8 @@ final class RemoteDeviceQueue: DeviceQueue, @unchecked Sendable {
             fds.forEach { close($0) }
             throw WarpDriveError.daemonUnavailable(socket: device.socketPath, reason: "map reply without its memfd")
         }
-        let f = try SharedMemoryFile(adopting: fds[0], size: Int(r[0]))
-        files.withLock { $0.append(f) }
-        return f
+        // The caller maps it; the mapping outlives the descriptor, which closes with the file.
+        return try SharedMemoryFile(adopting: fds[0], size: Int(r[0]))
     }
 
     func setContext(_ direction: Direction) throws {
