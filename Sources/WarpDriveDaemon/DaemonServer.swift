@@ -26,7 +26,6 @@ public final class DaemonServer: @unchecked Sendable {
     private struct State {
         var stopping = false
         var clients: [Int32: pthread_t] = [:]
-        var stopped = false
         /// What the status report shows of each connection, by its fd.
         var records: [Int32: ClientRecord] = [:]
     }
@@ -72,8 +71,7 @@ public final class DaemonServer: @unchecked Sendable {
             var c = r.released
             for n in r.queues {
                 guard let q = byNumber[n]?.counters else { continue }
-                c.requests += q.requests; c.bytesIn += q.bytesIn; c.bytesOut += q.bytesOut
-                c.errors += q.errors; c.busyRejections += q.busyRejections
+                c += q
             }
             return ClientStatus(pid: r.pid, uid: r.uid, pasid: r.queues.isEmpty ? nil : r.pasid, queues: r.queues.count, counters: c)
         }
@@ -133,7 +131,6 @@ public final class DaemonServer: @unchecked Sendable {
         device.shutdown()
         unlink(socketPath)
         close(listenFD)
-        state.withLock { $0.stopped = true }
     }
 
     // MARK: One client
@@ -212,8 +209,6 @@ public final class DaemonServer: @unchecked Sendable {
                     s.records[fd]?.pasid = q.pasid
                 }
                 return (DaemonMessage(op: ok, queue: UInt32(q.number), [UInt64(q.pasid), UInt64(q.layout.depth)]), [q.notificationFD])
-            case .doorbell:
-                return (DaemonMessage(op: ok), [])
             default:
                 break
             }
@@ -240,11 +235,7 @@ public final class DaemonServer: @unchecked Sendable {
                 let c = q.counters
                 state.withLock { s in
                     s.records[fd]?.queues.remove(q.number)
-                    s.records[fd]?.released.requests += c.requests
-                    s.records[fd]?.released.bytesIn += c.bytesIn
-                    s.records[fd]?.released.bytesOut += c.bytesOut
-                    s.records[fd]?.released.errors += c.errors
-                    s.records[fd]?.released.busyRejections += c.busyRejections
+                    s.records[fd]?.released += c
                 }
             case .counters:
                 let c = q.counters

@@ -85,6 +85,12 @@ public struct WorkCounters: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         "requests=\(requests) in=\(bytesIn) out=\(bytesOut) errors=\(errors) busy=\(busyRejections)"
     }
+
+    /// Adds `b`'s counts to `a`'s (a client's queues summed, for instance).
+    public static func += (a: inout WorkCounters, b: WorkCounters) {
+        a.requests += b.requests; a.bytesIn += b.bytesIn; a.bytesOut += b.bytesOut
+        a.errors += b.errors; a.busyRejections += b.busyRejections
+    }
 }
 
 final class AtomicCounters: Sendable {

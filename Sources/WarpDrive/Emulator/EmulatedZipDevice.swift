@@ -158,7 +158,7 @@ public final class EmulatedZipDevice: @unchecked Sendable {
             q.dead = true
             active.removeAll { $0 === q }
         }
-        while lock.withLock({ _ in q.inProgress }) > 0 { usleep(50) }
+        waitIdle([q])
         lock.withLock { _ in
             if queues[q.number] === q { queues[q.number] = nil }
         }
@@ -202,7 +202,7 @@ public final class EmulatedZipDevice: @unchecked Sendable {
         let slot: Int
     }
 
-    /// Claims the next SQE, round robin over started queues (one per queue per turn).
+    /// Claims the next SQE: clients in turn, then each client's queues in turn.
     func claim() -> (job: Job?, more: Bool) {
         if faults.stopAnswering { return (nil, false) }
         return lock.withLock { _ in
@@ -215,10 +215,12 @@ public final class EmulatedZipDevice: @unchecked Sendable {
             // robin over its queues.
             var pick = -1
             var bestTurn = UInt32.max
+            var withWork = 0
             for k in 0..<n {
                 let i = (roundRobin + k) % n
                 let q = active[i]
                 guard q.pendingWork > 0 else { continue }
+                withWork += 1
                 let turn = (q.binding.pasid &- lastServedPASID &- 1) & PASIDAllocator.maxPASID
                 if turn < bestTurn { bestTurn = turn; pick = i }
             }
@@ -229,8 +231,8 @@ public final class EmulatedZipDevice: @unchecked Sendable {
             q.inProgress += 1
             roundRobin = (pick + 1) % n
             lastServedPASID = q.binding.pasid
-            let more = active.contains { $0.pendingWork > 0 }
-            return (Job(queue: q, slot: slot), more)
+            // More work for another engine: another queue has some, or this one still does.
+            return (Job(queue: q, slot: slot), withWork > 1 || q.pendingWork > 0)
         }
     }
 
@@ -283,6 +285,12 @@ public final class EmulatedZipDevice: @unchecked Sendable {
     /// Whether the device is isolated (fenced after too many errors).
     public var isIsolated: Bool { lock.withLock { _ in isolatedFlag } }
 
+    /// Waits until no engine works on a request of `qs` (they are no longer
+    /// active, so none claims another).
+    private func waitIdle(_ qs: [HardwareQueue]) {
+        while lock.withLock({ _ in qs.contains { $0.inProgress > 0 } }) { usleep(50) }
+    }
+
     private func fence(isolate: Bool) {
         let victims: [HardwareQueue] = lock.withLock { _ in
             let v = active
@@ -296,7 +304,7 @@ public final class EmulatedZipDevice: @unchecked Sendable {
         // it: engines finish the requests they had claimed (their output goes
         // nowhere) before clients see the stop words, so a client that reuses
         // a failed request's buffers never races a late engine write.
-        while lock.withLock({ _ in victims.contains { $0.inProgress > 0 } }) { usleep(50) }
+        waitIdle(victims)
         lock.withLock { _ in for q in victims { q.setStopWords() } }
         for q in victims { q.raiseInterrupt() }
     }

@@ -7,7 +7,7 @@ import CWarpSys
 /// reply, a fixed 56-byte header (`op`, `queue`, six 64-bit values) and an
 /// optional UTF-8 text after it; file descriptors travel as SCM_RIGHTS.
 /// Every request but `doorbell` gets exactly one reply, in order.
-public struct DaemonMessage: Sendable, Equatable {
+public struct DaemonMessage: Sendable {
     /// Requests (client to daemon).
     public enum Op: UInt32, Sendable {
         /// Device name (text), instances, depth. No fds.
@@ -59,10 +59,6 @@ public struct DaemonMessage: Sendable, Equatable {
     public subscript(i: Int) -> UInt64 {
         get { withUnsafeBytes(of: values) { $0.load(fromByteOffset: i * 8, as: UInt64.self) } }
         set { withUnsafeMutableBytes(of: &values) { $0.storeBytes(of: newValue, toByteOffset: i * 8, as: UInt64.self) } }
-    }
-
-    public static func == (a: DaemonMessage, b: DaemonMessage) -> Bool {
-        a.op == b.op && a.queue == b.queue && a.text == b.text && (0..<6).allSatisfy { a[$0] == b[$0] }
     }
 
     /// An error reply for `e`.

@@ -240,7 +240,4 @@ public final class ReconnectingDevice: AcceleratorDevice, @unchecked Sendable {
     }
 
     public func openDeviceQueue() throws -> any DeviceQueue { try connection().openDeviceQueue() }
-
-    /// Daemon-wide figures from the live connection.
-    public func info() throws -> DaemonInfo { try connection().info() }
 }
