@@ -169,7 +169,9 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
                 #expect(try d.decompress(viaDaemon, capacity: data.count) == data)
                 #expect(Zlib.decompress(viaDaemon, a, capacity: data.count) == data)
                 // The queue's PASID names this process in the daemon, not the daemon itself.
-                #expect(c.currentQueues[0].pasid != 0)
+                let q = c.currentQueues[0]
+                let row = try remote.report().queues.first { $0.number == q.number }
+                #expect(row?.pid == getpid() && row?.pasid == q.pasid && row?.pid != daemon.process.pid, "\(String(describing: row))")
                 #expect(c.currentQueues[0].counters.requests == 1)
                 c.close(); d.close()
             }
@@ -259,27 +261,30 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
             _ = try noisy.map(.mmio); _ = try noisy.map(.dus)
             try noisy.setContext(.compress); try noisy.start()
             defer { noisy.put() }
-            final class Flag: Sendable { let stop = Atomic<Bool>(false); let rings = Atomic<Int>(0) }
+            final class Flag: Sendable { let stop = Atomic<Bool>(false); let rings = Atomic<Int>(0); let status = Atomic<Int32>(-1) }
             let flag = Flag()
             let hello = builtProductsDirectory + "/warpdrive-hello"
             let client = try Spawned(hello, ["--device", daemon.socket, "--repeat", "10", file], output: daemon.directory + "/hello.log")
-            var t = pthread_t()
-            final class Box: @unchecked Sendable { let f: () -> Void; init(_ f: @escaping () -> Void) { self.f = f } }
-            let box = Unmanaged.passRetained(Box {
-                var x: UInt64 = 0x9E37_79B9_7F4A_7C15
-                while !flag.stop.load(ordering: .relaxed) {
-                    x ^= x << 13; x ^= x >> 7; x ^= x << 17
-                    noisy.doorbell(x)
-                    flag.rings.add(1, ordering: .relaxed)
+            runThreads(2) { i in
+                if i == 0 {
+                    flag.status.store(client.wait(seconds: 120) ?? -1, ordering: .relaxed)
+                    flag.stop.store(true, ordering: .relaxed)
+                } else {
+                    var x: UInt64 = 0x9E37_79B9_7F4A_7C15
+                    while !flag.stop.load(ordering: .relaxed) {
+                        x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                        noisy.doorbell(x)
+                        flag.rings.add(1, ordering: .relaxed)
+                    }
                 }
-            })
-            pthread_create(&t, nil, { Unmanaged<Box>.fromOpaque($0!).takeRetainedValue().f(); return nil }, box.toOpaque())
-            let status = client.wait(seconds: 120)
-            flag.stop.store(true, ordering: .relaxed)
-            pthread_join(t, nil)
+            }
+            let status = flag.status.load(ordering: .relaxed)
             #expect(status == 0, "well-behaved client: \(client.output)")
             #expect(client.output.contains("restores the input: OK"), "\(client.output)")
             #expect(flag.rings.load(ordering: .relaxed) > 1000, "only \(flag.rings.load(ordering: .relaxed)) doorbells were rung")
+            // The garbage doorbells were counted as errors of that queue and dropped.
+            let noisyRow = try remote.report().queues.first { $0.number == noisy.number }
+            #expect((noisyRow?.counters.errors ?? 0) > 0, "\(String(describing: noisyRow))")
             // Still serving.
             let c = try remoteSession(remote, .zlib, .compress, level: 1)
             defer { c.close() }
