@@ -64,7 +64,10 @@ struct Warpdrived: ParsableCommand {
         do {
             server = try DaemonServer(socketPath: socket, configuration: c)
         } catch {
-            throw ValidationError("warpdrived: \(error)")
+            // A runtime failure (socket in use, no permission), not a usage error.
+            var line = "warpdrived: \(error)\n"
+            line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+            throw ExitCode(1)
         }
         final class Box: @unchecked Sendable { let s: DaemonServer; init(_ s: DaemonServer) { self.s = s } }
         var acceptor = pthread_t()

@@ -100,7 +100,7 @@ struct Rng {
     }
 }
 
-func runCommand(_ args: [String], stdin: String? = nil) -> (status: Int32, output: String) {
+func runCommand(_ args: [String]) -> (status: Int32, output: String) {
     var fds: [Int32] = [0, 0]
     pipe(&fds)
     var actions = posix_spawn_file_actions_t()
