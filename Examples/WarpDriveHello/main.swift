@@ -58,7 +58,6 @@ if data.count > ZipSQE.maxRequestBytes {
 do {
     // The device: warpdrived's over its socket, or the emulated device discovered in-process.
     let device: any AcceleratorDevice
-    var local: EmulatedZipDevice?
     if let socketPath {
         let remote = try RemoteDevice(socket: socketPath)
         print("device \(remote.name) served by warpdrived (pid \(remote.daemonPID)) at \(socketPath)")
@@ -70,7 +69,6 @@ do {
         print("device \(a.name): api \(a.api), SVA \(a.supportsSVA), algorithms \(a.algorithms.joined(separator: ",")), "
             + "free queues \(a.availableInstances ?? 0)")
         device = emulated
-        local = emulated
     }
     let session = try CompressionSession(device: device,
                                          configuration: SessionConfiguration(algorithm: .zlib, direction: .compress, level: 6))
@@ -94,7 +92,7 @@ do {
     print("zlib's uncompress restores the input: OK; byte-identical to zlib's compress2: \(identical ? "yes" : "no")")
     print("queue counters: \(session.currentQueues[0].counters)")
     session.close()
-    local?.shutdown()
+    device.shutdown()
 } catch {
     eprint("warpdrive-hello: \(error)")
     exit(1)

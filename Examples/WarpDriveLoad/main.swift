@@ -48,15 +48,12 @@ let blocks = got / block
 
 do {
     let device: any AcceleratorDevice
-    var local: EmulatedZipDevice?
     if let socketPath {
         device = try RemoteDevice(socket: socketPath)
     } else {
-        let e = EmulatedZipDevice(configuration: EmulatedDeviceConfiguration(engines: 2))
-        device = e
-        local = e
+        device = EmulatedZipDevice(configuration: EmulatedDeviceConfiguration(engines: 2))
     }
-    defer { local?.shutdown() }
+    defer { device.shutdown() }
     final class Done: Sendable { let count = Atomic<Int>(0); let failed = Atomic<Int>(0) }
     let done = Done()
     let session = try CompressionSession(device: device,

@@ -156,7 +156,7 @@ struct Compress: ParsableCommand {
     func run() throws {
         var c = Converter(toCompressed: true, options: try options.mountOptions())
         // Engines stop while the device is still held (see EmulatedZipDevice.shutdown).
-        defer { (c.codec.device as? EmulatedZipDevice)?.shutdown() }
+        defer { c.codec.device.shutdown() }
         for p in options.paths { c.walk(p) }
         print("compressed \(c.converted) file(s), \(c.skipped) already compressed, \(c.failed) failed")
         if c.failed > 0 { throw ExitCode(1) }
@@ -169,7 +169,7 @@ struct Decompress: ParsableCommand {
 
     func run() throws {
         var c = Converter(toCompressed: false, options: try options.mountOptions())
-        defer { (c.codec.device as? EmulatedZipDevice)?.shutdown() }
+        defer { c.codec.device.shutdown() }
         for p in options.paths { c.walk(p) }
         print("decompressed \(c.converted) file(s), \(c.skipped) already plain, \(c.failed) failed")
         if c.failed > 0 { throw ExitCode(1) }

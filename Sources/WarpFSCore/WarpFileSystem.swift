@@ -650,6 +650,6 @@ public final class WarpFileSystem: @unchecked Sendable {
     /// Stops the accelerator.
     public func shutdown() {
         flushAll()
-        localDevice?.shutdown()
+        device.shutdown()
     }
 }

@@ -11,6 +11,14 @@ public protocol AcceleratorDevice: AnyObject, Sendable {
     /// Opens a queue pair in INIT bound to the calling process's address
     /// space (uacce `open()`): `busy` when no instance is left.
     func openDeviceQueue() throws -> any DeviceQueue
+    /// Stops what the device runs in this process (an in-process device's
+    /// engines). Owners call it while they still hold the device; for a
+    /// device served by another process it does nothing.
+    func shutdown()
+}
+
+extension AcceleratorDevice {
+    public func shutdown() {}
 }
 
 /// The device side of one queue pair as its client reaches it: the uacce
