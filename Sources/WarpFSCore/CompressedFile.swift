@@ -274,12 +274,57 @@ public final class CompressedFile {
             group += 1
         }
         nextGeneration = maxGen + 1
+        // A backing file open read-only (a read-only backing file system) is
+        // read as it is: nothing is placed in it, so nothing needs clearing.
+        guard fcntl(fd, F_GETFL) & O_ACCMODE != O_RDONLY else { changedSinceSync.removeAll(); return }
+        let pastEnd = try dropSlotsPastEnd(count: count)
         // What is on disk now is what the next writes must not overwrite:
         // make it durable, then drop older copies.
-        if !changedSinceSync.isEmpty {
+        if !changedSinceSync.isEmpty || pastEnd {
             _ = fdatasync(fd)
             try dropStaleCopies()
         }
+    }
+
+    /// Clears slots of blocks at or past the logical end: what a crash leaves
+    /// when blocks were stored and the size covering them was not. They were
+    /// never part of the file. Left on disk, placement (which sees only the
+    /// index) would reuse their pages, and the file growing over them later
+    /// would bring them back, damaged. True when something was cleared (the
+    /// caller makes it durable before anything is placed).
+    private func dropSlotsPastEnd(count: Int) throws -> Bool {
+        let g = count / BlockLayout.blocksPerGroup
+        var cleared = false
+        // Groups wholly past the end: cut off.
+        let beyond = layout.tableOffset(group: g + 1)
+        var st = stat()
+        if fstat(fd, &st) == 0, Int(st.st_size) > beyond, lseek(fd, off_t(beyond), Int32(WD_SEEK_DATA)) >= 0 {
+            _ = try sys("truncate \(name) past its end") { ftruncate(fd, off_t(beyond)) }
+            cleared = true
+        }
+        // The group holding the end: the slots of its blocks past it.
+        var table = [UInt8](repeating: 0, count: BlockLayout.tableSize)
+        let n = try table.withUnsafeMutableBytes { b in
+            try preadFully(fd, b.baseAddress!, b.count, layout.tableOffset(group: g), "read slot headers of \(name)")
+        }
+        let inUse = pagesInUse(group: g, except: (-1, -1))
+        let base = layout.regionOffset(group: g)
+        for k in 0..<BlockLayout.blocksPerGroup where g * BlockLayout.blocksPerGroup + k >= count {
+            for s in 0..<2 {
+                let at = (k * 2 + s) * BlockLayout.slotHeaderSize
+                guard at + BlockLayout.slotHeaderSize <= n else { continue }
+                let b = g * BlockLayout.blocksPerGroup + k
+                guard let h = table.withUnsafeBytes({ SlotHeader.decode(UnsafeRawBufferPointer(rebasing: $0[at..<(at + BlockLayout.slotHeaderSize)]),
+                                                                        block: b, blockSize: layout.blockSize) }) else { continue }
+                try writeSlotHeader(nil, block: b, slot: s)
+                for run in subtracting(h.pageRange, inUse) {
+                    punch(base + run.lowerBound * BlockLayout.pageSize, run.count * BlockLayout.pageSize)
+                }
+                cleared = true
+            }
+        }
+        if cleared { Log.info("\(name): cleared block versions past the end of the file (left by a crash)") }
+        return cleared
     }
 
     /// Whether the payload of a slot reads back with its checksum.
@@ -878,15 +923,21 @@ public final class CompressedFile {
         let g = b / BlockLayout.blocksPerGroup
         let used = pagesInUse(group: g, except: (b, slot)).filter { $0.overlaps(r) } + (keeping.isEmpty ? [] : [keeping])
         let base = layout.regionOffset(group: g)
-        let ps = BlockLayout.pageSize
+        for run in subtracting(r, used) { punch(base + run.lowerBound * BlockLayout.pageSize, run.count * BlockLayout.pageSize) }
+    }
+
+    /// The runs of `r` that none of `used` covers.
+    private func subtracting(_ r: Range<Int>, _ used: [Range<Int>]) -> [Range<Int>] {
+        var out: [Range<Int>] = []
         var page = r.lowerBound
         while page < r.upperBound {
             if used.contains(where: { $0.contains(page) }) { page += 1; continue }
             var end = page + 1
             while end < r.upperBound && !used.contains(where: { $0.contains(end) }) { end += 1 }
-            punch(base + page * ps, (end - page) * ps)
+            out.append(page..<end)
             page = end
         }
+        return out
     }
 
     private func writeSlotHeader(_ h: SlotHeader?, block b: Int, slot: Int) throws {

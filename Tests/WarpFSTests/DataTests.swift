@@ -336,6 +336,49 @@ import WarpFSFormat
         }
     }
 
+    /// A crash after blocks were stored but before the size covering them
+    /// was: their slots lie past the end. They are cleared when the file is
+    /// opened, so growing the file later shows zeros or new data there,
+    /// never the old version (or its pages reused by another block).
+    @Test func versionsPastTheEndAreNotBroughtBackByGrowing() throws {
+        try withMount(options: "block_size=16k") { m in
+            let bs = 16 << 10
+            var r = Rng(14)
+            let data = r.text(6 * bs)
+            try FileIO.write(m.path("g"), data)
+            m.unmount()
+            // Block 9 of a six-block file, as a crash leaves it, and a table
+            // with a version in group 1, wholly past the end.
+            let layout = BlockLayout(blockSize: bs)
+            let stray = r.bytes(bs)
+            let fd = open(m.backingPath("g"), O_RDWR)
+            for (block, page) in [(9, 200), (20, 10)] {
+                let h = SlotHeader(encoding: .raw, block: UInt64(block), generation: 1000, storedLength: stray.count,
+                                   payloadChecksum: stray.withUnsafeBytes { crc32Checksum($0) }, page: page)
+                try FileIO.pwrite(fd, stray, layout.payloadOffset(block: block, slot: 0, header: h))
+                var raw = [UInt8](repeating: 0, count: 32)
+                raw.withUnsafeMutableBytes { h.encode(into: $0) }
+                try FileIO.pwrite(fd, raw, layout.slotHeaderOffset(block: block, slot: 0))
+            }
+            close(fd)
+            try m.start()
+            // Grow the file over block 9 and past block 20 without writing those blocks.
+            var want = data
+            let w = open(m.path("g"), O_RDWR)
+            for b in [6, 7, 8, 10, 11, 12, 21] {
+                let piece = r.text(bs)
+                try FileIO.pwrite(w, piece, b * bs)
+                if want.count < (b + 1) * bs { want += [UInt8](repeating: 0, count: (b + 1) * bs - want.count) }
+                want.replaceSubrange((b * bs)..<((b + 1) * bs), with: piece)
+            }
+            #expect(fsync(w) == 0)
+            close(w)
+            try m.remount()
+            #expect(try FileIO.read(m.path("g")) == want)
+            #expect(m.log.contains("g: cleared block versions past the end"), "log: \(m.log)")
+        }
+    }
+
     @Test func existingPlainFilesAndConversion() throws {
         let root = makeTempDir()
         defer { removeTree(root) }
