@@ -88,13 +88,18 @@ let package = Package(
             dependencies: ["WarpDrive", "CWarpSys"],
             path: "Examples/WarpDriveLoad"
         ),
+        // What both test targets use: processes, real unprivileged users.
+        .target(
+            name: "TestSupport",
+            path: "Tests/TestSupport"
+        ),
         .testTarget(
             name: "WarpDriveTests",
-            dependencies: ["WarpDrive", "CWarpSys"]
+            dependencies: ["WarpDrive", "CWarpSys", "TestSupport"]
         ),
         .testTarget(
             name: "WarpFSTests",
-            dependencies: ["WarpFSCore", "WarpFSFormat", "WarpDrive", "CWarpSys", "WarpFSCommand"]
+            dependencies: ["WarpFSCore", "WarpFSFormat", "WarpDrive", "CWarpSys", "WarpFSCommand", "TestSupport"]
         ),
     ]
 )
