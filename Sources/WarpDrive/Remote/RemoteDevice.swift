@@ -58,6 +58,9 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
             fds.forEach { close($0) }
             if let e = r.error(socket: socket) { throw e }
             name = r.text
+            guard RemoteDevice.validDepth(r[1]) else {
+                throw WarpDriveError.daemonUnavailable(socket: socket, reason: "hello reply with ring depth \(r[1])")
+            }
             queueDepth = Int(r[1])
         } catch {
             close(fd)
@@ -66,6 +69,9 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
     }
 
     deinit { close(fd) }
+
+    /// A ring depth a daemon may answer: a power of two in 2...32768.
+    static func validDepth(_ d: UInt64) -> Bool { d >= 2 && d <= 32768 && d & (d - 1) == 0 }
 
     private static func exchange(_ fd: Int32, _ socket: String, _ m: DaemonMessage, fds: [Int32] = []) throws -> (DaemonMessage, [Int32]) {
         let s = m.send(fd, fds: fds)
@@ -118,7 +124,7 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
     /// Opens a queue on the daemon's device, bound to this process.
     public func openDeviceQueue() throws -> any DeviceQueue {
         let (r, fds) = try request(.open)
-        guard fds.count == 1 else {
+        guard fds.count == 1, RemoteDevice.validDepth(r[1]) else {
             fds.forEach { close($0) }
             throw WarpDriveError.daemonUnavailable(socket: socketPath, reason: "open reply without its eventfd")
         }
@@ -137,12 +143,12 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
         repeat {
             let r = try request(.report, [UInt64(next)]).0
             let page = r.text.split(separator: "\n").map(String.init)
-            guard Int(r[1]) > next || r[0] == 0 else {
+            guard Int(clamping: r[1]) > next || r[0] == 0 else {
                 throw WarpDriveError.daemonUnavailable(socket: socketPath, reason: "report page \(next) made no progress")
             }
             lines += page
-            next = Int(r[1])
-            if next >= Int(r[0]) { break }
+            next = Int(clamping: r[1])
+            if next >= Int(clamping: r[0]) { break }
         } while true
         guard let report = DaemonReport(lines: lines) else {
             throw WarpDriveError.daemonUnavailable(socket: socketPath, reason: "report without a device line")
@@ -178,7 +184,7 @@ final class RemoteDeviceQueue: DeviceQueue, @unchecked Sendable {
 
     func map(_ region: QueueRegion) throws -> SharedMemoryFile {
         let (r, fds) = try device.request(.map, queue: number, [UInt64(region.rawValue)])
-        guard fds.count == 1 else {
+        guard fds.count == 1, r[0] <= UInt64(Int.max) else {
             fds.forEach { close($0) }
             throw WarpDriveError.daemonUnavailable(socket: device.socketPath, reason: "map reply without its memfd")
         }
