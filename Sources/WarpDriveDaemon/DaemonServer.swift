@@ -203,6 +203,12 @@ public final class DaemonServer: @unchecked Sendable {
         var nonblocking = fcntl(fd, F_GETFL)
         if nonblocking >= 0 { nonblocking |= O_NONBLOCK; _ = fcntl(fd, F_SETFL, nonblocking) }
         _ = reply.send(fd)
+        // Read what the client already sent: closing a socket with unread
+        // messages makes the client's next receive fail with ECONNRESET
+        // before it sees the reply.
+        var buf = [UInt8](repeating: 0, count: 64)
+        var truncated: Int32 = 0
+        for _ in 0..<16 where wd_recv_message_nofds(fd, &buf, buf.count, &truncated) > 0 {}
         close(fd)
     }
 

@@ -75,11 +75,21 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
 
     private static func exchange(_ fd: Int32, _ socket: String, _ m: DaemonMessage, fds: [Int32] = []) throws -> (DaemonMessage, [Int32]) {
         let s = m.send(fd, fds: fds)
+        if s == -Int(EPIPE) || s == -Int(ECONNRESET) {
+            // The daemon closed the connection; it may have said why first
+            // (a refused connection: too many clients).
+            if case .success(let r) = DaemonMessage.receive(fd), r.0.op != DaemonMessage.Status.ok.rawValue { return r }
+        }
         if s < 0 {
             throw WarpDriveError.daemonUnavailable(socket: socket, reason: "send failed: \(String(cString: strerror(Int32(-s)))) (daemon gone?)")
         }
         switch DaemonMessage.receive(fd) {
         case .success(let r): return r
+        case .failure(let e) where e.errno == ECONNRESET:
+            // Closed with our request unread, perhaps after a last reply (a
+            // refused connection): the error is reported first, then the reply.
+            if case .success(let r) = DaemonMessage.receive(fd), r.0.op != DaemonMessage.Status.ok.rawValue { return r }
+            throw WarpDriveError.daemonUnavailable(socket: socket, reason: "the daemon reset the connection")
         case .failure(let e):
             throw WarpDriveError.daemonUnavailable(
                 socket: socket, reason: e.errno == 0 ? "the daemon closed the connection"
