@@ -7,15 +7,16 @@
 //   warpdrive-probe fork-exec SOCKET ADDRFILE PROGRAM [ARGS...]
 //       opens a queue, forks; this process execs PROGRAM (a set-user-ID
 //       program in the test) while the child, holding the connection, waits
-//       for "ADDRESS LENGTH" in ADDRFILE and asks the daemon to compress
-//       those bytes of its (former) address space.
+//       for "SOURCE LENGTH DESTINATION CAPACITY" in ADDRFILE and asks the
+//       daemon to compress the source bytes into the destination, both
+//       addresses of the process its queue is bound to (its parent).
 //   warpdrive-probe exit-early SOCKET ADDRFILE
 //       the same, but this process exits instead (its pid can be reused).
 //   warpdrive-probe queues SOCKET N
 //       opens N queues on one connection; prints how many it got.
 //
-// Results are lines on stdout: "RESULT ok produced=N data=HEX" when the
-// daemon returned data, "RESULT fault ..." when the request failed.
+// Results are lines on stdout: "RESULT ok produced=N" when the daemon
+// served the request, "RESULT fault ..." when it failed.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -50,10 +51,6 @@ func session(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direction) 
     return try CompressionSession(device: device, configuration: c)
 }
 
-func hex(_ b: ArraySlice<UInt8>) -> String {
-    b.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
-}
-
 /// Opens a compressing and a decompressing session, checks them on a small
 /// buffer, forks; the parent runs `parent` (exec or exit), the child reads
 /// the target address from `addrFile` and submits it.
@@ -68,27 +65,27 @@ func forkAndProbe(socket: String, addrFile: String, parent: () -> Never) -> Neve
         let child = fork()
         if child < 0 { fail("fork: \(errno)") }
         if child > 0 { parent() }
-        // Child: wait for the address the harness found in the parent.
-        var address: UInt64 = 0, length = 0
+        // Child: wait for the addresses the harness found in the process
+        // now bound to the queue (the exec'd parent, or whoever took its pid).
+        var fields: [UInt64] = []
         for _ in 0..<3000 {
             if let text = readFile(addrFile).map({ String(decoding: $0, as: UTF8.self) }) {
-                let f = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
-                if f.count >= 2, let a = UInt64(f[0]), let n = Int(f[1]) { address = a; length = n; break }
+                fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { UInt64($0) }
+                if fields.count >= 4 { break }
             }
             usleep(10_000)
         }
-        guard length > 0 else { fail("no address in \(addrFile)") }
-        var out = [UInt8](repeating: 0, count: length + 1024)
-        let produced: Int
+        guard fields.count >= 4, fields[1] > 0, fields[1] < 1 << 20, fields[3] < 1 << 20 else { fail("no addresses in \(addrFile)") }
+        // Source and destination both in that address space: a request the
+        // daemon serves reads its memory and writes the result into it.
+        let src = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: UInt(fields[0])), count: Int(fields[1]))
+        let dst = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: UInt(fields[2])), count: Int(fields[3]))
         do {
-            let src = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: UInt(address)), count: length)
-            produced = try out.withUnsafeMutableBytes { try c.process(src, into: $0) }
+            let produced = try c.process(src, into: dst)
+            say("RESULT ok produced=\(produced)")
         } catch {
             say("RESULT fault \(error)")
-            exit(0)
         }
-        let plain = (try? d.decompress(Array(out[0..<produced]), capacity: length)) ?? []
-        say("RESULT ok produced=\(produced) data=\(hex(plain.prefix(64)))")
         exit(0)
     } catch {
         fail("\(error)")

@@ -44,13 +44,14 @@ let nextPidSettable: Bool = access("/proc/sys/kernel/ns_last_pid", W_OK) == 0
         return true
     }
 
-    /// The readable mappings of `pid` backed by `path`: (start, end).
-    func mappings(_ pid: pid_t, of path: String) -> [(UInt64, UInt64)] {
+    /// The mappings of `pid` backed by `path` (or named so, e.g. `[stack]`)
+    /// whose permissions start with `perms`: (start, end).
+    func mappings(_ pid: pid_t, of path: String, perms: String = "r") -> [(UInt64, UInt64)] {
         guard let text = readFile("/proc/\(pid)/maps") else { return [] }
         return text.split(separator: "\n").compactMap { line in
             let f = line.split(separator: " ", omittingEmptySubsequences: true)
             let r = f.first?.split(separator: "-") ?? []
-            guard f.count >= 6, f[1].hasPrefix("r"), String(f[5]) == path, r.count == 2,
+            guard f.count >= 6, f[1].hasPrefix(perms), String(f[5]) == path, r.count == 2,
                   let lo = UInt64(r[0], radix: 16), let hi = UInt64(r[1], radix: 16) else { return nil }
             return (lo, hi)
         }
@@ -93,6 +94,16 @@ let nextPidSettable: Bool = access("/proc/sys/kernel/ns_last_pid", W_OK) == 0
         return b.prefix(max(0, n)).map { String(format2: $0) }.joined()
     }
 
+    /// Addresses in root process `pid` for the probe: its binary's ELF
+    /// header (to read), the bottom of its stack (to write, unused by a
+    /// sleeping program), and what root reads there now.
+    func target(_ pid: pid_t, binary: String) throws -> (UInt64, UInt64, String) {
+        try #require(waitFor(5) { !mappings(pid, of: binary).isEmpty }, "no mapping of \(binary) in \(pid)")
+        let src = mappings(pid, of: binary)[0].0
+        let dst = try #require(mappings(pid, of: "[stack]", perms: "rw").first, "no stack in \(pid)").0
+        return (src, dst, rootRead(pid, dst))
+    }
+
     /// A set-user-ID-root copy of `/bin/sleep` in `dir`.
     func setUIDSleep(in dir: String) throws -> String {
         let path = dir + "/sleep-suid"
@@ -112,9 +123,10 @@ let nextPidSettable: Bool = access("/proc/sys/kernel/ns_last_pid", W_OK) == 0
 
     /// A client connects, opens a queue and forks; the parent execs a
     /// set-user-ID-root program; the child, still holding the connection,
-    /// asks the daemon to compress bytes at an address of the now-root
-    /// parent. The daemon must not read them: the request faults.
-    @Test func aForkedClientCannotReadTheSetUIDProgramItsParentExecs() throws {
+    /// asks the daemon to compress bytes of the now-root parent into its
+    /// stack. The daemon must neither read nor write there: the request
+    /// faults and root's memory is unchanged (before the fix it was served).
+    @Test func aForkedClientCannotReachTheSetUIDProgramItsParentExecs() throws {
         let user = try TestUser.ensure()
         let d = try openDaemon()
         defer { d.stop() }
@@ -126,20 +138,22 @@ let nextPidSettable: Bool = access("/proc/sys/kernel/ns_last_pid", W_OK) == 0
         // The probe's own pid is the one bound (setpriv execs it).
         try #require(waitFor(20) { exe(p.pid) == suid }, "the parent did not exec \(suid): \(p.output)")
         try #require(waitFor(5) { effectiveUID(p.pid) == 0 }, "\(suid) did not run as root (nosuid mount?)")
-        let m = try #require(mappings(p.pid, of: suid).first, "no mapping of \(suid) in \(p.pid)")
-        let secret = rootRead(p.pid, m.0)
-        write(addrFile, "\(m.0) 64\n")
+        let (src, dst, before) = try target(p.pid, binary: suid)
+        write(addrFile, "\(src) 64 \(dst) 4096\n")
         try #require(waitFor(30) { result(p) != nil }, "no result: \(p.output)")
         let r = result(p)!
-        print("fork-exec probe: \(r); root reads \(secret) there")
-        #expect(r.hasPrefix("RESULT fault"), "the daemon read root memory for an unprivileged client: \(r) (root reads \(secret))")
+        let after = rootRead(p.pid, dst)
+        print("fork-exec probe: \(r); root's stack bottom \(before == after ? "unchanged" : "changed from \(before) to \(after)")")
+        #expect(r.hasPrefix("RESULT fault"), "the daemon served an unprivileged client in root memory: \(r)")
         #expect(r.contains("page fault"), "\(r)")
+        #expect(before == after, "root memory was written: \(before) -> \(after)")
         #expect(d.process.wait(seconds: 0) == nil, "warpdrived exited: \(d.process.output)")
     }
 
     /// A client connects, opens a queue and forks; the parent exits and a
-    /// root process takes its pid (set with ns_last_pid); the child asks
-    /// for bytes at an address of that root process. The request faults.
+    /// root process takes its pid (set with ns_last_pid); the child asks to
+    /// compress bytes of that root process into its stack. The request
+    /// faults and root's memory is unchanged.
     @Test(.enabled(if: nextPidSettable, "/proc/sys/kernel/ns_last_pid is not writable here: cannot make a root process take a chosen pid"))
     func aClientCannotReachTheProcessThatReusesItsPid() throws {
         let user = try TestUser.ensure()
@@ -164,15 +178,15 @@ let nextPidSettable: Bool = access("/proc/sys/kernel/ns_last_pid", W_OK) == 0
         }
         let v = try #require(victim, "no process took pid \(old) (others keep taking pids)")
         defer { v.stop(grace: 0) }
-        let sleepPath = exe(v.pid)
-        try #require(waitFor(5) { !mappings(v.pid, of: sleepPath).isEmpty })
-        let m = mappings(v.pid, of: sleepPath)[0]
-        write(addrFile, "\(m.0) 64\n")
+        let (src, dst, before) = try target(v.pid, binary: exe(v.pid))
+        write(addrFile, "\(src) 64 \(dst) 4096\n")
         // The probe's child is not ours to wait for: read its line from the log.
         try #require(waitFor(30) { result(p) != nil }, "no result: \(p.output)")
         let r = result(p)!
-        print("pid-reuse probe (pid \(old)): \(r); root reads \(rootRead(v.pid, m.0)) there")
-        #expect(r.hasPrefix("RESULT fault"), "the daemon read the memory of the root process that took pid \(old): \(r) (root reads \(rootRead(v.pid, m.0)))")
+        let after = rootRead(v.pid, dst)
+        print("pid-reuse probe (pid \(old)): \(r); root's stack bottom \(before == after ? "unchanged" : "changed from \(before) to \(after)")")
+        #expect(r.hasPrefix("RESULT fault"), "the daemon served the client in the root process that took pid \(old): \(r)")
+        #expect(before == after, "root memory was written: \(before) -> \(after)")
         #expect(d.process.wait(seconds: 0) == nil, "warpdrived exited: \(d.process.output)")
     }
 
