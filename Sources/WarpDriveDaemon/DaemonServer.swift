@@ -94,7 +94,15 @@ public final class DaemonServer: @unchecked Sendable {
             close(probe)
             throw WarpDriveError.system(call: "listen on \(socketPath): a warpdrived already serves it", errno: EADDRINUSE)
         }
-        if -probe == ECONNREFUSED { unlink(socketPath) }
+        if -probe == ECONNREFUSED {
+            // Only a stale socket is replaced: connect() also refuses on a
+            // regular file, which a mistyped --socket must not delete.
+            var st = stat()
+            guard lstat(socketPath, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else {
+                throw WarpDriveError.system(call: "listen on \(socketPath): not a socket", errno: EEXIST)
+            }
+            unlink(socketPath)
+        }
         let fd = wd_seqpacket_listen_mode(socketPath, 64, limits.socketMode, limits.socketGroup ?? gid_t.max)
         guard fd >= 0 else { throw WarpDriveError.system(call: "listen on \(socketPath)", errno: -fd) }
         listenFD = fd
