@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "warpdrive-hello", targets: ["WarpDriveHello"]),
         .executable(name: "warpdrive-load", targets: ["WarpDriveLoad"]),
         .executable(name: "warpdrived", targets: ["warpdrived"]),
+        .executable(name: "warpdrive-probe", targets: ["WarpDriveProbe"]),
         .library(name: "WarpDriveDaemon", targets: ["WarpDriveDaemon"]),
     ],
     dependencies: [
@@ -87,6 +88,13 @@ let package = Package(
             name: "WarpDriveLoad",
             dependencies: ["WarpDrive", "CWarpSys"],
             path: "Examples/WarpDriveLoad"
+        ),
+        // A warpdrived client the daemon's security tests run as an
+        // unprivileged user (fork and exec, pid reuse, queue caps).
+        .executableTarget(
+            name: "WarpDriveProbe",
+            dependencies: ["WarpDrive"],
+            path: "Tests/WarpDriveProbe"
         ),
         // What both test targets use: processes, real unprivileged users.
         .target(

@@ -14,6 +14,21 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/stat.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <signal.h>
+#include <linux/capability.h>
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
 
 uint32_t wd_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 void wd_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -299,4 +314,184 @@ int wd_peer_gone(int sock) {
     struct pollfd p = { .fd = sock, .events = POLLRDHUP, .revents = 0 };
     int r = poll(&p, 1, 0);
     return r > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) ? 1 : 0;
+}
+
+int wd_seqpacket_listen_mode(const char *path, int backlog, unsigned mode, gid_t gid) {
+    struct sockaddr_un a;
+    int r = unix_address(path, &a);
+    if (r < 0) return r;
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    /* Created 0600: until the mode below is set, only our own user can connect. */
+    mode_t old = umask(0177);
+    r = bind(fd, (struct sockaddr *)&a, sizeof a);
+    int e = errno;
+    umask(old);
+    if (r < 0) { close(fd); return -e; }
+    struct stat st;
+    if (lstat(path, &st) < 0) { e = errno; goto fail; }
+    if (!S_ISSOCK(st.st_mode) || st.st_uid != geteuid()) { e = EEXIST; goto fail; }
+    if (gid != (gid_t)-1 && lchown(path, (uid_t)-1, gid) < 0) { e = errno; goto fail; }
+    if (fchmodat(AT_FDCWD, path, mode & 07777, AT_SYMLINK_NOFOLLOW) < 0) { e = errno; goto fail; }
+    if (listen(fd, backlog) < 0) { e = errno; goto fail; }
+    return fd;
+fail:
+    unlink(path);
+    close(fd);
+    return -e;
+}
+
+ssize_t wd_recv_message_nofds(int sock, void *buf, size_t len, int *truncated) {
+    struct iovec io = { .iov_base = buf, .iov_len = len };
+    struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = NULL, .msg_controllen = 0 };
+    *truncated = 0;
+    for (;;) {
+        ssize_t n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+        if (n >= 0) {
+            if (m.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) *truncated = 1;
+            return n;
+        }
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+}
+
+int wd_peer_pidfd(int sock) {
+    int pidfd = -1;
+    socklen_t l = sizeof pidfd;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &l) == 0 && pidfd >= 0) {
+        int flags = fcntl(pidfd, F_GETFD);
+        if (flags >= 0) (void)fcntl(pidfd, F_SETFD, flags | FD_CLOEXEC);
+        return pidfd;
+    }
+    if (errno != ENOPROTOOPT && errno != EINVAL) return -errno;
+    /* Older kernel: the pid may have been reused since connect(). Sound
+       all the same: memory is reached with the client's credentials, or,
+       for a client with the daemon's own credentials, by a user who could
+       reach any process of its own. */
+    struct ucred c;
+    l = sizeof c;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &c, &l) < 0) return -errno;
+    long fd = syscall(SYS_pidfd_open, c.pid, 0);
+    if (fd < 0) return -errno;
+    (void)fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    return (int)fd;
+}
+
+int wd_pidfd_alive(int pidfd) {
+    if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0) return 1;
+    return errno == EPERM ? 1 : 0;   /* alive, but not ours to signal */
+}
+
+uint64_t wd_pidfd_inode(int pidfd) {
+    struct stat st;
+    return fstat(pidfd, &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+static int caps_get(struct __user_cap_data_struct d[2]) {
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    return (int)syscall(SYS_capget, &h, d);
+}
+
+static int caps_set(const struct __user_cap_data_struct d[2]) {
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    return (int)syscall(SYS_capset, &h, d);
+}
+
+static void credentials_lost(const char *what) {
+    char msg[256];
+    int n = snprintf(msg, sizeof msg, "warpdrived: cannot restore this thread's credentials (%s: %s); aborting rather "
+                     "than serving with a client's identity\n", what, strerror(errno));
+    if (n > 0) (void)!write(2, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    abort();
+}
+
+/* Puts back the thread's capabilities and fs ids; aborts when it cannot. */
+static void restore_thread(const struct __user_cap_data_struct saved[2], int fsuid, int fsgid) {
+    if (caps_set(saved) < 0) credentials_lost("capset");
+    if (fsuid >= 0) {
+        syscall(SYS_setfsuid, (uid_t)fsuid);
+        if ((int)syscall(SYS_setfsuid, (uid_t)-1) != fsuid) credentials_lost("setfsuid");
+    }
+    if (fsgid >= 0) {
+        syscall(SYS_setfsgid, (gid_t)fsgid);
+        if ((int)syscall(SYS_setfsgid, (gid_t)-1) != fsgid) credentials_lost("setfsgid");
+    }
+    /* Going back to fs uid 0 raised the file capabilities: set the exact set again. */
+    if (caps_set(saved) < 0) credentials_lost("capset");
+    struct __user_cap_data_struct now[2];
+    if (caps_get(now) < 0 || memcmp(now, saved, sizeof now) != 0) credentials_lost("capget");
+}
+
+int wd_open_process_memory(int pidfd, pid_t pid, uid_t uid, gid_t gid, int switch_ids) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/mem", (int)pid);
+    if (pidfd >= 0 && !wd_pidfd_alive(pidfd)) return -ESRCH;
+    struct __user_cap_data_struct saved[2], none[2];
+    if (caps_get(saved) < 0) return -errno;
+    int oldfsuid = -1, oldfsgid = -1;
+    if (switch_ids) {
+        oldfsgid = (int)syscall(SYS_setfsgid, gid);
+        if ((gid_t)syscall(SYS_setfsgid, (gid_t)-1) != gid) { restore_thread(saved, oldfsuid, oldfsgid); return -EPERM; }
+        oldfsuid = (int)syscall(SYS_setfsuid, uid);
+        if ((uid_t)syscall(SYS_setfsuid, (uid_t)-1) != uid) { restore_thread(saved, oldfsuid, oldfsgid); return -EPERM; }
+    }
+    memcpy(none, saved, sizeof none);
+    none[0].effective = 0;
+    none[1].effective = 0;
+    if (caps_set(none) < 0) { int e = errno; restore_thread(saved, oldfsuid, oldfsgid); return -e; }
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    int e = errno;
+    restore_thread(saved, oldfsuid, oldfsgid);
+    if (fd < 0) return -e;
+    if (pidfd >= 0 && !wd_pidfd_alive(pidfd)) { close(fd); return -ESRCH; }
+    return fd;
+}
+
+ssize_t wd_mem_read(int memfd, void *local, uint64_t remote, size_t len) {
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(memfd, (char *)local + done, len - done, (off_t)(remote + done));
+        if (n < 0) { if (errno == EINTR) continue; return done > 0 ? (ssize_t)done : -errno; }
+        if (n == 0) return done > 0 ? (ssize_t)done : -EFAULT;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+ssize_t wd_mem_write(int memfd, uint64_t remote, const void *local, size_t len) {
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pwrite(memfd, (const char *)local + done, len - done, (off_t)(remote + done));
+        if (n < 0) { if (errno == EINTR) continue; return done > 0 ? (ssize_t)done : -errno; }
+        if (n == 0) return done > 0 ? (ssize_t)done : -EFAULT;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+int wd_mem_alive(int memfd) {
+    /* Address 0 is never mapped: a live address space answers EIO, a gone one 0 bytes. */
+    unsigned char b;
+    return pread(memfd, &b, 1, 0) != 0;
+}
+
+ssize_t wd_vm_read_checked(int pidfd, pid_t pid, void *local, const void *remote, size_t len) {
+    if (!wd_pidfd_alive(pidfd)) return -ESRCH;
+    ssize_t n = wd_vm_read(pid, local, remote, len);
+    if (!wd_pidfd_alive(pidfd)) return -ESRCH;
+    return n;
+}
+
+ssize_t wd_vm_write_checked(int pidfd, pid_t pid, const void *remote_dst, const void *local, size_t len) {
+    if (!wd_pidfd_alive(pidfd)) return -ESRCH;
+    ssize_t n = wd_vm_write(pid, remote_dst, local, len);
+    if (!wd_pidfd_alive(pidfd)) return -ESRCH;
+    return n;
+}
+
+int wd_process_has_capabilities(void) {
+    struct __user_cap_data_struct d[2];
+    if (caps_get(d) < 0) return 1;
+    return (d[0].effective | d[1].effective | d[0].permitted | d[1].permitted) != 0;
 }

@@ -95,4 +95,56 @@ int wd_allow_ptracer(pid_t pid);
 /* 1 when the peer of a connected socket has gone (POLLHUP/POLLRDHUP/POLLERR), else 0. */
 int wd_peer_gone(int sock);
 
+/* warpdrived's socket: like wd_seqpacket_listen, but the socket file is
+   created with mode 0600 (bound under umask 0177, so no other user can
+   connect in between), then given group `gid` (unless (gid_t)-1) and
+   finally `mode`. Returns fd or -errno. Changes the process umask briefly:
+   call it before starting threads that create files. */
+int wd_seqpacket_listen_mode(const char *path, int backlog, unsigned mode, gid_t gid);
+/* Like wd_recv_message, but accepts no descriptors: any the peer sends are
+   dropped by the kernel without being installed (so never closed here,
+   which for a FUSE file would wait on its server). *truncated is set to 1
+   when descriptors or bytes past len were dropped. */
+ssize_t wd_recv_message_nofds(int sock, void *buf, size_t len, int *truncated);
+
+/* Client processes of warpdrived: a pidfd names one process for its whole
+   life, a pid number only until it is reused. */
+/* A pidfd for the peer of a connected Unix socket: SO_PEERPIDFD (the
+   process that connected, whatever happened since), or, on kernels without
+   it, pidfd_open of the SO_PEERCRED pid. Returns fd (close-on-exec) or -errno. */
+int wd_peer_pidfd(int sock);
+/* 1 while the process a pidfd names is alive (pidfd_send_signal with
+   signal 0 succeeds), else 0. */
+int wd_pidfd_alive(int pidfd);
+/* The pidfd's inode number (unique per process on pidfs, kernel 6.9+), 0 on error. */
+uint64_t wd_pidfd_inode(int pidfd);
+/* Opens /proc/PID/mem read-write as the user uid:gid would: the calling
+   thread alone switches its fs uid and gid (when switch_ids) and drops its
+   effective capabilities for the open, so the kernel's ptrace access check
+   (PTRACE_MODE_ATTACH_FSCREDS: the target's real, effective and saved ids
+   all equal to the caller's, the target dumpable) decides. The real uid
+   never changes, so the client gets no right to signal the thread. The
+   pidfd must name a live process before and after the open (-ESRCH
+   otherwise). The fd keeps the address space of that moment: after the
+   process execs or exits, reads and writes through it fail. A failure to
+   restore the thread's ids or capabilities aborts the process.
+   Returns fd or -errno. */
+int wd_open_process_memory(int pidfd, pid_t pid, uid_t uid, gid_t gid, int switch_ids);
+/* Reads or writes len bytes at address remote of the address space open as
+   memfd (wd_open_process_memory). Returns bytes copied or -errno (EIO,
+   EFAULT, or a short count for an unmapped address; 0 bytes is -EFAULT). */
+ssize_t wd_mem_read(int memfd, void *local, uint64_t remote, size_t len);
+ssize_t wd_mem_write(int memfd, uint64_t remote, const void *local, size_t len);
+/* 1 while the address space open as memfd still exists (it is someone's
+   address space), 0 once its process exec'd or exited. */
+int wd_mem_alive(int memfd);
+/* wd_vm_read/wd_vm_write on pid, refused (-ESRCH) unless pidfd names a live
+   process both before and after the copy: a pid reused by another process
+   is never read from, and a write that raced one is reported as failed. */
+ssize_t wd_vm_read_checked(int pidfd, pid_t pid, void *local, const void *remote, size_t len);
+ssize_t wd_vm_write_checked(int pidfd, pid_t pid, const void *remote_dst, const void *local, size_t len);
+/* Whether the calling thread holds any effective or permitted capability
+   (1) or none (0). */
+int wd_process_has_capabilities(void);
+
 #endif

@@ -86,7 +86,17 @@ extension EmulatedZipDevice: AcceleratorDevice {
     /// Opens a queue bound to the address space of process `pid` (the
     /// daemon opens queues for its clients this way).
     public func openDeviceQueue(pid: pid_t) throws -> any DeviceQueue {
-        let binding = try iommu.bind(pid: pid)
+        try openDeviceQueue(binding: try iommu.bind(pid: pid))
+    }
+
+    /// Opens a queue bound to the address space of a client process, which
+    /// its requests reach only as far as the client could itself
+    /// (`IOMMU.bind(client:)`): how `warpdrived` opens its clients' queues.
+    public func openDeviceQueue(client: ClientProcess) throws -> any DeviceQueue {
+        try openDeviceQueue(binding: try iommu.bind(client: client))
+    }
+
+    private func openDeviceQueue(binding: SVABinding) throws -> any DeviceQueue {
         do {
             return LocalDeviceQueue(device: self, hw: try openQueue(binding: binding))
         } catch {

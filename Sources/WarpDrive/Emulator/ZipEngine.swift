@@ -144,9 +144,9 @@ final class ZipEngine: @unchecked Sendable {
             r.status = ZipSQE.Status.pageFault; r.faultAddress = src; return r
         case .direct(let p, let region):
             input = UnsafeRawPointer(p); keepIn = region
-        case .process(let pid):
+        case .process(let memory):
             ensure(&inBounce, inLen)
-            let n = inLen == 0 ? 0 : wd_vm_read(pid, inBounce.baseAddress, UnsafeRawPointer(bitPattern: UInt(src)), inLen)
+            let n = inLen == 0 ? 0 : memory.read(inBounce.baseAddress, from: src, count: inLen)
             if n != inLen {
                 r.status = ZipSQE.Status.pageFault
                 r.faultAddress = src &+ UInt64(max(0, n))
@@ -156,17 +156,17 @@ final class ZipEngine: @unchecked Sendable {
         }
         // Destination: direct, or an engine bounce buffer written back afterwards.
         var output: UnsafeMutableRawPointer
-        var remotePID: pid_t = 0
+        var remote: ProcessMemory?
         var keepOut: RegisteredRegion?
         switch device.iommu.route(pasid: pasid, address: dst, length: outCap) {
         case .unbound:
             r.status = ZipSQE.Status.pageFault; r.faultAddress = dst; return r
         case .direct(let p, let region):
             output = p; keepOut = region
-        case .process(let pid):
+        case .process(let memory):
             ensure(&outBounce, outCap)
             output = outBounce.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 8)!
-            remotePID = pid
+            remote = memory
         }
         defer { withExtendedLifetime(keepIn) {}; withExtendedLifetime(keepOut) {} }
 
@@ -189,8 +189,8 @@ final class ZipEngine: @unchecked Sendable {
             }
             r.isize = UInt32(truncatingIfNeeded: r.produced)
         }
-        if remotePID != 0 && r.produced > 0 {
-            let n = wd_vm_write(remotePID, UnsafeMutableRawPointer(bitPattern: UInt(dst)), output, r.produced)
+        if let remote, r.produced > 0 {
+            let n = remote.write(to: dst, output, count: r.produced)
             if n != r.produced {
                 r.status = ZipSQE.Status.pageFault
                 r.faultAddress = dst &+ UInt64(max(0, n))

@@ -11,9 +11,10 @@ import Synchronization
 /// Addresses inside a buffer region registered for the address space are
 /// reached directly through the device's own mapping of the region's memfd
 /// (zero copy). Any other address is read or written in the bound process
-/// with `process_vm_readv`/`process_vm_writev`, which return `EFAULT` for an
-/// unmapped address: the device reports an I/O page fault, never crashes and
-/// never reads another address space's memory.
+/// (`ProcessMemory`: `process_vm_readv`/`writev`, or for a client of other
+/// credentials its `/proc/PID/mem` opened as that client), which fails for
+/// an unmapped address: the device reports an I/O page fault, never crashes
+/// and never reads another address space's memory.
 public final class IOMMU: Sendable {
     /// The system IOMMU (one PASID space per host, as in the kernel).
     public static let shared = IOMMU()
@@ -23,29 +24,65 @@ public final class IOMMU: Sendable {
 
     private struct Space {
         let pid: pid_t
+        let key: SpaceKey
+        /// How addresses outside registered regions are reached.
+        let memory: ProcessMemory
         var references: Int
         var regions: [RegisteredRegion]
     }
+    /// What makes two bindings the same address space: the pid, and for a
+    /// client of another process the ids it connected with and its pidfd's
+    /// identity, so a reused pid or a client of other credentials never
+    /// shares a PASID (and its reach) with an earlier one.
+    private struct SpaceKey: Hashable {
+        let pid: pid_t
+        let uid: uid_t?
+        let gid: gid_t?
+        let identity: UInt64
+    }
     private let spaces = Mutex<[UInt32: Space]>([:])
-    private let pidToPASID = Mutex<[pid_t: UInt32]>([:])
+    private let pidToPASID = Mutex<[SpaceKey: UInt32]>([:])
 
     public init(pasids: PASIDAllocator = PASIDAllocator()) { self.pasids = pasids }
 
     /// Binds the address space of process `pid` (default: this process).
     /// One process has one PASID however many queues bind it (as the kernel
-    /// keeps one PASID per mm); each binding holds a reference.
+    /// keeps one PASID per mm); each binding holds a reference. Used for
+    /// processes the caller vouches for (the in-process device's own).
     public func bind(pid: pid_t = getpid()) throws -> SVABinding {
-        let pasid: UInt32 = try pidToPASID.withLock { map in
-            if let p = map[pid] {
-                spaces.withLock { $0[p]!.references += 1 }
-                return p
-            }
+        try bind(key: SpaceKey(pid: pid, uid: nil, gid: nil, identity: 0), pid: pid) {
             guard kill(pid, 0) == 0 || errno == EPERM else {
                 throw WarpDriveError.system(call: "bind address space of pid \(pid)", errno: ESRCH)
             }
+            return ProcessMemory(local: pid)
+        }
+    }
+
+    /// Binds the address space of a client process (a `warpdrived` client):
+    /// addresses outside registered regions are reached only as far as the
+    /// client could reach them itself (`ProcessMemory`), and never in
+    /// another process that later takes its pid. Throws when its memory
+    /// cannot be opened with its own credentials.
+    public func bind(client: ClientProcess) throws -> SVABinding {
+        try bind(key: SpaceKey(pid: client.pid, uid: client.uid, gid: client.gid, identity: client.identity),
+                 pid: client.pid) { try ProcessMemory(client: client) }
+    }
+
+    private func bind(key: SpaceKey, pid: pid_t, _ open: () throws -> ProcessMemory) throws -> SVABinding {
+        let pasid: UInt32 = try pidToPASID.withLock { map in
+            if let p = map[key] {
+                let shared: Bool = spaces.withLock { s in
+                    guard s[p] != nil, s[p]!.memory.isCurrent else { return false }
+                    s[p]!.references += 1
+                    return true
+                }
+                if shared { return p }
+                map[key] = nil   // that process (or its address space) is gone: a new space
+            }
+            let memory = try open()
             guard let p = pasids.allocate() else { throw WarpDriveError.system(call: "PASID allocation", errno: ENOSPC) }
-            map[pid] = p
-            spaces.withLock { $0[p] = Space(pid: pid, references: 1, regions: []) }
+            map[key] = p
+            spaces.withLock { $0[p] = Space(pid: pid, key: key, memory: memory, references: 1, regions: []) }
             return p
         }
         return SVABinding(iommu: self, pasid: pasid, pid: pid)
@@ -53,15 +90,15 @@ public final class IOMMU: Sendable {
 
     fileprivate func release(pasid: UInt32) {
         pidToPASID.withLock { map in
-            let gone: pid_t? = spaces.withLock { s in
+            let gone: SpaceKey? = spaces.withLock { s in
                 guard var space = s[pasid] else { return nil }
                 space.references -= 1
                 if space.references > 0 { s[pasid] = space; return nil }
                 s[pasid] = nil
-                return space.pid
+                return space.key
             }
-            if let pid = gone {
-                map[pid] = nil
+            if let key = gone {
+                if map[key] == pasid { map[key] = nil }
                 pasids.free(pasid)
             }
         }
@@ -84,7 +121,7 @@ public final class IOMMU: Sendable {
         /// (the region object keeps the mapping alive while used).
         case direct(UnsafeMutableRawPointer, RegisteredRegion)
         /// Copy through the bound process.
-        case process(pid_t)
+        case process(ProcessMemory)
         /// No address space is bound to the PASID.
         case unbound
     }
@@ -95,7 +132,7 @@ public final class IOMMU: Sendable {
             for r in space.regions where r.contains(address: address, length: length) {
                 return .direct(r.deviceBase + Int(address - r.clientAddress), r)
             }
-            return .process(space.pid)
+            return .process(space.memory)
         }
     }
 }

@@ -37,6 +37,27 @@ public struct ClientStatus: Sendable, Equatable {
     }
 }
 
+/// `warpdrived`'s limits and what it refused since it started (the
+/// report's `limits` line).
+public struct DaemonLimitsStatus: Sendable, Equatable {
+    /// Connections served at once; per uid; queues one uid may hold.
+    public var maxClients: Int
+    public var maxClientsPerUser: Int
+    public var maxQueuesPerUser: Int
+    /// Connections refused for the caps; queue opens refused for the
+    /// per-user cap; requests refused as malformed.
+    public var refusedConnections: UInt64
+    public var refusedQueues: UInt64
+    public var badRequests: UInt64
+
+    /// Every figure given.
+    public init(maxClients: Int, maxClientsPerUser: Int, maxQueuesPerUser: Int,
+                refusedConnections: UInt64, refusedQueues: UInt64, badRequests: UInt64) {
+        self.maxClients = maxClients; self.maxClientsPerUser = maxClientsPerUser; self.maxQueuesPerUser = maxQueuesPerUser
+        self.refusedConnections = refusedConnections; self.refusedQueues = refusedQueues; self.badRequests = badRequests
+    }
+}
+
 /// What `warpdrived` reports about its device (the `report` request):
 /// attributes, device-wide counters, and live counters per queue and per
 /// client.
@@ -66,11 +87,15 @@ public struct DaemonReport: Sendable, Equatable {
     public var queues: [QueueStatus]
     /// Connected clients (the one asking included).
     public var clients: [ClientStatus]
+    /// Limits and refusals (nil from a daemon that does not send them).
+    public var limits: DaemonLimitsStatus?
 
+    /// A report of these parts.
     public init(attributes: DeviceAttributes, totalQueues: Int, engines: Int, daemonPID: Int32, totals: WorkCounters,
-                queues: [QueueStatus], clients: [ClientStatus]) {
+                queues: [QueueStatus], clients: [ClientStatus], limits: DaemonLimitsStatus? = nil) {
         self.attributes = attributes; self.totalQueues = totalQueues; self.engines = engines
         self.daemonPID = daemonPID; self.totals = totals; self.queues = queues; self.clients = clients
+        self.limits = limits
     }
 
     // MARK: Wire text
@@ -92,6 +117,11 @@ public struct DaemonReport: Sendable, Equatable {
             + "depth=\(a.queueDepth ?? 0) isolated=\(a.isolated ? 1 : 0) isolate_strategy=\(a.isolateStrategy) "
             + "numa_node=\(a.numaNode) daemon_pid=\(daemonPID)",
             "totals " + DaemonReport.fields(totals)]
+        if let l = limits {
+            r.append("limits max_clients=\(l.maxClients) max_clients_per_user=\(l.maxClientsPerUser) "
+                + "max_queues_per_user=\(l.maxQueuesPerUser) refused_connections=\(l.refusedConnections) "
+                + "refused_queues=\(l.refusedQueues) bad_requests=\(l.badRequests)")
+        }
         for q in queues {
             r.append("queue number=\(q.number) pid=\(q.pid) pasid=\(q.pasid) direction=\(q.direction) "
                 + "state=\(q.state.rawValue) " + DaemonReport.fields(q.counters))
@@ -111,6 +141,7 @@ public struct DaemonReport: Sendable, Equatable {
         var totals = WorkCounters()
         var queues: [QueueStatus] = []
         var clients: [ClientStatus] = []
+        var limits: DaemonLimitsStatus?
         func counters(_ f: [String: String]) -> WorkCounters {
             var c = WorkCounters()
             c.requests = f["requests"].flatMap { UInt64($0) } ?? 0
@@ -140,6 +171,12 @@ public struct DaemonReport: Sendable, Equatable {
                 totalQueues = int("queues"); engines = int("engines"); daemonPID = Int32(truncatingIfNeeded: int("daemon_pid"))
             case "totals":
                 totals = counters(f)
+            case "limits":
+                func u64(_ k: String) -> UInt64 { f[k].flatMap { UInt64($0) } ?? 0 }
+                limits = DaemonLimitsStatus(
+                    maxClients: int("max_clients"), maxClientsPerUser: int("max_clients_per_user"),
+                    maxQueuesPerUser: int("max_queues_per_user"), refusedConnections: u64("refused_connections"),
+                    refusedQueues: u64("refused_queues"), badRequests: u64("bad_requests"))
             case "queue":
                 queues.append(QueueStatus(
                     number: int("number"), pid: Int32(truncatingIfNeeded: int("pid")),
@@ -156,7 +193,7 @@ public struct DaemonReport: Sendable, Equatable {
         }
         guard let a = attributes else { return nil }
         self.init(attributes: a, totalQueues: totalQueues, engines: engines, daemonPID: daemonPID, totals: totals,
-                  queues: queues, clients: clients)
+                  queues: queues, clients: clients, limits: limits)
     }
 
     /// Splits `lines` from `first` into one page of whole lines that fits a
@@ -184,7 +221,14 @@ public struct DaemonReport: Sendable, Equatable {
     public func render(socket: String) -> String {
         var out = DeviceReportFormat.attributes(attributes, kind: "warpdrived pid \(daemonPID) at \(socket)",
                                                 totalQueues: totalQueues, engines: engines)
-        out += "  totals               \(totals)\n\n"
+        out += "  totals               \(totals)\n"
+        if let l = limits {
+            out += "  limits               \(l.maxClients) connections, \(l.maxClientsPerUser) per user, "
+                + "\(l.maxQueuesPerUser) queues per user\n"
+            out += "  refused              \(l.refusedConnections) connections, \(l.refusedQueues) queue opens, "
+                + "\(l.badRequests) bad requests\n"
+        }
+        out += "\n"
         func row(_ c: WorkCounters) -> [String] {
             ["\(c.requests)", "\(c.bytesIn)", "\(c.bytesOut)", "\(c.errors)", "\(c.busyRejections)"]
         }
@@ -216,7 +260,13 @@ public struct DaemonReport: Sendable, Equatable {
         }
         return "{\"socket\":\(J.string(socket)),\"daemon_pid\":\(daemonPID),"
             + "\"device\":\(J.attributesJSON(attributes, kind: "warpdrived", totalQueues: totalQueues, engines: engines)),"
-            + "\"totals\":{\(counters(totals))},\"queues\":[\(qs.joined(separator: ","))],"
+            + "\"totals\":{\(counters(totals))},"
+            + (limits.map { l in
+                "\"limits\":{\"max_clients\":\(l.maxClients),\"max_clients_per_user\":\(l.maxClientsPerUser),"
+                    + "\"max_queues_per_user\":\(l.maxQueuesPerUser),\"refused_connections\":\(l.refusedConnections),"
+                    + "\"refused_queues\":\(l.refusedQueues),\"bad_requests\":\(l.badRequests)},"
+            } ?? "")
+            + "\"queues\":[\(qs.joined(separator: ","))],"
             + "\"clients\":[\(cs.joined(separator: ","))]}"
     }
 }

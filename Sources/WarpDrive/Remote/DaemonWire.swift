@@ -39,15 +39,21 @@ public struct DaemonMessage: Sendable {
         case ok = 0, busy, isolated, invalidState, alreadyMapped, system, unknownQueue, badRequest
     }
 
+    /// Bytes of the fixed header.
     public static let headerSize = 56
     /// Largest message (header plus text).
     public static let maxSize = 4096
 
+    /// The request (`Op`) or, in a reply, the status (`Status`).
     public var op: UInt32
+    /// The queue number the message is about (0 when none).
     public var queue: UInt32
+    /// Six 64-bit values, read and written with the subscript.
     public var values: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0)
+    /// Optional UTF-8 text after the header.
     public var text: String = ""
 
+    /// A message with `op`, `queue` and up to six values.
     public init(op: UInt32, queue: UInt32 = 0, _ v: [UInt64] = [], text: String = "") {
         self.op = op
         self.queue = queue
@@ -117,15 +123,35 @@ public struct DaemonMessage: Sendable {
         let got = Array(fds.prefix(Int(nfds)))
         if n == 0 { got.forEach { close($0) }; return .failure(ReceiveError(errno: 0)) }
         if n < 0 { return .failure(ReceiveError(errno: Int32(-n))) }
-        guard n >= headerSize else { got.forEach { close($0) }; return .failure(ReceiveError(errno: EBADMSG)) }
+        guard let m = decode(buf, count: n) else { got.forEach { close($0) }; return .failure(ReceiveError(errno: EBADMSG)) }
+        return .success((m, got))
+    }
+
+    /// Receives one request without accepting descriptors (what the daemon
+    /// does: the kernel drops any a client sends without installing them,
+    /// so none is ever closed by the daemon, which for a file on a FUSE
+    /// mount would wait on that file system's server). `dropped` is true
+    /// when descriptors or bytes past `maxSize` were discarded.
+    public static func receiveRequest(_ socket: Int32) -> Result<(message: DaemonMessage, dropped: Bool), ReceiveError> {
+        var buf = [UInt8](repeating: 0, count: maxSize)
+        var truncated: Int32 = 0
+        let n = buf.withUnsafeMutableBytes { b in wd_recv_message_nofds(socket, b.baseAddress, b.count, &truncated) }
+        if n == 0 { return .failure(ReceiveError(errno: 0)) }
+        if n < 0 { return .failure(ReceiveError(errno: Int32(-n))) }
+        guard let m = decode(buf, count: n) else { return .failure(ReceiveError(errno: EBADMSG)) }
+        return .success((m, truncated != 0))
+    }
+
+    private static func decode(_ buf: [UInt8], count n: Int) -> DaemonMessage? {
+        guard n >= headerSize, n <= buf.count else { return nil }
         var m = DaemonMessage(op: 0)
         buf.withUnsafeBytes { b in
-            m.op = UInt32(littleEndian: b.load(fromByteOffset: 0, as: UInt32.self))
-            m.queue = UInt32(littleEndian: b.load(fromByteOffset: 4, as: UInt32.self))
+            m.op = UInt32(littleEndian: b.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
+            m.queue = UInt32(littleEndian: b.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
             for i in 0..<6 { m[i] = UInt64(littleEndian: b.loadUnaligned(fromByteOffset: 8 + 8 * i, as: UInt64.self)) }
         }
         m.text = String(decoding: buf[headerSize..<n], as: UTF8.self)
-        return .success((m, got))
+        return m
     }
 
     /// Why `receive` returned no message: errno, 0 for end of stream.
@@ -149,8 +175,8 @@ public struct DaemonInfo: Sendable, Equatable, CustomStringConvertible {
     public var errors: UInt64
 
     init(_ m: DaemonMessage) {
-        totalInstances = Int(m[0]); availableInstances = Int(m[1]); boundPASIDs = Int(m[2])
-        clients = Int(m[3]); requests = m[4]; errors = m[5]
+        totalInstances = Int(clamping: m[0]); availableInstances = Int(clamping: m[1]); boundPASIDs = Int(clamping: m[2])
+        clients = Int(clamping: m[3]); requests = m[4]; errors = m[5]
     }
 
     /// The reply carrying these figures.

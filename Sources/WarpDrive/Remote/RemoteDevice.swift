@@ -58,6 +58,9 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
             fds.forEach { close($0) }
             if let e = r.error(socket: socket) { throw e }
             name = r.text
+            guard RemoteDevice.validDepth(r[1]) else {
+                throw WarpDriveError.daemonUnavailable(socket: socket, reason: "hello reply with ring depth \(r[1])")
+            }
             queueDepth = Int(r[1])
         } catch {
             close(fd)
@@ -67,13 +70,26 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
 
     deinit { close(fd) }
 
+    /// A ring depth a daemon may answer: a power of two in 2...32768.
+    static func validDepth(_ d: UInt64) -> Bool { d >= 2 && d <= 32768 && d & (d - 1) == 0 }
+
     private static func exchange(_ fd: Int32, _ socket: String, _ m: DaemonMessage, fds: [Int32] = []) throws -> (DaemonMessage, [Int32]) {
         let s = m.send(fd, fds: fds)
+        if s == -Int(EPIPE) || s == -Int(ECONNRESET) {
+            // The daemon closed the connection; it may have said why first
+            // (a refused connection: too many clients).
+            if case .success(let r) = DaemonMessage.receive(fd), r.0.op != DaemonMessage.Status.ok.rawValue { return r }
+        }
         if s < 0 {
             throw WarpDriveError.daemonUnavailable(socket: socket, reason: "send failed: \(String(cString: strerror(Int32(-s)))) (daemon gone?)")
         }
         switch DaemonMessage.receive(fd) {
         case .success(let r): return r
+        case .failure(let e) where e.errno == ECONNRESET:
+            // Closed with our request unread, perhaps after a last reply (a
+            // refused connection): the error is reported first, then the reply.
+            if case .success(let r) = DaemonMessage.receive(fd), r.0.op != DaemonMessage.Status.ok.rawValue { return r }
+            throw WarpDriveError.daemonUnavailable(socket: socket, reason: "the daemon reset the connection")
         case .failure(let e):
             throw WarpDriveError.daemonUnavailable(
                 socket: socket, reason: e.errno == 0 ? "the daemon closed the connection"
@@ -118,7 +134,7 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
     /// Opens a queue on the daemon's device, bound to this process.
     public func openDeviceQueue() throws -> any DeviceQueue {
         let (r, fds) = try request(.open)
-        guard fds.count == 1 else {
+        guard fds.count == 1, RemoteDevice.validDepth(r[1]) else {
             fds.forEach { close($0) }
             throw WarpDriveError.daemonUnavailable(socket: socketPath, reason: "open reply without its eventfd")
         }
@@ -137,12 +153,12 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
         repeat {
             let r = try request(.report, [UInt64(next)]).0
             let page = r.text.split(separator: "\n").map(String.init)
-            guard Int(r[1]) > next || r[0] == 0 else {
+            guard Int(clamping: r[1]) > next || r[0] == 0 else {
                 throw WarpDriveError.daemonUnavailable(socket: socketPath, reason: "report page \(next) made no progress")
             }
             lines += page
-            next = Int(r[1])
-            if next >= Int(r[0]) { break }
+            next = Int(clamping: r[1])
+            if next >= Int(clamping: r[0]) { break }
         } while true
         guard let report = DaemonReport(lines: lines) else {
             throw WarpDriveError.daemonUnavailable(socket: socketPath, reason: "report without a device line")
@@ -178,7 +194,7 @@ final class RemoteDeviceQueue: DeviceQueue, @unchecked Sendable {
 
     func map(_ region: QueueRegion) throws -> SharedMemoryFile {
         let (r, fds) = try device.request(.map, queue: number, [UInt64(region.rawValue)])
-        guard fds.count == 1 else {
+        guard fds.count == 1, r[0] <= UInt64(Int.max) else {
             fds.forEach { close($0) }
             throw WarpDriveError.daemonUnavailable(socket: device.socketPath, reason: "map reply without its memfd")
         }
