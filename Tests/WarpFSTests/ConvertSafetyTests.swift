@@ -6,7 +6,7 @@ import Synchronization
 import Testing
 import WarpFSFormat
 
-/// `warpfs compress` and `decompress` run by root over a
+/// `warpfs compress`, `decompress` and `fsck --repair` run by root over a
 /// tree where a less-privileged user can write: nothing the user plants or
 /// swaps in (symbolic links, a directory replaced by a link mid-walk, hard
 /// links, odd names) makes them touch a file outside the tree, and the
@@ -101,6 +101,84 @@ import WarpFSFormat
         for (n, want) in inTree { #expect(try FileIO.read(tree + "/u/" + n) == want, "\(n) in the tree") }
     }
 
+    /// `fsck` and `fsck --repair` while the user swaps directories of the
+    /// backing tree for links to a directory of damaged containers outside:
+    /// the check never reports (so never read) them, the repair never writes them.
+    @Test func fsckDoesNotFollowADirectorySwappedForASymlink() throws {
+        let user = try TestUser.ensure()
+        let root = makeTempDir("warpfs-convert")
+        defer { removeTree(root) }
+        openPathForOthers(root)
+        let tree = root + "/tree", outside = root + "/outside"
+        #expect(mkdir(tree, 0o755) == 0 && mkdir(outside, 0o755) == 0)
+        #expect(mkdir(tree + "/u", 0o755) == 0 && chown(tree + "/u", user.uid, user.gid) == 0)
+        let subdirs = ["sub0", "sub1", "sub2"]
+        var r = Rng(33)
+        let names = (0..<30).map { "c" + String(100 + $0).dropFirst() }
+        for n in names { try FileIO.write(outside + "/" + n, r.text(100_000)) }
+        for sub in subdirs {
+            #expect(mkdir(tree + "/u/" + sub, 0o755) == 0 && chown(tree + "/u/" + sub, user.uid, user.gid) == 0)
+            for n in names { try FileIO.write(tree + "/u/" + sub + "/" + n, r.text(100_000)) }
+        }
+        #expect(runCommand([warpfsBinary, "compress", tree, outside]).status == 0)
+        // Outside: header copy B damaged in every container (what --repair rewrites).
+        var outBytes: [String: [UInt8]] = [:]
+        for n in try FileIO.list(outside) {
+            let fd = open(outside + "/" + n, O_RDWR)
+            try FileIO.pwrite(fd, [0xFF], FileHeader.copyOffsets[1] + 100)
+            close(fd)
+            outBytes[n] = try FileIO.read(outside + "/" + n)
+        }
+        let clean = runCommand([warpfsBinary, "fsck", tree, "--progress", "never"])
+        #expect(clean.status == 0, "\(clean.output)")
+
+        let swappers = SwapLoops(user, in: tree + "/u", subdirectories: subdirs, outside: outside)
+        var reports = "", rounds = 0
+        while swappers.running {
+            let repair = rounds % 2 == 1
+            reports += runCommand([warpfsBinary, "fsck", tree, "--progress", "never"] + (repair ? ["--repair"] : [])).output
+            rounds += 1
+        }
+        swappers.finish()
+        // The swaps were seen (files under a swapped-out name could not be checked).
+        #expect(reports.contains("could not be checked"), "\(rounds) rounds")
+        #expect(!reports.contains("header copy B is damaged"), "fsck read containers outside the tree (\(rounds) rounds):\n\(reports.suffix(3000))")
+        for (n, want) in outBytes {
+            #expect(try FileIO.read(outside + "/" + n) == want, "\(n) outside the tree was changed")
+        }
+        let after = runCommand([warpfsBinary, "fsck", tree, "--progress", "never"])
+        #expect(after.status == 0, "\(after.output)")
+    }
+
+    /// A container of the backing tree that is also linked from outside it
+    /// (a hard link the user made) is checked but not repaired: the repair
+    /// would change the file outside. Two links both inside are repaired.
+    @Test func fsckDoesNotRepairAFileLinkedFromOutsideTheTree() throws {
+        let root = makeTempDir("warpfs-convert")
+        defer { removeTree(root) }
+        mkdir(root + "/tree", 0o755)
+        var r = Rng(39)
+        try FileIO.write(root + "/outside", r.text(100_000))
+        try FileIO.write(root + "/tree/inside", r.text(100_000))
+        #expect(runCommand([warpfsBinary, "compress", root + "/outside", root + "/tree/inside"]).status == 0)
+        for f in ["/outside", "/tree/inside"] {
+            let fd = open(root + f, O_RDWR)
+            try FileIO.pwrite(fd, [0xFF], FileHeader.copyOffsets[1] + 100)
+            close(fd)
+        }
+        #expect(link(root + "/outside", root + "/tree/linked") == 0)
+        #expect(link(root + "/tree/inside", root + "/tree/inside2") == 0)
+        let before = try FileIO.read(root + "/outside")
+        let fix = runCommand([warpfsBinary, "fsck", root + "/tree", "--repair", "--progress", "never"])
+        #expect(fix.status == 4, "\(fix.output)")
+        #expect(fix.output.contains("linked: header copy B is damaged") && fix.output.contains("not repaired: the file has 2 hard links"),
+                "\(fix.output)")
+        #expect(fix.output.contains("inside: header copy B is damaged") && fix.output.contains("repaired: copy B rewritten"), "\(fix.output)")
+        #expect(try FileIO.read(root + "/outside") == before)
+        let again = runCommand([warpfsBinary, "fsck", root + "/tree", "--progress", "never"])
+        #expect(again.output.contains("1 problem found"), "\(again.output)")
+    }
+
     /// A command-line path that is a symbolic link is followed (the caller
     /// named it): to a file, the file is converted and the link stays a
     /// link; to a directory, that directory is walked. Links met inside the
@@ -134,6 +212,9 @@ import WarpFSFormat
         #expect(try FileIO.stat(root + "/other/inner-link").st_mode & S_IFMT == S_IFLNK)
         #expect(walk.output.contains("inner-link") && walk.output.contains("symbolic link"), "\(walk.output)")
 
+        // fsck: its BACKING may be a link too (it is followed); links inside are not.
+        let check = runCommand([warpfsBinary, "fsck", root + "/link-dir", "--progress", "never"])
+        #expect(check.status == 0 && check.output.contains("2 files checked, 0 plain files skipped"), "\(check.output)")
     }
 
     /// Owner, mode with set-user-ID and set-group-ID bits, times: as before
@@ -236,6 +317,8 @@ import WarpFSFormat
         let d = runCommand([warpfsBinary, "decompress", root])
         #expect(d.status == 0, "\(d.output.suffix(500))")
         #expect(try readAt(fd, Array("deep".utf8) + [0]) == data)
+        let check = runCommand([warpfsBinary, "fsck", root, "--progress", "never"])
+        #expect(check.status == 0 && check.output.contains("1 plain file skipped"), "\(check.output.suffix(500))")
         close(fd)
     }
 
