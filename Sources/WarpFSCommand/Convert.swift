@@ -159,18 +159,18 @@ struct Converter {
         guard st.st_mode & S_IFMT == S_IFREG else {
             return .skipped("\(TreeWalk.typeName(st.st_mode)) (it replaced the file during the walk), not a regular file; skipped")
         }
-        // The new file would have this name alone: the other names would keep
-        // the old form, the link broken (and a link to a file outside the tree
-        // would leave a copy of that file here).
-        guard st.st_nlink <= 1 else {
-            throw FSError(EMLINK, "has \(st.st_nlink) hard links; not converted (converting would break them: "
-                + "give each name its own copy first, or convert through a mount)")
-        }
         _ = fcntl(src, F_SETFL, fcntl(src, F_GETFL) & ~O_NONBLOCK)
         let kind = try CompressedFile.kind(fd: src, name: display)
         switch (kind, toCompressed) {
         case (.compressed, true), (.plain, false): return .alreadyDone
         default: break
+        }
+        // The new file would have this name alone: the other names would keep
+        // the old form, the link broken (and a link to a file outside the tree
+        // would leave a copy of that file here).
+        guard st.st_nlink <= 1 else {
+            throw FSError(EMLINK, "has \(st.st_nlink) hard links; not converted (converting would break them: "
+                + "to convert it, give each name its own copy first)")
         }
 
         let (dst, tmp) = try createTemporary(in: dirfd)
