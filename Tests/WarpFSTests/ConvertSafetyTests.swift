@@ -217,9 +217,10 @@ import WarpFSFormat
         #expect(check.status == 0 && check.output.contains("2 files checked, 0 plain files skipped"), "\(check.output)")
     }
 
-    /// Owner, mode with set-user-ID and set-group-ID bits, times: as before
-    /// after compress and after decompress (chown would clear set-ID bits,
-    /// so they are set after it).
+    /// Owner, mode with set-user-ID and set-group-ID bits, times, extended
+    /// attributes and file capabilities: as before after compress and after
+    /// decompress (chown would clear set-ID bits and capabilities, so they
+    /// are set after it).
     @Test func ownerModeAndSetIDBitsSurviveBothWays() throws {
         let user = try TestUser.ensure()
         let root = makeTempDir("warpfs-convert")
@@ -232,6 +233,10 @@ import WarpFSFormat
             #expect(chown(root + "/" + n, user.uid, user.gid) == 0)
             #expect(chmod(root + "/" + n, mode) == 0)
         }
+        // An extended attribute, and a file capability (chown clears it: it is set after).
+        #expect(setxattr(root + "/suid", "user.note", "kept", 4, 0) == 0)
+        let setcap = FileIO.exists("/usr/sbin/setcap")
+        if setcap { #expect(runCommand(["/usr/sbin/setcap", "cap_net_raw+ep", root + "/both"]).status == 0) }
         var mtimes: [String: timespec] = [:]
         for n in want.keys { mtimes[n] = try FileIO.stat(root + "/" + n).st_mtim }
         let wanted = try Dictionary(uniqueKeysWithValues: want.keys.map { ($0, try FileIO.stat(root + "/" + $0).st_mode) })
@@ -244,6 +249,12 @@ import WarpFSFormat
                 #expect(st.st_mode == wanted[n]!, "\(command): \(n) mode \(String(st.st_mode, radix: 8)), want \(String(wanted[n]!, radix: 8))")
                 #expect(st.st_mtim.tv_sec == mtimes[n]!.tv_sec && st.st_mtim.tv_nsec == mtimes[n]!.tv_nsec)
                 #expect(isContainer(root + "/" + n) == (command == "compress"))
+            }
+            var note = [UInt8](repeating: 0, count: 16)
+            #expect(getxattr(root + "/suid", "user.note", &note, note.count) == 4 && note.prefix(4).elementsEqual(Array("kept".utf8)))
+            if setcap {
+                let cap = runCommand(["/usr/sbin/getcap", root + "/both"])
+                #expect(cap.output.contains("cap_net_raw=ep"), "\(command): \(cap.output)")
             }
         }
         for (n, data) in want { #expect(try FileIO.read(root + "/" + n) == data) }
