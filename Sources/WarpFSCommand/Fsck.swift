@@ -14,7 +14,8 @@ struct Fsck: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check the containers of a backing directory (offline), and repair them with --repair.",
         discussion: """
-        Walks BACKING (symbolic links are not followed), skips plain files, and checks in every \
+        Walks BACKING (BACKING itself may be a symbolic link; nothing inside it is followed), skips \
+        plain files, and checks in every \
         container both header copies, every block's slot headers and payloads (checksums and \
         decompression), stale or torn versions left by a crash, slots past the end of the file, \
         payloads that overlap and allocated space nothing refers to. One line per problem on \
@@ -22,8 +23,9 @@ struct Fsck: ParsableCommand {
 
         --repair rewrites a damaged header copy from the valid one, drops stale and torn \
         versions, slots past the end and damaged slot headers next to a valid version, and \
-        punches unreferenced space. It never touches a version that can still be read, and \
-        refuses to run while BACKING is mounted.
+        punches unreferenced space. It never touches a version that can still be read, never \
+        writes a file that has a hard link outside BACKING or that was replaced during the check, \
+        and refuses to run while BACKING is mounted.
 
         Exit status: 0 no problem; 1 problems found and all repaired; 4 problems left (any \
         problem without --repair); 8 operational error (BACKING missing or unreadable, a file \
@@ -68,15 +70,15 @@ struct Fsck: ParsableCommand {
     func run() throws {
         var st = stat()
         guard stat(backing, &st) == 0 else {
-            eprint("warpfs fsck: backing directory '\(backing)': \(String(cString: strerror(errno)))")
+            eprint("warpfs fsck: backing directory '\(displayName(backing))': \(String(cString: strerror(errno)))")
             throw ExitCode(Fsck.operationalError)
         }
         guard st.st_mode & S_IFMT == S_IFDIR, let root = canonical(backing) else {
-            eprint("warpfs fsck: '\(backing)' is not a directory (give the backing directory of a WarpFS mount)")
+            eprint("warpfs fsck: '\(displayName(backing))' is not a directory (give the backing directory of a WarpFS mount)")
             throw ExitCode(Fsck.operationalError)
         }
         guard access(root, R_OK | X_OK) == 0 else {
-            eprint("warpfs fsck: backing directory '\(root)': \(String(cString: strerror(errno)))")
+            eprint("warpfs fsck: backing directory '\(displayName(root))': \(String(cString: strerror(errno)))")
             throw ExitCode(Fsck.operationalError)
         }
         if let mnt = liveMount(of: root) {
@@ -88,8 +90,15 @@ struct Fsck: ParsableCommand {
                 + "files changing under the check may give inconsistent results")
         }
 
-        var walk = FsckWalk(root: root)
-        walk.collect(root)
+        TreeWalk.raiseOpenFileLimit()
+        let rootfd: Int32
+        do { rootfd = try TreeWalk.openArgumentDirectory(root) } catch {
+            eprint("warpfs fsck: backing directory '\(displayName(root))': \(error)")
+            throw ExitCode(Fsck.operationalError)
+        }
+        var walk = FsckWalk(rootfd: rootfd)
+        walk.collect()
+        defer { walk.close() }
         let device = EmulatedZipDevice(configuration: EmulatedDeviceConfiguration(engines: 2))
         // Stop the engines while this thread still holds the device: an engine
         // thread that dropped the last reference would free it under itself.
@@ -104,7 +113,8 @@ struct Fsck: ParsableCommand {
         for file in walk.files {
             let before = bar.done
             do {
-                let r = try checker.check(path: file.path, name: file.name, repair: repair)
+                let dirfd = try walk.directory(file.directory, for: file.name)
+                let r = try checker.check(at: dirfd, leaf: file.leaf.cString, name: file.name, repair: repair, namesInTree: file.names)
                 guard r.isContainer else { plain += 1; bar.set(before + file.bytes); continue }
                 files += 1
                 blocks += r.blocks
@@ -139,43 +149,128 @@ struct Fsck: ParsableCommand {
     }
 }
 
-/// The regular files of a backing tree, in name order, without following
-/// symbolic links; each inode once (hard links share one container).
+/// The regular files of a backing tree, in name order, found by directory
+/// descriptors without following symbolic links (see `TreeWalk`); each
+/// inode once (hard links share one container), with how many of its names
+/// are in the tree. The check comes back to each file's directory by
+/// descriptors again, from the root: `directory(_:for:)`.
 struct FsckWalk {
-    struct File { let path: String; let name: String; let bytes: Int }
-    let root: String
+    struct Directory {
+        let parent: Int
+        let name: EntryName
+        let device: UInt64, inode: UInt64
+    }
+    struct File {
+        /// Index in `directories` of the directory holding it.
+        let directory: Int
+        let leaf: EntryName
+        /// Relative to the root, for messages.
+        let name: String
+        let bytes: Int
+        /// Names of this inode found in the tree.
+        var names: Int
+    }
+    let rootfd: Int32
+    /// Index 0 is the root.
+    private(set) var directories: [Directory] = []
     var files: [File] = []
     var errors: [String] = []
     var totalBytes = 0
-    private var seen: Set<[UInt64]> = []
+    private var seen: [[UInt64]: Int] = [:]
+    /// The directories open now, from the root's child down (`directory(_:for:)`).
+    private var open: [(index: Int, fd: Int32)] = []
 
-    init(root: String) { self.root = root }
-
-    mutating func collect(_ path: String) {
+    init(rootfd: Int32) {
+        self.rootfd = rootfd
         var st = stat()
-        guard lstat(path, &st) == 0 else { errors.append("warpfs fsck: \(relative(path)): \(String(cString: strerror(errno)))"); return }
-        switch st.st_mode & S_IFMT {
-        case S_IFDIR:
-            guard let d = opendir(path) else { errors.append("warpfs fsck: \(relative(path)): \(String(cString: strerror(errno)))"); return }
-            var names: [String] = []
-            while let e = readdir(d) {
-                let n = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                if n != "." && n != ".." { names.append(n) }
+        fstat(rootfd, &st)
+        directories = [Directory(parent: -1, name: EntryName("."), device: UInt64(st.st_dev), inode: UInt64(st.st_ino))]
+    }
+
+    mutating func collect() {
+        struct Frame { let fd: Int32; let index: Int; let prefix: String; var pending: [EntryName]; let depth: Int }
+        var stack: [Frame] = []
+        do { stack.append(Frame(fd: rootfd, index: 0, prefix: "", pending: try TreeWalk.names(rootfd).reversed(), depth: 0)) } catch {
+            errors.append("warpfs fsck: .: \(error)")
+        }
+        while !stack.isEmpty {
+            guard let n = stack[stack.count - 1].pending.popLast() else {
+                let done = stack.removeLast()
+                if done.fd != rootfd { Glibc.close(done.fd) }
+                continue
             }
-            closedir(d)
-            for n in names.sorted() { collect(path == "/" ? "/" + n : path + "/" + n) }
-        case S_IFREG:
-            guard seen.insert([UInt64(st.st_dev), UInt64(st.st_ino)]).inserted else { return }
-            let bytes = Int(st.st_blocks) * 512
-            files.append(File(path: path, name: relative(path), bytes: bytes))
-            totalBytes += bytes
-        default:
-            break
+            let top = stack[stack.count - 1]
+            let name = top.prefix + n.display
+            var st = stat()
+            guard fstatat(top.fd, n.cString, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
+                errors.append("warpfs fsck: \(name): \(String(cString: strerror(errno)))")
+                continue
+            }
+            switch st.st_mode & S_IFMT {
+            case S_IFDIR:
+                guard top.depth + 1 < TreeWalk.maxDepth else {
+                    errors.append("warpfs fsck: \(name): directories nested more than \(TreeWalk.maxDepth) deep; not entered")
+                    continue
+                }
+                do {
+                    let fd = try TreeWalk.openDirectory(top.fd, n)
+                    var dst = stat()
+                    fstat(fd, &dst)
+                    directories.append(Directory(parent: top.index, name: n, device: UInt64(dst.st_dev), inode: UInt64(dst.st_ino)))
+                    do {
+                        stack.append(Frame(fd: fd, index: directories.count - 1, prefix: name + "/", pending: try TreeWalk.names(fd).reversed(),
+                                           depth: top.depth + 1))
+                    } catch {
+                        Glibc.close(fd)
+                        throw error
+                    }
+                } catch {
+                    errors.append("warpfs fsck: \(name): \(error)")
+                }
+            case S_IFREG:
+                let key = [UInt64(st.st_dev), UInt64(st.st_ino)]
+                if let i = seen[key] { files[i].names += 1; continue }
+                seen[key] = files.count
+                let bytes = Int(st.st_blocks) * 512
+                files.append(File(directory: top.index, leaf: n, name: name, bytes: bytes, names: 1))
+                totalBytes += bytes
+            default:
+                break
+            }
         }
     }
 
-    func relative(_ path: String) -> String {
-        path == root ? "." : path.hasPrefix(root + "/") ? String(path.dropFirst(root.count + 1)) : path
+    /// The descriptor of directory `index`, opened from the root one name at
+    /// a time without following links (the directories open for the
+    /// previous file are reused), and checked to be the directory the walk
+    /// found there. `file` names the file in the error when it fails.
+    mutating func directory(_ index: Int, for file: String) throws -> Int32 {
+        var chain: [Int] = []
+        var i = index
+        while i > 0 { chain.append(i); i = directories[i].parent }
+        chain.reverse()
+        var keep = 0
+        while keep < min(chain.count, open.count) && open[keep].index == chain[keep] { keep += 1 }
+        while open.count > keep { Glibc.close(open.removeLast().fd) }
+        for d in chain[keep...] {
+            let parent = open.last?.fd ?? rootfd
+            let fd: Int32
+            do { fd = try TreeWalk.openDirectory(parent, directories[d].name) } catch {
+                throw FSError((error as? FSError)?.errno ?? EIO, "\(file): a directory on its path: \(error)")
+            }
+            var st = stat()
+            guard fstat(fd, &st) == 0, UInt64(st.st_dev) == directories[d].device, UInt64(st.st_ino) == directories[d].inode else {
+                Glibc.close(fd)
+                throw FSError(ESTALE, "\(file): a directory on its path was replaced during the check; not checked")
+            }
+            open.append((d, fd))
+        }
+        return open.last?.fd ?? rootfd
+    }
+
+    mutating func close() {
+        while let last = open.popLast() { Glibc.close(last.fd) }
+        Glibc.close(rootfd)
     }
 }
 

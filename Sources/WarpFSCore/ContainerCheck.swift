@@ -91,16 +91,29 @@ public final class ContainerCheck {
         case punch(offset: Int, length: Int)
     }
 
-    /// Checks the file at `path` (`name` is how messages call it). Throws
+    /// Checks the file `leaf` (a NUL-terminated name) of the directory open
+    /// at `dirfd`; `name` is how messages call it. The file is opened without
+    /// following a symbolic link (and without blocking on a FIFO) and must be
+    /// a regular file. `namesInTree` is how many names of this inode the
+    /// caller found in the tree it checks: a file with more links than that
+    /// has a name elsewhere, and is checked but not repaired. Throws
     /// `FSError` when the file cannot be read (or, with `repair`, opened for
     /// writing); problems in the file are returned, not thrown.
-    public func check(path: String, name: String, repair: Bool) throws -> ContainerCheckResult {
-        var fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | ContainerCheck.noAtime)
-        if fd < 0 && errno == EPERM { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) }
-        guard fd >= 0 else { throw FSError.last("open \(name)") }
+    public func check(at dirfd: Int32, leaf: [CChar], name: String, repair: Bool, namesInTree: Int = 1) throws -> ContainerCheckResult {
+        let flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY
+        var fd = openat(dirfd, leaf, flags | ContainerCheck.noAtime)
+        if fd < 0 && errno == EPERM { fd = openat(dirfd, leaf, flags) }
+        guard fd >= 0 else {
+            if errno == ELOOP { throw FSError(ELOOP, "\(name): replaced by a symbolic link during the check; not followed") }
+            throw FSError.last("open \(name)")
+        }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw FSError.last("stat \(name)") }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            throw FSError(EINVAL, "\(name): replaced by something other than a regular file during the check; not checked")
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
         var result = ContainerCheckResult()
         var steps: [[Step]] = []   // parallel to result.problems
         func add(_ kind: ContainerProblem.Kind, _ block: Int?, _ message: String, fix: String? = nil, _ s: [Step] = []) {
@@ -338,7 +351,14 @@ public final class ContainerCheck {
         }
 
         if repair && steps.contains(where: { !$0.isEmpty }) {
-            try carryOut(steps, on: path, name: name, layout: layout, times: st, into: &result)
+            if Int(st.st_nlink) > namesInTree {
+                // A name outside the tree: repairing here would change a file there.
+                let why = "not repaired: the file has \(st.st_nlink) hard links and only \(namesInTree) "
+                    + "\(namesInTree == 1 ? "is" : "are") in the checked tree"
+                for i in result.problems.indices where !steps[i].isEmpty { result.problems[i].repairError = why }
+            } else {
+                carryOut(steps, at: dirfd, leaf: leaf, checked: st, name: name, layout: layout, into: &result)
+            }
         }
         return result
     }
@@ -421,10 +441,25 @@ public final class ContainerCheck {
     /// Carries out the repair steps: header copies first, then slot headers
     /// (made durable), then the punches, then durable again. The backing
     /// file's times are put back (they are the file's times in the mount).
-    private func carryOut(_ steps: [[Step]], on path: String, name: String, layout: BlockLayout, times st: stat,
-                          into result: inout ContainerCheckResult) throws {
-        let fd = Glibc.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { throw FSError.last("open \(name) for repair") }
+    ///
+    /// The file is opened again for writing by its name in `dirfd`, without
+    /// following links, and must be the inode that was checked (`checked`);
+    /// otherwise nothing is written and every repair reports why.
+    private func carryOut(_ steps: [[Step]], at dirfd: Int32, leaf: [CChar], checked st: stat, name: String, layout: BlockLayout,
+                          into result: inout ContainerCheckResult) {
+        let fd = openat(dirfd, leaf, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+        var now = stat()
+        var refused: String?
+        if fd < 0 {
+            refused = FSError.last("open \(name) for repair").description
+        } else if fstat(fd, &now) != 0 || now.st_dev != st.st_dev || now.st_ino != st.st_ino {
+            refused = "\(name) was replaced during the check; nothing written"
+        }
+        if let refused {
+            if fd >= 0 { close(fd) }
+            for i in result.problems.indices where !steps[i].isEmpty { result.problems[i].repairError = refused }
+            return
+        }
         defer { close(fd) }
         var failed: [Int: String] = [:]
         func run(_ phase: (Step) -> Bool) {
