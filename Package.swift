@@ -99,6 +99,7 @@ let package = Package(
         // What both test targets use: processes, real unprivileged users.
         .target(
             name: "TestSupport",
+            dependencies: ["CWarpSys"],
             path: "Tests/TestSupport"
         ),
         .testTarget(

@@ -495,3 +495,7 @@ int wd_process_has_capabilities(void) {
     if (caps_get(d) < 0) return 1;
     return (d[0].effective | d[1].effective | d[0].permitted | d[1].permitted) != 0;
 }
+
+int wd_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC) < 0 ? -errno : 0;
+}

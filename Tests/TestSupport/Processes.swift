@@ -1,13 +1,16 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CWarpSys
 
 /// Runs `args` (an absolute path first) to completion and returns its exit
 /// code (the low byte of the wait status) and what it wrote to stdout and
 /// stderr together.
 public func runCommand(_ args: [String]) -> (status: Int32, output: String) {
+    // Close-on-exec, so a child another thread spawns meanwhile does not
+    // keep the write end open (and this read waiting for that child).
     var fds: [Int32] = [0, 0]
-    pipe(&fds)
+    guard wd_pipe_cloexec(&fds) == 0 else { return (-1, "pipe failed: \(errno)") }
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     posix_spawn_file_actions_adddup2(&actions, fds[1], 1)

@@ -147,4 +147,7 @@ ssize_t wd_vm_write_checked(int pidfd, pid_t pid, const void *remote_dst, const 
    (1) or none (0). */
 int wd_process_has_capabilities(void);
 
+/* pipe2(fds, O_CLOEXEC): a pipe no concurrently spawned child inherits. 0 or -errno. */
+int wd_pipe_cloexec(int fds[2]);
+
 #endif
