@@ -14,6 +14,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <linux/capability.h>
 
 uint32_t wd_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 void wd_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -130,6 +131,46 @@ int wd_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *ne
 }
 
 int wd_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
+
+int64_t wd_probe_max_file_size(int dirfd) {
+    int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) return -errno;
+    /* lo: a size known to be accepted; hi: the largest size not yet refused. */
+    int64_t lo = 0, hi = INT64_MAX;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2 + 1;
+        if (ftruncate(fd, mid) == 0) { lo = mid; continue; }
+        if (errno == EINTR) continue;
+        if (errno != EFBIG && errno != EINVAL) { int e = errno; close(fd); return -e; }
+        hi = mid - 1;
+    }
+    (void)!ftruncate(fd, 0);
+    close(fd);
+    return lo;
+}
+
+static int capabilities(struct __user_cap_data_struct d[2]) {
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    return syscall(SYS_capget, &h, d) < 0 ? -errno : 0;
+}
+
+int wd_drop_effective_capability(int cap) {
+    if (cap < 0 || cap >= 64) return -EINVAL;
+    struct __user_cap_data_struct d[2];
+    int r = capabilities(d);
+    if (r < 0) return r;
+    d[cap / 32].effective &= ~(1u << (cap % 32));
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    return syscall(SYS_capset, &h, d) < 0 ? -errno : 0;
+}
+
+int wd_has_effective_capability(int cap) {
+    if (cap < 0 || cap >= 64) return -EINVAL;
+    struct __user_cap_data_struct d[2];
+    int r = capabilities(d);
+    if (r < 0) return r;
+    return (d[cap / 32].effective >> (cap % 32)) & 1;
+}
 
 /* CRC-32C, reflected polynomial 0x82F63B78. */
 static uint32_t crc32c_table[8][256];
