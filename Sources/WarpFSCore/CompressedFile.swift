@@ -743,7 +743,11 @@ public final class CompressedFile {
                 // space (a quota the account cannot see): new data waits until
                 // a retry of the oldest unstored block goes through.
                 if storeBlocked != nil { retryBlockedStore() }
-                if let blocked = storeBlocked { throw blocked }
+                if let blocked = storeBlocked {
+                    // This refusal is the report of the failure.
+                    if let e = writeError, e.errno == blocked.errno { writeError = nil }
+                    throw blocked
+                }
                 guard account.reserve(cost * needing.count, privileged: privileged) else {
                     let (held, free) = account.snapshot(privileged: privileged)
                     let e = FSError(ENOSPC, "\(name): no space left in the backing file system for block \(needing[0]) "

@@ -307,6 +307,48 @@ import Testing
         #expect(try FileIO.read(m.path("root-file")) == rootData)
     }
 
+    /// Blocks accepted with space reserved, then the backing file system
+    /// filled behind the mount's back (as a quota, which the space account
+    /// cannot see, refuses data): fsync reports ENOSPC, the log says so once
+    /// (not per block or per refused write), new data is refused rather
+    /// than piled up, and once space is freed everything is stored.
+    @Test func storesRefusedForSpaceAreLoggedOnceAndRetriedWhenSpaceReturns() throws {
+        let fs = try Tmpfs()
+        defer { fs.close() }
+        let m = try TestMount(options: "no_writeback_cache", backing: fs.path)
+        defer { m.close() }
+        let fd = open(m.path("f"), O_RDWR | O_CREAT, 0o644)
+        var r = Rng(21)
+        // 32 partial blocks: buffered, not stored yet.
+        let parts = (0..<32).map { _ in r.bytes(40 << 10) }
+        for (i, p) in parts.enumerated() { try FileIO.pwrite(fd, p, i << 16) }
+        // Someone else takes every free byte.
+        let filler = open(fs.path + "/filler", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        var free = StorageLimitTests.space(fs.path).available
+        while free > 0 && wd_fallocate(filler, 0, 0, Int64(free)) != 0 { free -= 1 << 16 }
+        #expect(fsync(fd) == -1 && errno == ENOSPC)
+        var refused = 0
+        for i in 32..<132 {
+            do { try FileIO.pwrite(fd, r.bytes(1 << 16), i << 16) } catch let e as Errno where e.code == ENOSPC { refused += 1 }
+        }
+        #expect(refused == 100)
+        let errors = m.log.split(separator: "\n").filter { $0.contains(" ERROR: ") }
+        #expect(errors.count <= 3, "\(errors.count) error lines: \(errors.prefix(8).joined(separator: "\n"))")
+
+        // Space comes back: the next write stores what was kept, and goes in.
+        close(filler)
+        unlink(fs.path + "/filler")
+        let last = r.bytes(1 << 16)
+        do { try FileIO.pwrite(fd, last, 200 << 16) } catch { Issue.record("\(error); log: \(m.log)"); close(fd); return }
+        #expect(fsync(fd) == 0, "errno \(errno)")
+        #expect(close(fd) == 0)
+        try m.remount()
+        let back = try FileIO.read(m.path("f"))
+        #expect(back.count == 201 << 16)
+        for (i, p) in parts.enumerated() { #expect(Array(back[(i << 16)..<((i << 16) + p.count)]) == p, "block \(i)") }
+        #expect(Array(back[(200 << 16)...]) == last)
+    }
+
     // MARK: Quotas
 
     /// Whether this kernel enforces disk quotas on ext4 (it needs
