@@ -40,7 +40,7 @@ public final class SpaceAccount: Sendable {
     public let margin: Int
     static let refreshNanoseconds: UInt64 = 50_000_000
     /// Whether this process's writes may use the root-reserved blocks.
-    private let processIsRoot: Bool
+    private let rootReserveUsable: Bool
     /// The largest size a file of the backing file system may have (its
     /// `s_maxbytes`, or `RLIMIT_FSIZE` when lower); nil when it could not be
     /// learnt (no `O_TMPFILE` there, or read-only). Applies to files on the
@@ -57,7 +57,7 @@ public final class SpaceAccount: Sendable {
         self.margin = margin
         var st = stat()
         device = fstat(fd, &st) == 0 ? UInt64(st.st_dev) : 0
-        processIsRoot = SpaceAccount.mayUseRootReserve(device: device)
+        rootReserveUsable = SpaceAccount.mayUseRootReserve(device: device)
         let limit = probe ? wd_probe_max_file_size(fd) : -1
         maxFileSize = limit > 0 ? Int(limit) : nil
     }
@@ -107,7 +107,7 @@ public final class SpaceAccount: Sendable {
     /// Reserves `bytes` for a writer who is root (`privileged`) or not;
     /// false when the backing file system cannot cover it for that writer.
     public func reserve(_ bytes: Int, privileged: Bool = true) -> Bool {
-        let rootBlocks = privileged && processIsRoot
+        let rootBlocks = privileged && rootReserveUsable
         return state.withLock { s in
             func room(_ s: State) -> Int { (rootBlocks ? s.free : s.available) - margin }
             if s.reserved + bytes > room(s) || wd_now_ns() - s.checkedAt > SpaceAccount.refreshNanoseconds { look(&s) }
@@ -128,7 +128,7 @@ public final class SpaceAccount: Sendable {
 
     /// Bytes reserved and bytes free (for root, or for anyone) at the last look, for messages.
     public func snapshot(privileged: Bool = true) -> (reserved: Int, free: Int) {
-        let rootBlocks = privileged && processIsRoot
+        let rootBlocks = privileged && rootReserveUsable
         return state.withLock { ($0.reserved, rootBlocks ? $0.free : $0.available) }
     }
 }
