@@ -348,8 +348,9 @@ public final class WarpFileSystem: @unchecked Sendable {
     /// Opens a file; the handle is an opaque pointer the adapter keeps in `fh`.
     /// `caller`: who opens it (nil: this process). Writes through the handle
     /// may use root-reserved backing space only when that is root: with the
-    /// writeback cache the kernel sends writes with the flusher's credentials,
-    /// so the opener is the writer the file system can know.
+    /// writeback cache the kernel sends every write as uid 0 (seen on 6.18,
+    /// also when the user's own fsync or close triggers it), so the opener
+    /// is the writer the file system can know.
     public func open(_ id: UInt64, flags: Int32, caller: Caller? = nil) throws -> UnsafeMutableRawPointer {
         let node = try inode(id)
         if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { try writable() }
