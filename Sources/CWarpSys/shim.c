@@ -146,6 +146,49 @@ int wd_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *ne
 
 int wd_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
 
+int64_t wd_probe_max_file_size(int dirfd) {
+    int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) return -errno;
+    /* lo: a size known to be accepted; hi: the largest size not yet refused. */
+    int64_t lo = 0, hi = INT64_MAX;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2 + 1;
+        if (ftruncate(fd, mid) == 0) { lo = mid; continue; }
+        if (errno == EINTR) continue;
+        if (errno != EFBIG && errno != EINVAL) { int e = errno; close(fd); return -e; }
+        hi = mid - 1;
+    }
+    (void)!ftruncate(fd, 0);
+    close(fd);
+    return lo;
+}
+
+/* This thread's capability sets (capget/capset act per thread). 0, or -1 with errno. */
+static int caps_get(struct __user_cap_data_struct d[2]) {
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    return (int)syscall(SYS_capget, &h, d);
+}
+
+static int caps_set(const struct __user_cap_data_struct d[2]) {
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    return (int)syscall(SYS_capset, &h, d);
+}
+
+int wd_drop_effective_capability(int cap) {
+    if (cap < 0 || cap >= 64) return -EINVAL;
+    struct __user_cap_data_struct d[2];
+    if (caps_get(d) < 0) return -errno;
+    d[cap / 32].effective &= ~(1u << (cap % 32));
+    return caps_set(d) < 0 ? -errno : 0;
+}
+
+int wd_has_effective_capability(int cap) {
+    if (cap < 0 || cap >= 64) return -EINVAL;
+    struct __user_cap_data_struct d[2];
+    if (caps_get(d) < 0) return -errno;
+    return (d[cap / 32].effective >> (cap % 32)) & 1;
+}
+
 /* CRC-32C, reflected polynomial 0x82F63B78. */
 static uint32_t crc32c_table[8][256];
 static int crc32c_ready;
@@ -388,15 +431,6 @@ uint64_t wd_pidfd_inode(int pidfd) {
     return fstat(pidfd, &st) == 0 ? (uint64_t)st.st_ino : 0;
 }
 
-static int caps_get(struct __user_cap_data_struct d[2]) {
-    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
-    return (int)syscall(SYS_capget, &h, d);
-}
-
-static int caps_set(const struct __user_cap_data_struct d[2]) {
-    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
-    return (int)syscall(SYS_capset, &h, d);
-}
 
 static void credentials_lost(const char *what) {
     char msg[256];

@@ -213,7 +213,7 @@ public final class FUSEServer: @unchecked Sendable {
         }
         ops.open = { req, ino, fi in
             do {
-                let h = try FUSEServer.server(req).fs.open(ino, flags: fi!.pointee.flags)
+                let h = try FUSEServer.server(req).fs.open(ino, flags: fi!.pointee.flags, caller: FUSEServer.caller(req))
                 fi!.pointee.fh = UInt64(UInt(bitPattern: h))
                 wf_fi_set_keep_cache(fi, FUSEServer.server(req).fs.options.keepCache ? 1 : 0)
                 if fuse_reply_open(req, fi) != 0 { FUSEServer.server(req).fs.release(h) }

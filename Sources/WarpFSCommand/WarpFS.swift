@@ -87,6 +87,9 @@ struct Mount: ParsableCommand {
             if fd >= 0 { dup2(fd, 2); close(fd) }
         }
         raiseFileLimit()
+        // A write past RLIMIT_FSIZE fails with EFBIG instead of killing the mount.
+        signal(SIGXFSZ, SIG_IGN)
+        dropQuotaOverride()
         let fs: WarpFileSystem
         let server: FUSEServer
         do {
@@ -204,6 +207,21 @@ func unescapeMountPath(_ s: String) -> String {
     }
     out = String(decoding: bytes, as: UTF8.self)
     return out
+}
+
+/// The process writes every backing file as root. Root's CAP_SYS_RESOURCE
+/// would let those writes exceed the file owner's disk quota, so it leaves
+/// the effective set here, before any thread starts (capabilities are per
+/// thread; threads inherit the creator's), and the backing file system
+/// charges and limits each payload write as it would the owner's own.
+/// (Root-reserved blocks stay usable: ext4 grants them to uid 0 as its
+/// default `resuid`; `SpaceAccount` keeps them from other writers.)
+/// Nothing later needs it: `raiseFileLimit` raises the soft limit only,
+/// up to the hard one, and runs before.
+func dropQuotaOverride() {
+    let capSysResource: Int32 = 24
+    let r = wd_drop_effective_capability(capSysResource)
+    if r < 0 { Log.warning("cannot drop CAP_SYS_RESOURCE: \(String(cString: strerror(-r))); disk quotas may not apply to writes through the mount") }
 }
 
 /// Lets the file system hold one descriptor per known inode.

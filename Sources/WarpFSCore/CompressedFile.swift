@@ -29,6 +29,14 @@ final class CachedBlock {
         r.account.release(r.bytes, used: used)
         reservation = nil
     }
+
+    /// Gives the content up (it can never be stored): no longer dirty, and
+    /// its reservation ends with nothing written.
+    func abandon() {
+        dirty = false
+        reservation.map { $0.account.release($0.bytes) }
+        reservation = nil
+    }
 }
 
 /// The content of one compressed backing file: its header, the index of
@@ -111,6 +119,20 @@ public final class CompressedFile {
     private var loadErrors: [Int: FSError] = [:]    // block -> why it could not be read
     /// First error of write-back not yet reported (to write, flush or fsync).
     private var writeError: FSError?
+    /// A store failed for want of space (ENOSPC, EDQUOT) and none has
+    /// succeeded since: writes that would make more blocks dirty are refused
+    /// with the same error (after one retry), so refused data cannot pile up
+    /// in memory where the space account does not see the limit (a quota).
+    private var storeBlocked: FSError?
+    /// The errno of the last store failure logged: the same failure again is
+    /// not logged until a store succeeds (one line, not one per retry).
+    private var lastLoggedStoreError: Int32?
+    /// Blocks given up because they can never be stored (`cannotBeStored`).
+    public private(set) var droppedBlocks = 0
+    /// Whether a refusal for want of space, or past `sizeLimit`, was logged
+    /// (once per episode: a writer retrying does not fill the log).
+    private var loggedNoSpace = false
+    private var loggedTooLarge = false
     private var lastReadEnd: UInt64 = .max
     /// Per group, the page after the last payload placed (next placement starts there).
     private var groupCursor: [Int: Int] = [:]
@@ -121,6 +143,17 @@ public final class CompressedFile {
     private var changedSinceSync = Set<Int>()
 
     public var blockSize: Int { layout.blockSize }
+
+    /// The largest logical size this file can store: what the layout
+    /// addresses, and, on the backing directory's own file system, what its
+    /// largest file holds (a block's payload lies about four times further
+    /// into the backing file than its data in the logical file).
+    public private(set) lazy var sizeLimit: UInt64 = {
+        var st = stat()
+        guard let account = codec.space, let backing = account.maxFileSize,
+              fstat(fd, &st) == 0, UInt64(st.st_dev) == account.device else { return layout.maxLogicalSize }
+        return layout.maxLogicalSize(backingLimit: backing)
+    }()
 
     private init(fd: Int32, name: String, codec: BlockCodec, header: FileHeader, copy: Int?) {
         self.fd = fd
@@ -430,13 +463,67 @@ public final class CompressedFile {
                     throw FSError(EIO, "\(name): block \(b) could not be compressed: \(e)")
                 }
             } catch {
-                let e = error as? FSError ?? FSError(EIO, "\(error)")
-                Log.error(e.description)
-                source.dirty = true      // keep the data; a later flush retries
-                if writeError == nil { writeError = e }
+                storeFailed(block: b, source, error)
             }
         }
     }
+
+    /// Store errors no retry cures, for the block that met them:
+    /// - `EFBIG`: the block's place in the backing file lies past the
+    ///   largest file the backing file system (or `RLIMIT_FSIZE`) allows;
+    ///   the place of a block never changes.
+    /// - `EINVAL`: the backing file system refuses the offset or the request
+    ///   itself; the same request would be refused again.
+    /// - `EROFS`: the backing file system was made read-only (ext4 does so
+    ///   on errors); it stays so until an administrator remounts it, which
+    ///   the descriptors this process holds open prevent.
+    /// - `EPERM`, `EBADF`: the backing file became immutable or append-only,
+    ///   or could only be opened read-only.
+    /// `ENOSPC` and `EDQUOT` are not among them (freeing space cures them),
+    /// nor `EIO` (an accelerator failure, or a backing device error that may
+    /// pass). As the kernel does with a page whose writeback fails for good,
+    /// such a block is given up: its memory and its space reservation are
+    /// released, the error reaches the writer (next write, fsync or close),
+    /// and the file's log says so once, not once per block or retry.
+    static func cannotBeStored(_ errno: Int32) -> Bool {
+        [EFBIG, EINVAL, EROFS, EPERM, EBADF].contains(errno)
+    }
+
+    /// Handles a failed store of block `b` (content `c`): gives the block up
+    /// when no retry can store it, else keeps it dirty for a later flush. The
+    /// error is reported once to the writer; repeats are not logged.
+    private func storeFailed(block b: Int, _ c: CachedBlock, _ error: Error) {
+        var e = error as? FSError ?? FSError(EIO, "\(error)")
+        if CompressedFile.cannotBeStored(e.errno) {
+            c.abandon()
+            if cache[b] === c { cache[b] = nil }
+            droppedBlocks += 1
+            if droppedBlocks == 1 {
+                Log.error("\(e.description); the data of \(name) block \(b), and of any other of its blocks that fails so, "
+                    + "can never be stored there: it is dropped and the writer gets \(String(cString: strerror(e.errno)))")
+            }
+        } else {
+            c.dirty = true           // keep the data; a later flush retries
+            if e.errno == ENOSPC || e.errno == EDQUOT { storeBlocked = e; storeBlocked?.logged = true }
+            if lastLoggedStoreError != e.errno {
+                Log.error(e.description)
+                lastLoggedStoreError = e.errno
+            }
+        }
+        e.logged = true
+        if writeError == nil { writeError = e }
+    }
+
+    /// Records an error of write-back met while a write's data was being
+    /// buffered, for the end of that write (or the next report).
+    private func deferWriteError(_ error: Error) {
+        var e = error as? FSError ?? FSError(EIO, "\(error)")
+        if !e.logged { Log.error(e.description); e.logged = true }
+        if writeError == nil { writeError = e }
+    }
+
+    /// Whether some block holds data not yet stored (kept for a retry).
+    public var hasUnstoredBlocks: Bool { cache.values.contains { $0.dirty || $0.busy } }
 
     /// Caches finished decompressions; waits for at least `minimum`.
     private func reapDecompressions(minimum: Int) {
@@ -621,10 +708,20 @@ public final class CompressedFile {
     /// the write fills to its end is sent to the accelerator at once; the
     /// call returns when the data is buffered. At most `writeDepth` blocks
     /// are in flight per file (back-pressure beyond that).
-    public func write(offset: UInt64, count: Int, from src: UnsafeRawPointer) throws {
+    ///
+    /// `privileged`: the writer is root, who may use the backing file
+    /// system's root-reserved space (see `SpaceAccount`).
+    public func write(offset: UInt64, count: Int, from src: UnsafeRawPointer, privileged: Bool = true) throws {
         guard count > 0 else { return try takeWriteError() }
         let end = offset + UInt64(count)
-        guard end <= layout.maxLogicalSize else { throw FSError(EFBIG, "\(name): write past the largest supported size") }
+        // What can never be stored is refused before any of it is accepted,
+        // as the backing file system refuses a write past its largest file.
+        guard end <= sizeLimit else {
+            let e = FSError(EFBIG, "\(name): writes past \(sizeLimit) bytes are refused (File too large): the blocks of a larger "
+                + "file lie past the largest file the backing file system allows", logged: true)
+            if !loggedTooLarge { Log.error(e.message); loggedTooLarge = true }
+            throw e
+        }
         if offset > size { try extend(to: offset) }
         let bs = UInt64(layout.blockSize)
         entries.grow(to: Int((end - 1) / bs) + 1)
@@ -642,11 +739,24 @@ public final class CompressedFile {
             for p in pieces { settle(p.block) }
             let needing = pieces.filter { cache[$0.block]?.reservation == nil }.map(\.block)
             if !needing.isEmpty {
-                guard account.reserve(cost * needing.count) else {
-                    let (held, free) = account.snapshot
-                    throw FSError(ENOSPC, "\(name): no space left in the backing file system for block \(needing[0]) "
-                        + "(\(free >> 20) MiB free, \(held >> 20) MiB held for blocks not yet stored)")
+                // The backing file system refused this file's data for want of
+                // space (a quota the account cannot see): new data waits until
+                // a retry of the oldest unstored block goes through.
+                if storeBlocked != nil { retryBlockedStore() }
+                if let blocked = storeBlocked {
+                    // This refusal is the report of the failure.
+                    if let e = writeError, e.errno == blocked.errno { writeError = nil }
+                    throw blocked
                 }
+                guard account.reserve(cost * needing.count, privileged: privileged) else {
+                    let (held, free) = account.snapshot(privileged: privileged)
+                    let e = FSError(ENOSPC, "\(name): no space left in the backing file system for block \(needing[0]) "
+                        + "(\(free >> 20) MiB free\(privileged ? "" : " to users other than root"), \(held >> 20) MiB held "
+                        + "for blocks not yet stored)", logged: true)
+                    if !loggedNoSpace { Log.error(e.message); loggedNoSpace = true }
+                    throw e
+                }
+                loggedNoSpace = false
                 reserved = Set(needing)
             }
         }
@@ -657,7 +767,9 @@ public final class CompressedFile {
             if block.reservation == nil, let account = codec.space, reserved.remove(b) != nil { block.reservation = (account, cost) }
             (block.data.baseAddress! + inBlock).copyMemory(from: src + Int(pos - offset), byteCount: n)
             block.dirty = true
-            if inBlock + n == layout.blockSize { try startCompression(b) }
+            // A failure here is reported at the end, once every piece of this
+            // write is buffered and the size covers it.
+            if inBlock + n == layout.blockSize { do { try startCompression(b) } catch { deferWriteError(error) } }
         }
         if end > size { size = end; headerDirty = true }
         reapCompressions(minimum: 0)
@@ -680,11 +792,12 @@ public final class CompressedFile {
         let content = UnsafeRawBufferPointer(rebasing: c.data[0..<len])
         // All zeros: a hole. Random-looking bytes: raw, without spending an engine on them.
         if len == 0 || CompressedFile.looksIncompressible(content) {
-            do { try store(block: b, encoding: len == 0 ? .zero : .raw, payload: content) } catch {
-                c.dirty = true
-                throw error
+            do {
+                try store(block: b, encoding: len == 0 ? .zero : .raw, payload: content)
+                c.stored(used: BlockLayout.pages(len) * BlockLayout.pageSize)
+            } catch {
+                storeFailed(block: b, c, error)
             }
-            c.stored(used: BlockLayout.pages(len) * BlockLayout.pageSize)
             return
         }
         let s = try compressStream()
@@ -699,6 +812,17 @@ public final class CompressedFile {
             c.dirty = true
             throw FSError(EIO, "\(name): block \(b) could not be sent for compression: \(error)")
         }
+    }
+
+    /// Tries the oldest block whose store failed for want of space once more
+    /// (a write is waiting on it); success reopens the file to new data.
+    private func retryBlockedStore() {
+        guard let b = cache.filter({ $0.value.dirty && !$0.value.busy }).keys.min() else {
+            storeBlocked = nil       // nothing unstored is left to wait for
+            return
+        }
+        do { try startCompression(b) } catch { deferWriteError(error) }
+        drainCompressions()
     }
 
     /// Entropy estimate on a sample (btrfs-style heuristic): 4096 bytes taken
@@ -759,7 +883,7 @@ public final class CompressedFile {
     /// Changes the logical size. Shrinking drops whole blocks past the end
     /// (their slots are cleared) and zeroes the tail of the new last block.
     public func truncate(to newSize: UInt64) throws {
-        guard newSize <= layout.maxLogicalSize else { throw FSError(EFBIG, "\(name): size \(newSize) is too large") }
+        guard newSize <= sizeLimit else { throw FSError(EFBIG, "\(name): size \(newSize) is too large (at most \(sizeLimit) bytes here)") }
         drainCompressions()
         while let s = decompressor, s.inFlight > 0 { reapDecompressions(minimum: s.inFlight) }
         if newSize >= size { try extend(to: newSize); return }
@@ -804,10 +928,14 @@ public final class CompressedFile {
 
     /// Stores dirty blocks and the header (no durability promise). Reports
     /// a write-back error that happened since the last report.
+    /// The header is written once every block is stored or given up (one
+    /// that can never be stored does not hold the size back).
     public func flush() throws {
-        try writeDirtyBlocks()
-        if headerDirty { try writeHeader() }
+        var failure: Error?
+        do { try writeDirtyBlocks() } catch { failure = error }
+        if headerDirty, failure == nil || !hasUnstoredBlocks { try writeHeader() }
         releaseIdleStreams()
+        if let failure { throw failure }
     }
 
     /// Gives idle accelerator streams back to the mount's pool, so queues are
@@ -839,7 +967,9 @@ public final class CompressedFile {
             return aBehind != bBehind ? aBehind : a.value.lastUse < b.value.lastUse
         }
         for (b, _) in victims.prefix(cache.count - cacheLimit * 3 / 4) { cache[b] = nil }
-        if cache.count > cacheLimit {
+        // (While stores are refused for want of space, the writer's retry
+        // is the one at the door of `write`, not one per dirty block here.)
+        if cache.count > cacheLimit, storeBlocked == nil {
             for (b, c) in cache where c.dirty && !c.busy { try? startCompression(b) }
         }
     }
@@ -875,6 +1005,9 @@ public final class CompressedFile {
         e.current = target
         entries[b] = e
         changedSinceSync.insert(b)
+        // The backing file system takes data again.
+        storeBlocked = nil
+        lastLoggedStoreError = nil
         // Release what the slot's previous version used and the new one does not.
         if let previous { release(previous, block: b, slot: target, keeping: h.pageRange) }
     }

@@ -7,10 +7,21 @@ import Glibc
 public struct FSError: Error, CustomStringConvertible, Sendable {
     public let errno: Int32
     public let message: String
+    /// Already written to the log where it happened (or deliberately logged
+    /// once for many requests): whoever reports it to the application does
+    /// not log it again.
+    public var logged = false
 
-    public init(_ errno: Int32, _ message: String = "") {
+    public init(_ errno: Int32, _ message: String = "", logged: Bool = false) {
         self.errno = errno
         self.message = message
+        self.logged = logged
+    }
+
+    /// Logs `error` unless it says it was logged already.
+    public static func log(_ error: Error) {
+        if let e = error as? FSError, e.logged { return }
+        Log.error("\(error)")
     }
 
     /// The errno of the last failed system call, with context.

@@ -58,6 +58,8 @@ final class OpenHandle: @unchecked Sendable {
     /// Entries read so far (offset cookie = index) for directory handles.
     var dirEntries: [(name: String, ino: UInt64, type: UInt8)]?
     var writeError: FSError?
+    /// The opener is root: its writes may use root-reserved backing space.
+    var privileged = true
 
     init(inode: Inode, flags: Int32) {
         self.inode = inode

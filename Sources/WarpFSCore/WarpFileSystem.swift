@@ -341,12 +341,17 @@ public final class WarpFileSystem: @unchecked Sendable {
         try checkName(name); try writable()
         let (e, fd) = try createFile(p, name, mode: mode, exclusive: flags & O_EXCL != 0, caller: caller)
         close(fd)
-        let fh = try open(e.nodeID, flags: flags & ~(O_CREAT | O_EXCL))
+        let fh = try open(e.nodeID, flags: flags & ~(O_CREAT | O_EXCL), caller: caller)
         return (e, fh)
     }
 
     /// Opens a file; the handle is an opaque pointer the adapter keeps in `fh`.
-    public func open(_ id: UInt64, flags: Int32) throws -> UnsafeMutableRawPointer {
+    /// `caller`: who opens it (nil: this process). Writes through the handle
+    /// may use root-reserved backing space only when that is root: with the
+    /// writeback cache the kernel sends every write as uid 0 (seen on 6.18,
+    /// also when the user's own fsync or close triggers it), so the opener
+    /// is the writer the file system can know.
+    public func open(_ id: UInt64, flags: Int32, caller: Caller? = nil) throws -> UnsafeMutableRawPointer {
         let node = try inode(id)
         if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { try writable() }
         try node.lock.withLock { (_) throws in
@@ -359,7 +364,9 @@ public final class WarpFileSystem: @unchecked Sendable {
                 }
             }
         }
-        return Unmanaged.passRetained(OpenHandle(inode: node, flags: flags)).toOpaque()
+        let h = OpenHandle(inode: node, flags: flags)
+        h.privileged = caller.map { $0.uid == 0 } ?? isRoot
+        return Unmanaged.passRetained(h).toOpaque()
     }
 
     static func handle(_ fh: UnsafeMutableRawPointer) -> OpenHandle { Unmanaged<OpenHandle>.fromOpaque(fh).takeUnretainedValue() }
@@ -385,9 +392,9 @@ public final class WarpFileSystem: @unchecked Sendable {
                 do {
                     // With the writeback cache the kernel places O_APPEND writes itself.
                     let appendHere = h.append && !options.writebackCache
-                    try f.write(offset: appendHere ? f.size : offset, count: count, from: buf)
+                    try f.write(offset: appendHere ? f.size : offset, count: count, from: buf, privileged: h.privileged)
                 } catch {
-                    Log.error("\(error)")
+                    FSError.log(error)
                     throw error
                 }
             case .plain(let fd):
@@ -404,7 +411,7 @@ public final class WarpFileSystem: @unchecked Sendable {
         let h = Self.handle(fh)
         try h.inode.lock.withLock { (_) throws in
             if case .compressed(let f)? = h.inode.content {
-                do { try f.flush() } catch { Log.error("\(error)"); throw error }
+                do { try f.flush() } catch { FSError.log(error); throw error }
             }
         }
     }
@@ -426,8 +433,13 @@ public final class WarpFileSystem: @unchecked Sendable {
                 } catch {
                     // Keep the content (and its unstored blocks) in memory: the
                     // next open, fsync or the unmount retries; nothing is dropped.
-                    Log.error("\(f.name): storing on close failed, kept in memory for a retry: \(error)")
-                    return
+                    // Blocks that can never be stored were given up already:
+                    // with nothing left to retry, the memory goes.
+                    if f.hasUnstoredBlocks {
+                        Log.error("\(f.name): storing on close failed, kept in memory for a retry: \(error)")
+                        return
+                    }
+                    FSError.log(error)
                 }
                 h.inode.cachedSize = f.size
             case .plain(let fd):
@@ -452,7 +464,7 @@ public final class WarpFileSystem: @unchecked Sendable {
         try h.inode.lock.withLock { (_) throws in
             switch try content(h.inode) {
             case .compressed(let f):
-                do { try preservingTimes(f.fd) { () throws in try f.sync() } } catch { Log.error("\(error)"); throw error }
+                do { try preservingTimes(f.fd) { () throws in try f.sync() } } catch { FSError.log(error); throw error }
             case .plain(let fd):
                 _ = try sys("fsync") { dataOnly ? fdatasync(fd) : Glibc.fsync(fd) }
             }

@@ -98,6 +98,20 @@ public struct BlockLayout: Sendable, Equatable {
     public var maxLogicalSize: UInt64 {
         UInt64(Int64.max / 4) / UInt64(BlockLayout.tablePageSize + regionSize) * UInt64(BlockLayout.blocksPerGroup * blockSize)
     }
+
+    /// Largest logical size whose blocks can all be stored in a backing file
+    /// of at most `backingLimit` bytes: whole groups whose table and payload
+    /// region end at or before the limit (a payload may be placed anywhere in
+    /// its group's region). At most `maxLogicalSize`.
+    public func maxLogicalSize(backingLimit: Int) -> UInt64 {
+        let span = BlockLayout.tablePageSize + regionSize
+        // Group g's region ends at 4096 + regionSize + g * span.
+        let firstEnd = 4096 + regionSize
+        guard backingLimit >= firstEnd else { return 0 }
+        let groups = UInt64((backingLimit - firstEnd) / span) + 1
+        let (bytes, overflow) = groups.multipliedReportingOverflow(by: UInt64(BlockLayout.blocksPerGroup * blockSize))
+        return overflow ? maxLogicalSize : min(bytes, maxLogicalSize)
+    }
 }
 
 /// The header of one slot: which block version it holds and how.

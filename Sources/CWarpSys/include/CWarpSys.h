@@ -21,6 +21,18 @@ enum {
 /* fallocate(2). Returns 0 or -1 with errno. */
 int wd_fallocate(int fd, int mode, int64_t offset, int64_t length);
 
+/* The largest size a file of the file system holding directory `dirfd` may
+   have (s_maxbytes, or RLIMIT_FSIZE when lower): found by ftruncate on an
+   unnamed O_TMPFILE there, which allocates nothing. Returns the size or
+   -errno (e.g. -EOPNOTSUPP where O_TMPFILE is not supported, -EROFS). */
+int64_t wd_probe_max_file_size(int dirfd);
+
+/* Clears capability `cap` from the calling thread's effective set (threads
+   created afterwards inherit it). Returns 0 or -errno. */
+int wd_drop_effective_capability(int cap);
+/* 1 if `cap` is in the calling thread's effective set, 0 if not, -errno. */
+int wd_has_effective_capability(int cap);
+
 /* Atomics on memory Swift does not own as a value (shared ring memory). */
 uint32_t wd_load_acquire_u32(const uint32_t *p);
 void wd_store_release_u32(uint32_t *p, uint32_t v);
