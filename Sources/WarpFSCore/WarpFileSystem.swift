@@ -168,9 +168,47 @@ public final class WarpFileSystem: @unchecked Sendable {
         return Entry(nodeID: node.nodeID, generation: node.generation, attributes: try attributes(node))
     }
 
-    private func own(_ parent: Inode, _ name: String, _ caller: Caller) {
-        guard isRoot, caller.uid != 0 || caller.gid != 0 else { return }
-        _ = fchownat(parent.fd, name, caller.uid, caller.gid, AT_SYMLINK_NOFOLLOW)
+    /// Gives a node this process has just created its caller as owner and
+    /// exactly the mode the kernel passed (the caller's umask is already
+    /// applied; this process's own umask plays no part). Nodes are created
+    /// owner-only (0600, 0700) and settled here through `fd`, a descriptor
+    /// of the node itself, never a path that could follow a symlink: nobody
+    /// can use a node before it is the caller's, and the mode comes after the
+    /// chown, which clears set-user-ID and set-group-ID. In a set-group-ID
+    /// directory the node keeps the group the backing file system gave it
+    /// (the directory's) and a new directory keeps its S_ISGID, as on ext4.
+    /// Throws when the node cannot be given to the caller: it must not stay
+    /// this process's with the caller's mode (the creator removes it).
+    private func settle(_ fd: Int32, parent: Inode, mode: mode_t, caller: Caller) throws {
+        var st = stat()
+        _ = try sys("stat new node") { fstatat(fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
+        if isRoot && (caller.uid != 0 || caller.gid != 0) {
+            var dir = stat()
+            _ = try sys("stat \(displayName(parent))") { fstatat(parent.fd, "", &dir, Int32(WD_AT_EMPTY_PATH)) }
+            let gid = dir.st_mode & S_ISGID != 0 ? gid_t.max : caller.gid
+            _ = try sys("chown new node to \(caller.uid):\(caller.gid)") {
+                fchownat(fd, "", caller.uid, gid, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW)
+            }
+        }
+        guard st.st_mode & S_IFMT != S_IFLNK else { return }  // a symlink's mode is always 0777
+        var exact = mode & 0o7777
+        if st.st_mode & S_IFMT == S_IFDIR { exact |= st.st_mode & S_ISGID }
+        _ = try sys("chmod new node") { fchmodat(AT_FDCWD, "/proc/self/fd/\(fd)", exact, 0) }
+    }
+
+    /// The entry of a node just created under `name` (owner-only), settled
+    /// for `caller`; the node is removed again if that fails.
+    private func created(_ p: Inode, _ name: String, mode: mode_t, directory: Bool = false, caller: Caller) throws -> Entry {
+        let fd = openat(p.fd, name, Int32(WD_O_PATH) | O_NOFOLLOW | O_CLOEXEC)
+        do {
+            guard fd >= 0 else { throw FSError.last("open new \(name)") }
+            defer { close(fd) }
+            try settle(fd, parent: p, mode: mode, caller: caller)
+        } catch {
+            unlinkat(p.fd, name, directory ? AT_REMOVEDIR : 0)
+            throw error
+        }
+        return try entry(parent: p, name: name)
     }
 
     // MARK: Names
@@ -253,25 +291,22 @@ public final class WarpFileSystem: @unchecked Sendable {
             close(fd)
             return e
         }
-        _ = try sys("mknod \(name)") { mknodat(p.fd, name, mode, rdev) }
-        own(p, name, caller)
-        return try entry(parent: p, name: name)
+        _ = try sys("mknod \(name)") { mknodat(p.fd, name, (mode & S_IFMT) | 0o600, rdev) }
+        return try created(p, name, mode: mode, caller: caller)
     }
 
     public func mkdir(parent: UInt64, name: String, mode: mode_t, caller: Caller) throws -> Entry {
         let p = try inode(parent)
         try checkName(name); try writable()
-        _ = try sys("mkdir \(name)") { mkdirat(p.fd, name, mode) }
-        own(p, name, caller)
-        return try entry(parent: p, name: name)
+        _ = try sys("mkdir \(name)") { mkdirat(p.fd, name, 0o700) }
+        return try created(p, name, mode: mode, directory: true, caller: caller)
     }
 
     public func symlink(parent: UInt64, name: String, target: String, caller: Caller) throws -> Entry {
         let p = try inode(parent)
         try checkName(name); try writable()
         _ = try sys("symlink \(name)") { symlinkat(target, p.fd, name) }
-        own(p, name, caller)
-        return try entry(parent: p, name: name)
+        return try created(p, name, mode: 0o777, caller: caller)
     }
 
     public func link(_ id: UInt64, newParent: UInt64, newName: String) throws -> Entry {
@@ -308,7 +343,7 @@ public final class WarpFileSystem: @unchecked Sendable {
     /// Creates a regular file (a compressed container unless disabled) and
     /// returns its entry and a read-write descriptor.
     private func createFile(_ p: Inode, _ name: String, mode: mode_t, exclusive: Bool, caller: Caller) throws -> (Entry, Int32) {
-        var fd = openat(p.fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode & 0o7777)
+        var fd = openat(p.fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         var created = fd >= 0
         if fd < 0 && errno == EEXIST && !exclusive {
             fd = openat(p.fd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
@@ -316,16 +351,17 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
         guard fd >= 0 else { throw FSError.last("create \(name)") }
         if created {
-            own(p, name, caller)
-            if options.compressNewFiles {
-                do {
+            do {
+                if options.compressNewFiles {
                     _ = try CompressedFile.create(fd: dup(fd), name: name, codec: codec, blockSize: options.blockSize,
                                                   encoding: options.encoding)
-                } catch {
-                    unlinkat(p.fd, name, 0)
-                    close(fd)
-                    throw error
                 }
+                // After the header: a write by a process without CAP_FSETID clears set-user-ID.
+                try settle(fd, parent: p, mode: mode, caller: caller)
+            } catch {
+                unlinkat(p.fd, name, 0)
+                close(fd)
+                throw error
             }
         }
         do {
