@@ -37,6 +37,8 @@ public final class WarpFileSystem: @unchecked Sendable {
     let codec: BlockCodec
     let inodes: InodeTable
     private let isRoot = geteuid() == 0
+    /// The user who mounted: this process's real uid (see `mayControl`).
+    private let mounter = getuid()
 
     /// Opens the backing directory and starts the accelerator.
     public init(backing: String, options: MountOptions) throws {
@@ -580,6 +582,12 @@ public final class WarpFileSystem: @unchecked Sendable {
         return node.procPath
     }
 
+    /// Only root and the user who mounted may use the mount root's control
+    /// attributes (`deviceAttribute`, `faultAttribute`): with `allow_other`
+    /// other users reach the root too, and neither stopping the accelerator
+    /// nor the counters of everyone's traffic is theirs. Others get EPERM.
+    private func mayControl(_ caller: Caller) -> Bool { caller.uid == 0 || caller.uid == mounter }
+
     /// Read on the mount root: the accelerator's counters (not stored anywhere).
     public static let deviceAttribute = "user.warpfs.device"
     /// Written on the mount root with `-o fault_injection`: `error_rate=F`
@@ -616,8 +624,11 @@ public final class WarpFileSystem: @unchecked Sendable {
         return "\(local.name): \(local.totals), isolated=\(local.isIsolated ? 1 : 0), \(aside)\n"
     }
 
-    public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws {
+    public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32, caller: Caller) throws {
         if id == 1 && name == WarpFileSystem.faultAttribute {
+            guard mayControl(caller) else {
+                throw FSError(EPERM, "\(WarpFileSystem.faultAttribute): uid \(caller.uid) may not inject faults (only root and uid \(mounter))")
+            }
             let text = String(decoding: value, as: UTF8.self)
             return try controlFault(String(text.filter { $0 != " " && $0 != "\n" && $0 != "\0" }))
         }
@@ -628,8 +639,9 @@ public final class WarpFileSystem: @unchecked Sendable {
     }
 
     /// Size when `into` is empty, else the bytes copied (ERANGE if too small).
-    public func getxattr(_ id: UInt64, name: String, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
+    public func getxattr(_ id: UInt64, name: String, into buf: UnsafeMutableRawBufferPointer, caller: Caller) throws -> Int {
         if id == 1 && name == WarpFileSystem.deviceAttribute {
+            guard mayControl(caller) else { throw FSError(EPERM) }
             let text = Array(deviceReport.utf8)
             if buf.count == 0 { return text.count }
             guard buf.count >= text.count else { throw FSError(ERANGE) }

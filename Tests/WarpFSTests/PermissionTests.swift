@@ -6,7 +6,8 @@ import Testing
 
 /// A mount shared with other users (`allow_other`), exercised by a real
 /// unprivileged user: new nodes get exactly the mode and group the same
-/// call gives on the backing file system itself.
+/// call gives on the backing file system itself, and only root and the
+/// user who mounted may use the mount root's control attributes.
 @Suite struct PermissionTests {
     /// A python3 an unprivileged user can run (root's own may live in a
     /// home directory others cannot enter).
@@ -135,4 +136,62 @@ import Testing
             }
         }
     }
+
+    /// Sets (value non-nil) or reads a root attribute as `user`; prints "ok" or the errno.
+    static func rootAttribute(_ m: TestMount, _ name: String, set value: String?, as user: TestUser) -> String {
+        let script = value != nil
+            ? "import os, sys\ntry:\n    os.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode()); print('ok')\nexcept OSError as e: print(e.errno)"
+            : "import os, sys\ntry:\n    os.getxattr(sys.argv[1], sys.argv[2]); print('ok')\nexcept OSError as e: print(e.errno)"
+        let r = user.run([python, "-c", script, m.mountpoint, name] + (value.map { [$0] } ?? []))
+        return r.output.trimmingNewlines
+    }
+
+    /// With `allow_other` and a root directory everyone may write (so that
+    /// only WarpFS stands between a user and the attribute), another user can
+    /// neither stop the accelerator nor read its counters; the mount keeps
+    /// working, and root still can.
+    @Test func othersCannotInjectFaultsOrReadTheDevice() throws {
+        let user = try TestUser.ensure()
+        try withMount(options: "allow_other,fault_injection,engine_timeout=2") { (m: TestMount) throws in
+            openPathForOthers(m.root)
+            #expect(chmod(m.mountpoint, 0o777) == 0)
+            for command in ["hang", "error_rate=1", "reset"] {
+                #expect(PermissionTests.rootAttribute(m, "user.warpfs.fault", set: command, as: user) == "\(EPERM)", "\(command)")
+            }
+            #expect(PermissionTests.rootAttribute(m, "user.warpfs.device", set: nil, as: user) == "\(EPERM)")
+            #expect(!m.log.contains("fault injection:"))
+            // The device still answers: a write and its fsync succeed (a hung
+            // device fails them with EIO after the engine time-outs), and read back.
+            var r = Rng(11)
+            let data = r.text(300_000)
+            #expect(AcceleratorFaultTests.writeAndSync(m.path("after"), data) == 0)
+            #expect(try FileIO.read(m.path("after")) == data)
+            // Root may.
+            #expect(AcceleratorFaultTests.fault(m, "error_rate=0") == 0)
+            var buf = [UInt8](repeating: 0, count: 512)
+            #expect(getxattr(m.mountpoint, "user.warpfs.device", &buf, buf.count) > 0)
+            _ = AcceleratorFaultTests.fault(m, "resume")
+        }
+    }
+
+    /// The user who mounted (the process's real uid; here a process with
+    /// root's effective uid, as a set-user-ID install would be) may use the
+    /// control attributes; another user may not.
+    @Test func theUserWhoMountedMayInjectFaults() throws {
+        let owner = try TestUser.ensure()
+        let other = try TestUser.ensure("warpfs-test2")
+        let m = try TestMount(options: "allow_other,fault_injection", launcher: ["/usr/bin/setpriv", "--ruid=\(owner.uid)", "--"])
+        defer { m.close() }
+        openPathForOthers(m.root)
+        #expect(chmod(m.mountpoint, 0o777) == 0)
+        #expect(PermissionTests.rootAttribute(m, "user.warpfs.fault", set: "error_rate=0", as: owner) == "ok")
+        #expect(PermissionTests.rootAttribute(m, "user.warpfs.device", set: nil, as: owner) == "ok")
+        #expect(PermissionTests.rootAttribute(m, "user.warpfs.fault", set: "hang", as: other) == "\(EPERM)")
+        #expect(PermissionTests.rootAttribute(m, "user.warpfs.device", set: nil, as: other) == "\(EPERM)")
+        #expect(m.log.contains("fault injection: error_rate=0") && !m.log.contains("fault injection: hang"))
+    }
+}
+
+extension String {
+    var trimmingNewlines: String { String(self.reversed().drop { $0 == "\n" }.reversed()) }
 }
