@@ -277,7 +277,9 @@ public final class FUSEServer: @unchecked Sendable {
             FUSEServer.server(req).fs.releasedir(FUSEServer.fh(fi))
             fuse_reply_err(req, 0)
         }
-        ops.fsyncdir = { req, _, _, _ in fuse_reply_err(req, 0) }
+        ops.fsyncdir = { req, _, _, fi in
+            do { try FUSEServer.server(req).fs.fsyncdir(FUSEServer.fh(fi)); fuse_reply_err(req, 0) } catch { FUSEServer.fail(req, error) }
+        }
         ops.statfs = { req, _ in
             do {
                 var st = try FUSEServer.server(req).fs.statfs()

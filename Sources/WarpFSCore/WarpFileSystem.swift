@@ -490,7 +490,13 @@ public final class WarpFileSystem: @unchecked Sendable {
         try h.inode.lock.withLock { (_) throws in
             switch try content(h.inode) {
             case .compressed(let f):
-                do { try preservingTimes(f.fd) { () throws in try f.sync() } } catch { Log.error("\(error)"); throw error }
+                do {
+                    try preservingTimes(f.fd) { () throws in try f.sync() }
+                    // The sync stores data and size (fdatasync); fsync also
+                    // promises the rest of the metadata: times (restored just
+                    // now), mode, owner.
+                    if !dataOnly { _ = try sys("fsync \(f.name)") { Glibc.fsync(f.fd) } }
+                } catch { Log.error("\(error)"); throw error }
             case .plain(let fd):
                 _ = try sys("fsync") { dataOnly ? fdatasync(fd) : Glibc.fsync(fd) }
             }
@@ -561,6 +567,18 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
         let all = h.dirEntries!
         return all[min(offset, all.count)...]
+    }
+
+    /// `fsync` of a directory: makes the names created, renamed or removed
+    /// in it durable (the backing directory's fsync). Always a full fsync,
+    /// also for fdatasync: a directory's names are its data.
+    public func fsyncdir(_ fh: UnsafeMutableRawPointer) throws {
+        let h = Self.handle(fh)
+        guard let d = h.dir else { throw FSError(EBADF) }
+        do { _ = try sys("fsync directory \(displayName(h.inode))") { Glibc.fsync(dirfd(d)) } } catch {
+            Log.error("\(error)")
+            throw error
+        }
     }
 
     public func releasedir(_ fh: UnsafeMutableRawPointer) {
