@@ -490,16 +490,13 @@ public final class WarpFileSystem: @unchecked Sendable {
         try h.inode.lock.withLock { (_) throws in
             switch try content(h.inode) {
             case .compressed(let f):
-                do {
-                    try preservingTimes(f.fd) { () throws in try f.sync() }
-                    // The sync stores data and size (fdatasync); fsync also
-                    // promises the rest of the metadata: times (restored just
-                    // now), mode, owner.
-                    if !dataOnly { _ = try sys("fsync \(f.name)") { Glibc.fsync(f.fd) } }
-                } catch { Log.error("\(error)"); throw error }
+                do { try preservingTimes(f.fd) { () throws in try f.sync() } } catch { Log.error("\(error)"); throw error }
             case .plain(let fd):
                 _ = try sys("fsync") { dataOnly ? fdatasync(fd) : Glibc.fsync(fd) }
             }
+            // A container's sync stores data and size (fdatasync); fsync also
+            // promises the rest of the metadata: times (restored just now), mode, owner.
+            if !dataOnly, case .compressed(let f)? = h.inode.content { _ = try sys("fsync \(f.name)") { Glibc.fsync(f.fd) } }
         }
     }
 
