@@ -277,7 +277,9 @@ public final class FUSEServer: @unchecked Sendable {
             FUSEServer.server(req).fs.releasedir(FUSEServer.fh(fi))
             fuse_reply_err(req, 0)
         }
-        ops.fsyncdir = { req, _, _, _ in fuse_reply_err(req, 0) }
+        ops.fsyncdir = { req, _, _, fi in
+            do { try FUSEServer.server(req).fs.fsyncdir(FUSEServer.fh(fi)); fuse_reply_err(req, 0) } catch { FUSEServer.fail(req, error) }
+        }
         ops.statfs = { req, _ in
             do {
                 var st = try FUSEServer.server(req).fs.statfs()
@@ -286,7 +288,8 @@ public final class FUSEServer: @unchecked Sendable {
         }
         ops.setxattr = { req, ino, name, value, size, flags in
             do {
-                try FUSEServer.server(req).fs.setxattr(ino, name: FUSEServer.name(name), value: UnsafeRawBufferPointer(start: value, count: size), flags: flags)
+                try FUSEServer.server(req).fs.setxattr(ino, name: FUSEServer.name(name), value: UnsafeRawBufferPointer(start: value, count: size), flags: flags,
+                                                       caller: FUSEServer.caller(req))
                 fuse_reply_err(req, 0)
             } catch { FUSEServer.fail(req, error) }
         }
@@ -294,11 +297,12 @@ public final class FUSEServer: @unchecked Sendable {
             let s = FUSEServer.server(req)
             do {
                 if size == 0 {
-                    fuse_reply_xattr(req, try s.fs.getxattr(ino, name: FUSEServer.name(name), into: UnsafeMutableRawBufferPointer(start: nil, count: 0)))
+                    fuse_reply_xattr(req, try s.fs.getxattr(ino, name: FUSEServer.name(name), into: UnsafeMutableRawBufferPointer(start: nil, count: 0),
+                                                           caller: FUSEServer.caller(req)))
                 } else {
                     let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
                     defer { buf.deallocate() }
-                    let n = try s.fs.getxattr(ino, name: FUSEServer.name(name), into: buf)
+                    let n = try s.fs.getxattr(ino, name: FUSEServer.name(name), into: buf, caller: FUSEServer.caller(req))
                     fuse_reply_buf(req, buf.baseAddress!.assumingMemoryBound(to: CChar.self), n)
                 }
             } catch { FUSEServer.fail(req, error) }

@@ -37,6 +37,8 @@ public final class WarpFileSystem: @unchecked Sendable {
     let codec: BlockCodec
     let inodes: InodeTable
     private let isRoot = geteuid() == 0
+    /// The user who mounted: this process's real uid (see `mayControl`).
+    private let mounter = getuid()
 
     /// Opens the backing directory and starts the accelerator.
     public init(backing: String, options: MountOptions) throws {
@@ -168,9 +170,47 @@ public final class WarpFileSystem: @unchecked Sendable {
         return Entry(nodeID: node.nodeID, generation: node.generation, attributes: try attributes(node))
     }
 
-    private func own(_ parent: Inode, _ name: String, _ caller: Caller) {
-        guard isRoot, caller.uid != 0 || caller.gid != 0 else { return }
-        _ = fchownat(parent.fd, name, caller.uid, caller.gid, AT_SYMLINK_NOFOLLOW)
+    /// Gives a node this process has just created its caller as owner and
+    /// exactly the mode the kernel passed (the caller's umask is already
+    /// applied; this process's own umask plays no part). Nodes are created
+    /// owner-only (0600, 0700) and settled here through `fd`, a descriptor
+    /// of the node itself, never a path that could follow a symlink: nobody
+    /// can use a node before it is the caller's, and the mode comes after the
+    /// chown, which clears set-user-ID and set-group-ID. In a set-group-ID
+    /// directory the node keeps the group the backing file system gave it
+    /// (the directory's) and a new directory keeps its S_ISGID, as on ext4.
+    /// Throws when the node cannot be given to the caller: it must not stay
+    /// this process's with the caller's mode (the creator removes it).
+    private func settle(_ fd: Int32, parent: Inode, mode: mode_t, caller: Caller) throws {
+        var st = stat()
+        _ = try sys("stat new node") { fstatat(fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
+        if isRoot && (caller.uid != 0 || caller.gid != 0) {
+            var dir = stat()
+            _ = try sys("stat \(displayName(parent))") { fstatat(parent.fd, "", &dir, Int32(WD_AT_EMPTY_PATH)) }
+            let gid = dir.st_mode & S_ISGID != 0 ? gid_t.max : caller.gid
+            _ = try sys("chown new node to \(caller.uid):\(caller.gid)") {
+                fchownat(fd, "", caller.uid, gid, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW)
+            }
+        }
+        guard st.st_mode & S_IFMT != S_IFLNK else { return }  // a symlink's mode is always 0777
+        var exact = mode & 0o7777
+        if st.st_mode & S_IFMT == S_IFDIR { exact |= st.st_mode & S_ISGID }
+        _ = try sys("chmod new node") { fchmodat(AT_FDCWD, "/proc/self/fd/\(fd)", exact, 0) }
+    }
+
+    /// The entry of a node just created under `name` (owner-only), settled
+    /// for `caller`; the node is removed again if that fails.
+    private func created(_ p: Inode, _ name: String, mode: mode_t, directory: Bool = false, caller: Caller) throws -> Entry {
+        let fd = openat(p.fd, name, Int32(WD_O_PATH) | O_NOFOLLOW | O_CLOEXEC)
+        do {
+            guard fd >= 0 else { throw FSError.last("open new \(name)") }
+            defer { close(fd) }
+            try settle(fd, parent: p, mode: mode, caller: caller)
+        } catch {
+            unlinkat(p.fd, name, directory ? AT_REMOVEDIR : 0)
+            throw error
+        }
+        return try entry(parent: p, name: name)
     }
 
     // MARK: Names
@@ -253,25 +293,22 @@ public final class WarpFileSystem: @unchecked Sendable {
             close(fd)
             return e
         }
-        _ = try sys("mknod \(name)") { mknodat(p.fd, name, mode, rdev) }
-        own(p, name, caller)
-        return try entry(parent: p, name: name)
+        _ = try sys("mknod \(name)") { mknodat(p.fd, name, (mode & S_IFMT) | 0o600, rdev) }
+        return try created(p, name, mode: mode, caller: caller)
     }
 
     public func mkdir(parent: UInt64, name: String, mode: mode_t, caller: Caller) throws -> Entry {
         let p = try inode(parent)
         try checkName(name); try writable()
-        _ = try sys("mkdir \(name)") { mkdirat(p.fd, name, mode) }
-        own(p, name, caller)
-        return try entry(parent: p, name: name)
+        _ = try sys("mkdir \(name)") { mkdirat(p.fd, name, 0o700) }
+        return try created(p, name, mode: mode, directory: true, caller: caller)
     }
 
     public func symlink(parent: UInt64, name: String, target: String, caller: Caller) throws -> Entry {
         let p = try inode(parent)
         try checkName(name); try writable()
         _ = try sys("symlink \(name)") { symlinkat(target, p.fd, name) }
-        own(p, name, caller)
-        return try entry(parent: p, name: name)
+        return try created(p, name, mode: 0o777, caller: caller)
     }
 
     public func link(_ id: UInt64, newParent: UInt64, newName: String) throws -> Entry {
@@ -308,7 +345,7 @@ public final class WarpFileSystem: @unchecked Sendable {
     /// Creates a regular file (a compressed container unless disabled) and
     /// returns its entry and a read-write descriptor.
     private func createFile(_ p: Inode, _ name: String, mode: mode_t, exclusive: Bool, caller: Caller) throws -> (Entry, Int32) {
-        var fd = openat(p.fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode & 0o7777)
+        var fd = openat(p.fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         var created = fd >= 0
         if fd < 0 && errno == EEXIST && !exclusive {
             fd = openat(p.fd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
@@ -316,16 +353,17 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
         guard fd >= 0 else { throw FSError.last("create \(name)") }
         if created {
-            own(p, name, caller)
-            if options.compressNewFiles {
-                do {
+            do {
+                if options.compressNewFiles {
                     _ = try CompressedFile.create(fd: dup(fd), name: name, codec: codec, blockSize: options.blockSize,
                                                   encoding: options.encoding)
-                } catch {
-                    unlinkat(p.fd, name, 0)
-                    close(fd)
-                    throw error
                 }
+                // After the header: a write by a process without CAP_FSETID clears set-user-ID.
+                try settle(fd, parent: p, mode: mode, caller: caller)
+            } catch {
+                unlinkat(p.fd, name, 0)
+                close(fd)
+                throw error
             }
         }
         do {
@@ -468,6 +506,9 @@ public final class WarpFileSystem: @unchecked Sendable {
             case .plain(let fd):
                 _ = try sys("fsync") { dataOnly ? fdatasync(fd) : Glibc.fsync(fd) }
             }
+            // A container's sync stores data and size (fdatasync); fsync also
+            // promises the rest of the metadata: times (restored just now), mode, owner.
+            if !dataOnly, case .compressed(let f)? = h.inode.content { _ = try sys("fsync \(f.name)") { Glibc.fsync(f.fd) } }
         }
     }
 
@@ -537,6 +578,18 @@ public final class WarpFileSystem: @unchecked Sendable {
         return all[min(offset, all.count)...]
     }
 
+    /// `fsync` of a directory: makes the names created, renamed or removed
+    /// in it durable (the backing directory's fsync). Always a full fsync,
+    /// also for fdatasync: a directory's names are its data.
+    public func fsyncdir(_ fh: UnsafeMutableRawPointer) throws {
+        let h = Self.handle(fh)
+        guard let d = h.dir else { throw FSError(EBADF) }
+        do { _ = try sys("fsync directory \(displayName(h.inode))") { Glibc.fsync(dirfd(d)) } } catch {
+            Log.error("\(error)")
+            throw error
+        }
+    }
+
     public func releasedir(_ fh: UnsafeMutableRawPointer) {
         let um = Unmanaged<OpenHandle>.fromOpaque(fh)
         if let d = um.takeUnretainedValue().dir { closedir(d) }
@@ -555,6 +608,12 @@ public final class WarpFileSystem: @unchecked Sendable {
         guard node.type != S_IFLNK else { throw FSError(ENOTSUP) }
         return node.procPath
     }
+
+    /// Only root and the user who mounted may use the mount root's control
+    /// attributes (`deviceAttribute`, `faultAttribute`): with `allow_other`
+    /// other users reach the root too, and neither stopping the accelerator
+    /// nor the counters of everyone's traffic is theirs. Others get EPERM.
+    private func mayControl(_ caller: Caller) -> Bool { caller.uid == 0 || caller.uid == mounter }
 
     /// Read on the mount root: the accelerator's counters (not stored anywhere).
     public static let deviceAttribute = "user.warpfs.device"
@@ -592,8 +651,11 @@ public final class WarpFileSystem: @unchecked Sendable {
         return "\(local.name): \(local.totals), isolated=\(local.isIsolated ? 1 : 0), \(aside)\n"
     }
 
-    public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws {
+    public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32, caller: Caller) throws {
         if id == 1 && name == WarpFileSystem.faultAttribute {
+            guard mayControl(caller) else {
+                throw FSError(EPERM, "\(WarpFileSystem.faultAttribute): uid \(caller.uid) may not inject faults (only root and uid \(mounter))")
+            }
             let text = String(decoding: value, as: UTF8.self)
             return try controlFault(String(text.filter { $0 != " " && $0 != "\n" && $0 != "\0" }))
         }
@@ -604,8 +666,9 @@ public final class WarpFileSystem: @unchecked Sendable {
     }
 
     /// Size when `into` is empty, else the bytes copied (ERANGE if too small).
-    public func getxattr(_ id: UInt64, name: String, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
+    public func getxattr(_ id: UInt64, name: String, into buf: UnsafeMutableRawBufferPointer, caller: Caller) throws -> Int {
         if id == 1 && name == WarpFileSystem.deviceAttribute {
+            guard mayControl(caller) else { throw FSError(EPERM) }
             let text = Array(deviceReport.utf8)
             if buf.count == 0 { return text.count }
             guard buf.count >= text.count else { throw FSError(ERANGE) }

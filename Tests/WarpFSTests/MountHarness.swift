@@ -140,26 +140,30 @@ final class TestMount {
     let logPath: String
     private(set) var pid: pid_t = 0
     let options: String
+    /// A command the file-system process runs under (e.g. setpriv with
+    /// another real uid), or empty.
+    let launcher: [String]
 
-    init(options: String = "", backing existing: String? = nil) throws {
+    init(options: String = "", backing existing: String? = nil, launcher: [String] = []) throws {
         root = makeTempDir()
         backing = existing ?? root + "/backing"
         mountpoint = root + "/mnt"
         logPath = root + "/warpfs.log"
         self.options = options
+        self.launcher = launcher
         if existing == nil { mkdir(backing, 0o755) }
         mkdir(mountpoint, 0o755)
         try start()
     }
 
     func start() throws {
-        var args = [warpfsBinary, "mount", backing, mountpoint, "-f", "-o", "log=" + logPath]
+        var args = launcher + [warpfsBinary, "mount", backing, mountpoint, "-f", "-o", "log=" + logPath]
         if !options.isEmpty { args += ["-o", options] }
         let cargs = args.map { strdup($0) } + [nil]
         defer { cargs.forEach { free($0) } }
         var p: pid_t = 0
-        let rc = posix_spawn(&p, warpfsBinary, nil, nil, cargs, environ)
-        guard rc == 0 else { throw Errno(rc, "spawn \(warpfsBinary)") }
+        let rc = posix_spawn(&p, args[0], nil, nil, cargs, environ)
+        guard rc == 0 else { throw Errno(rc, "spawn \(args[0])") }
         pid = p
         let deadline = wd_now_ns() + 20_000_000_000
         while !isMounted(mountpoint) {

@@ -165,6 +165,48 @@ import Testing
         }
     }
 
+    /// fsync and fdatasync of a directory reach the backing directory as an
+    /// fsync (its names are its data), so a name created, renamed or removed
+    /// in it survives a crash once the call returns. Seen with strace: a
+    /// crash cannot be staged here.
+    @Test func directoryFsyncSyncsTheBackingDirectory() throws {
+        try withMount { m in
+            #expect(mkdir(m.path("d"), 0o755) == 0)
+            try FileIO.write(m.path("d/new"), Array("n".utf8))
+            #expect(rename(m.path("d/new"), m.path("d/renamed")) == 0)
+            let fd = open(m.path("d"), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            #expect(fd >= 0)
+            defer { close(fd) }
+            let trace = try SyscallTrace(pid: m.pid, calls: "fsync,fdatasync,syncfs,sync", dir: m.root)
+            #expect(fsync(fd) == 0)
+            #expect(fdatasync(fd) == 0)
+            let lines = trace.stop()
+            let synced = SyscallTrace.calls(lines, "fsync", on: m.backingPath("d"))
+            #expect(synced.count == 2 && synced.allSatisfy { $0.hasSuffix("= 0") }, "traced: \(lines)")
+        }
+    }
+
+    /// fsync (not fdatasync) of a compressed file also makes its metadata
+    /// durable: the backing file gets an fsync, not only an fdatasync.
+    @Test func fileFsyncSyncsMetadataToo() throws {
+        try withMount { m in
+            let fd = open(m.path("f"), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+            #expect(fd >= 0)
+            defer { close(fd) }
+            try FileIO.pwrite(fd, Array(repeating: 5, count: 100_000), 0)
+            let trace = try SyscallTrace(pid: m.pid, calls: "fsync,fdatasync", dir: m.root)
+            #expect(fsync(fd) == 0)
+            let afterFsync = trace.stop()
+            #expect(SyscallTrace.calls(afterFsync, "fsync", on: m.backingPath("f")).count >= 1, "traced: \(afterFsync)")
+            try FileIO.pwrite(fd, Array(repeating: 6, count: 100_000), 0)
+            let again = try SyscallTrace(pid: m.pid, calls: "fsync,fdatasync", dir: m.root)
+            #expect(fdatasync(fd) == 0)
+            let afterFdatasync = again.stop()
+            #expect(SyscallTrace.calls(afterFdatasync, "fdatasync", on: m.backingPath("f")).count >= 1, "traced: \(afterFdatasync)")
+            #expect(SyscallTrace.calls(afterFdatasync, "fsync", on: m.backingPath("f")).isEmpty, "traced: \(afterFdatasync)")
+        }
+    }
+
     @Test func seekDataAndHole() throws {
         try withMount(options: "block_size=64k") { m in
             let p = m.path("sparse")
