@@ -134,7 +134,7 @@ public final class FUSEServer: @unchecked Sendable {
         var ops = fuse_lowlevel_ops()
         ops.`init` = { userdata, conn in
             let s = Unmanaged<FUSEServer>.fromOpaque(userdata!).takeUnretainedValue()
-            wf_init_conn(conn, s.writebackCache ? 1 : 0, 0, 1 << 20)
+            wf_init_conn(conn, s.writebackCache ? 1 : 0, 0, 1 << 20, s.fs.exportSupport ? 1 : 0)
         }
         ops.lookup = { req, parent, name in
             let s = FUSEServer.server(req)
