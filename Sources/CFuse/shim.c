@@ -15,7 +15,7 @@ int wf_session_loop_mt(struct fuse_session *se, int clone_fd, unsigned max_idle_
 }
 
 
-void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, unsigned max_write) {
+void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, unsigned max_write, int export_support) {
     if (writeback_cache && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
         conn->want |= FUSE_CAP_WRITEBACK_CACHE;
     else
@@ -25,7 +25,10 @@ void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, 
         if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
         if (conn->capable & FUSE_CAP_SPLICE_READ) conn->want |= FUSE_CAP_SPLICE_READ;
     }
-    if (conn->capable & FUSE_CAP_EXPORT_SUPPORT) conn->want |= FUSE_CAP_EXPORT_SUPPORT;
+    if (export_support && (conn->capable & FUSE_CAP_EXPORT_SUPPORT))
+        conn->want |= FUSE_CAP_EXPORT_SUPPORT;
+    else
+        conn->want &= ~FUSE_CAP_EXPORT_SUPPORT;
     if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
     if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
     if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;

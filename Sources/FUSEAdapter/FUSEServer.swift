@@ -27,6 +27,15 @@ public final class FUSEServer: @unchecked Sendable {
         var opts = "fsname=\(fsname.replacingComma()),subtype=warpfs,default_permissions"
         if fs.options.allowOther { opts += ",allow_other" }
         if fs.options.readOnly { opts += ",ro" }
+        // libfuse mounts nosuid,nodev unless told otherwise; only root may.
+        if fs.options.devices || fs.options.setID {
+            let asked = [fs.options.devices ? "dev" : nil, fs.options.setID ? "suid" : nil].compactMap { $0 }.joined(separator: "' and '")
+            guard geteuid() == 0 else {
+                throw FSError(EPERM, "option '\(asked)' needs a mount by root (fusermount3 refuses it for other users)")
+            }
+            if fs.options.devices { opts += ",dev" }
+            if fs.options.setID { opts += ",suid" }
+        }
         var argv = ["warpfs", "-o", opts]
         if fs.options.debug { argv.append("-d") }
         var args = fuse_args(argc: 0, argv: nil, allocated: 0)
@@ -134,7 +143,7 @@ public final class FUSEServer: @unchecked Sendable {
         var ops = fuse_lowlevel_ops()
         ops.`init` = { userdata, conn in
             let s = Unmanaged<FUSEServer>.fromOpaque(userdata!).takeUnretainedValue()
-            wf_init_conn(conn, s.writebackCache ? 1 : 0, 0, 1 << 20)
+            wf_init_conn(conn, s.writebackCache ? 1 : 0, 0, 1 << 20, s.fs.exportSupport ? 1 : 0)
         }
         ops.lookup = { req, parent, name in
             let s = FUSEServer.server(req)

@@ -36,7 +36,8 @@ struct Mount: ParsableCommand {
         Options (-o, comma separated): block_size=SIZE (4k..1m, multiple of 4k; default 64k), \
         algorithm=deflate|zlib|gzip, level=0..9 (default 1), engines=N (accelerator engines, default 2), \
         cache_blocks=N (decompressed blocks cached per open file), nocompress (new files stay plain), \
-        ro, allow_other, debug, log=FILE (messages of a background mount), memory=MiB (block buffer \
+        ro, allow_other, dev and suid (root only: honour device files and set-user-ID bits; nodev,nosuid \
+        by default), debug, log=FILE (messages of a background mount), memory=MiB (block buffer \
         budget, default 128), readahead=KiB (kernel readahead, default 1024), no_writeback_cache, no_keep_cache, \
         engine_timeout=S (seconds before an accelerator request fails, default 10), queues=N (accelerator \
         queues, default 1024), fault_injection (fault commands on the mount root's user.warpfs.fault, for tests), \

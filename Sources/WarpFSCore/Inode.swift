@@ -70,43 +70,69 @@ final class OpenHandle: @unchecked Sendable {
 }
 
 /// Node ids ↔ inodes, keyed also by backing (device, inode) so hard links
-/// share one `Inode` (and so one content).
+/// share one `Inode` (and so one content). Node ids are stable or
+/// transient (`NodeID`); an id's kernel lookups are counted, and the inode
+/// goes (its descriptor closed) when the kernel forgets them all.
 final class InodeTable: @unchecked Sendable {
     private struct State {
         var byID: [UInt64: Inode] = [:]
         var byKey: [Key: Inode] = [:]
-        var nextID: UInt64 = 2
-        var generation: UInt64 = 1
+        /// Transient ids given out so far.
+        var transient: UInt64 = 0
     }
     struct Key: Hashable { let dev: UInt64; let ino: UInt64 }
     private let state = Mutex(State())
     let root: Inode
 
     init(rootFD: Int32, dev: UInt64, ino: UInt64) {
-        root = Inode(nodeID: 1, generation: 0, fd: rootFD, dev: dev, ino: ino, type: S_IFDIR)
+        root = Inode(nodeID: NodeID.root, generation: 0, fd: rootFD, dev: dev, ino: ino, type: S_IFDIR)
         root.lookups = 1 << 40
         state.withLock { s in
-            s.byID[1] = root
+            s.byID[NodeID.root] = root
             s.byKey[Key(dev: dev, ino: ino)] = root
         }
     }
 
     func get(_ id: UInt64) -> Inode? { state.withLock { $0.byID[id] } }
 
+    /// The inode of `id`, with one kernel lookup added, if it is known.
+    func retain(_ id: UInt64) -> Inode? {
+        state.withLock { s in
+            guard let node = s.byID[id] else { return nil }
+            node.lookups += 1
+            return node
+        }
+    }
+
     /// Finds or creates the inode for a backing object just looked up
-    /// (`fd` is consumed), and adds one kernel lookup.
-    func remember(fd: Int32, st: stat) -> Inode {
+    /// (`fd` is consumed), and adds one kernel lookup. A new inode gets the
+    /// stable id and generation `identify` gives, or a transient id when it
+    /// gives none (`identify` runs without the table lock).
+    func remember(fd: Int32, st: stat, identify: () -> (nodeID: UInt64, generation: UInt64)?) -> Inode {
         let key = Key(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
+        if let existing = state.withLock({ s -> Inode? in
+            guard let e = s.byKey[key] else { return nil }
+            e.lookups += 1
+            return e
+        }) {
+            close(fd)
+            return existing
+        }
+        let identity = identify()
         return state.withLock { s in
             if let existing = s.byKey[key] {
                 close(fd)
                 existing.lookups += 1
                 return existing
             }
-            let id = s.nextID
-            s.nextID += 1
-            s.generation += 1
-            let node = Inode(nodeID: id, generation: s.generation, fd: fd, dev: key.dev, ino: key.ino, type: st.st_mode & S_IFMT)
+            var id: UInt64, generation: UInt64
+            if let identity, s.byID[identity.nodeID] == nil {
+                (id, generation) = identity
+            } else {
+                s.transient += 1
+                (id, generation) = (NodeID.transient(s.transient), 0)
+            }
+            let node = Inode(nodeID: id, generation: generation, fd: fd, dev: key.dev, ino: key.ino, type: st.st_mode & S_IFMT)
             node.lookups = 1
             s.byID[id] = node
             s.byKey[key] = node

@@ -22,6 +22,10 @@ public struct MountOptions: Sendable, Equatable {
     public var readOnly = false
     /// Let other users see the mount (FUSE allow_other).
     public var allowOther = false
+    /// Honour device files on the mount (mount flag: no MS_NODEV). Root only.
+    public var devices = false
+    /// Honour set-user-ID and set-group-ID bits on the mount (no MS_NOSUID). Root only.
+    public var setID = false
     /// Log every request to stderr.
     public var debug = false
     /// Let the kernel buffer writes and send them in large requests (FUSE writeback cache).
@@ -86,6 +90,10 @@ public struct MountOptions: Sendable, Equatable {
             case "ro": readOnly = true
             case "rw": readOnly = false
             case "allow_other": allowOther = true
+            case "dev": devices = true
+            case "nodev": devices = false
+            case "suid": setID = true
+            case "nosuid": setID = false
             case "debug": debug = true
             case "writeback_cache": writebackCache = true
             case "no_writeback_cache": writebackCache = false
@@ -99,7 +107,7 @@ public struct MountOptions: Sendable, Equatable {
             case "device": deviceSocket = try need()
             default:
                 throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, cache_blocks, "
-                    + "compress, nocompress, ro, rw, allow_other, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory, "
+                    + "compress, nocompress, ro, rw, allow_other, dev, nodev, suid, nosuid, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory, "
                     + "engine_timeout, queues, fault_injection, device)")
             }
         }

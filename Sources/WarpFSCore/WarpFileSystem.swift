@@ -36,6 +36,9 @@ public final class WarpFileSystem: @unchecked Sendable {
     public let localDevice: EmulatedZipDevice?
     let codec: BlockCodec
     let inodes: InodeTable
+    /// Stable node ids and reopening by them; nil where the backing file
+    /// system does not allow it (then the mount offers no export support).
+    let stableHandles: StableHandles?
     private let isRoot = geteuid() == 0
     /// The user who mounted: this process's real uid (see `mayControl`).
     private let mounter = getuid()
@@ -73,7 +76,19 @@ public final class WarpFileSystem: @unchecked Sendable {
                            poolBufferSize: options.blockSize, poolBuffers: max(64, options.memoryBudgetMiB << 20 / options.blockSize),
                            space: SpaceAccount(fd: fd), timeoutMilliseconds: options.engineTimeoutSeconds * 1000)
         inodes = InodeTable(rootFD: fd, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
+        do {
+            let handles = try StableHandles(rootFD: fd, readOnly: options.readOnly)
+            stableHandles = handles
+            Log.info("file handles are stable (backing handles \(handles.layout.rawValue)): export support on")
+        } catch {
+            stableHandles = nil
+            Log.info("export support off, file handles last only while the kernel caches their file: \(error)")
+        }
     }
+
+    /// Whether the mount offers the kernel export support (file handles that
+    /// survive FORGET and remounts, NFS re-export).
+    public var exportSupport: Bool { stableHandles != nil }
 
     /// How long the kernel may cache attributes. Short: `st_blocks` changes
     /// when buffered blocks are stored.
@@ -166,8 +181,55 @@ public final class WarpFileSystem: @unchecked Sendable {
         guard fd >= 0 else { throw FSError(errno) }
         var st = stat()
         guard fstatat(fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) == 0 else { let e = FSError(errno); close(fd); throw e }
-        let node = inodes.remember(fd: fd, st: st)
-        return Entry(nodeID: node.nodeID, generation: node.generation, attributes: try attributes(node))
+        return try entry(remember(fd: fd, st: st))
+    }
+
+    /// The inode of a backing object just opened (`fd` is consumed), with one kernel lookup added.
+    private func remember(fd: Int32, st: stat) -> Inode {
+        inodes.remember(fd: fd, st: st) { stableHandles?.identity(fd: fd, st: st) }
+    }
+
+    /// The entry of an inode that just got a kernel lookup; the lookup is
+    /// dropped again when there is no entry to give.
+    private func entry(_ node: Inode) throws -> Entry {
+        do {
+            return Entry(nodeID: node.nodeID, generation: node.generation, attributes: try attributes(node))
+        } catch {
+            inodes.forget(node.nodeID, 1)
+            throw error
+        }
+    }
+
+    /// LOOKUP "." of a node: the kernel finds a node from a file handle's id
+    /// alone. An id it has forgotten (or one from before a remount) is
+    /// opened again by the backing handle it encodes (`StableHandles`).
+    private func entry(of id: UInt64) throws -> Entry {
+        if let node = inodes.retain(id) { return try entry(node) }
+        guard let handles = stableHandles else { throw FSError(ESTALE, "unknown node \(id)") }
+        let (fd, st) = try handles.reopen(id)
+        let node = remember(fd: fd, st: st)
+        guard node.nodeID == id else {
+            // The object has another id now (e.g. it is the root): the handle is not its own.
+            inodes.forget(node.nodeID, 1)
+            throw FSError(ESTALE, "node \(id) names node \(node.nodeID)")
+        }
+        return try entry(node)
+    }
+
+    /// LOOKUP ".." of a directory node (the kernel's get_parent, reconnecting
+    /// a directory found by handle). The root is its own parent.
+    private func parentEntry(of id: UInt64) throws -> Entry {
+        let node = try inode(id)
+        guard node.isDirectory else { throw FSError(ENOTDIR) }
+        if node === inodes.root { return try entry(of: NodeID.root) }
+        let fd = openat(node.fd, "..", Int32(WD_O_PATH) | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw FSError.last("lookup .. of \(displayName(node))") }
+        var st = stat()
+        guard fstat(fd, &st) == 0, isUnder(directory: fd, rootDev: inodes.root.dev, rootIno: inodes.root.ino) else {
+            close(fd)
+            throw FSError(ESTALE, "the parent of \(displayName(node)) is not under the backing root")
+        }
+        return try entry(remember(fd: fd, st: st))
     }
 
     /// Gives a node this process has just created its caller as owner and
@@ -216,7 +278,11 @@ public final class WarpFileSystem: @unchecked Sendable {
     // MARK: Names
 
     public func lookup(parent: UInt64, name: String) throws -> Entry {
-        try entry(parent: inode(parent), name: name)
+        switch name {
+        case ".": try entry(of: parent)
+        case "..": try parentEntry(of: parent)
+        default: try entry(parent: inode(parent), name: name)
+        }
     }
 
     public func forget(_ node: UInt64, _ n: UInt64) { inodes.forget(node, n) }

@@ -12,8 +12,9 @@
 /* Runs the multithreaded loop; clone_fd 0/1; max_idle_threads. */
 int wf_session_loop_mt(struct fuse_session *se, int clone_fd, unsigned max_idle_threads);
 
-/* Sets the capability bits WarpFS wants on init; returns the final want mask. */
-void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, unsigned max_write);
+/* Sets the capability bits WarpFS wants on init. export_support: the file
+   system can find a node from its id alone (LOOKUP "." after FORGET). */
+void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, unsigned max_write, int export_support);
 
 /* fuse_file_info bitfields, which Swift cannot set. */
 void wf_fi_set_keep_cache(struct fuse_file_info *fi, int on);

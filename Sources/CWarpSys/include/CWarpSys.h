@@ -76,6 +76,18 @@ pid_t wd_gettid(void);
 /* renameat2(2) (RENAME_NOREPLACE = 1, RENAME_EXCHANGE = 2). */
 int wd_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned flags);
 
+/* File handles of the backing file system (name_to_handle_at(2),
+   open_by_handle_at(2)); handle bytes are at most WD_HANDLE_MAX. */
+enum { WD_HANDLE_MAX = 128 };
+/* The handle of the object open as fd (an O_PATH descriptor will do):
+   stores its type and up to *len bytes, sets *len. 0 or -errno
+   (-EOVERFLOW: longer than *len; -EOPNOTSUPP: the file system has none). */
+int wd_handle_of(int fd, int *type, unsigned char *bytes, unsigned *len);
+/* open_by_handle_at(mount_fd, handle, flags): mount_fd is any descriptor
+   on the file system that is not O_PATH. Needs CAP_DAC_READ_SEARCH.
+   Returns a descriptor or -errno (-ESTALE: no such object). */
+int wd_open_handle(int mount_fd, int type, const unsigned char *bytes, unsigned len, int flags);
+
 /* CRC-32C (Castagnoli), the format's checksum: the SSE4.2 instruction when
    the CPU has it (about 10x zlib's CRC-32 here), a table otherwise.
    Pass 0 as the initial crc; chains like zlib's crc32(). */
