@@ -539,9 +539,25 @@ public final class WarpFileSystem: @unchecked Sendable {
 
     // MARK: Extended attributes
 
-    private func xattrPath(_ node: Inode) throws -> String {
-        guard node.type != S_IFLNK else { throw FSError(ENOTSUP) }
-        return node.procPath
+    /// The backing object's `/proc/self/fd/N` path for the xattr calls. The
+    /// kernel resolves it by jumping to the object the descriptor holds and
+    /// follows no symlink after the jump, so on a symlink the calls reach the
+    /// link itself, as the l*xattr calls do. (Linux 6.13's *xattrat calls
+    /// refuse an `O_PATH` descriptor with AT_EMPTY_PATH: EBADF.) `user.*` on
+    /// a symlink is refused by the kernel before the request is sent, as on ext4.
+    private func xattrPath(_ node: Inode) -> String { node.procPath }
+
+    /// Runs one xattr call on the backing object. The application gets the
+    /// backing errno; running out of room (the backing file system's
+    /// capacity for attributes is the mount's) is also logged, with the file.
+    private func backingXattr<T: BinaryInteger>(_ what: String, _ node: Inode, _ name: String?, size: Int = 0, _ call: () -> T) throws -> T {
+        do { return try sys(what, call) } catch let e as FSError {
+            if [ENOSPC, EDQUOT, E2BIG, EIO].contains(e.errno) {
+                let attribute = name.map { " '\($0)' (\(size) bytes)" } ?? ""
+                Log.warning("\(displayName(node)): \(what)\(attribute): \(String(cString: strerror(e.errno))) from the backing file system")
+            }
+            throw e
+        }
     }
 
     /// Read on the mount root: the accelerator's counters (not stored anywhere).
@@ -587,8 +603,8 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
         let node = try inode(id)
         try writable()
-        let path = try xattrPath(node)
-        _ = try sys("setxattr") { CWarpSys.setxattr(path, name, value.baseAddress, value.count, flags) }
+        let path = xattrPath(node)
+        _ = try backingXattr("setxattr", node, name, size: value.count) { CWarpSys.setxattr(path, name, value.baseAddress, value.count, flags) }
     }
 
     /// Size when `into` is empty, else the bytes copied (ERANGE if too small).
@@ -600,20 +616,22 @@ public final class WarpFileSystem: @unchecked Sendable {
             buf.copyBytes(from: text)
             return text.count
         }
-        let path = try xattrPath(try inode(id))
-        return try sys("getxattr") { CWarpSys.getxattr(path, name, buf.baseAddress, buf.count) }
+        let node = try inode(id)
+        let path = xattrPath(node)
+        return try backingXattr("getxattr", node, name) { CWarpSys.getxattr(path, name, buf.baseAddress, buf.count) }
     }
 
     public func listxattr(_ id: UInt64, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
-        let path = try xattrPath(try inode(id))
-        return try sys("listxattr") { CWarpSys.listxattr(path, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count) }
+        let node = try inode(id)
+        let path = xattrPath(node)
+        return try backingXattr("listxattr", node, nil) { CWarpSys.listxattr(path, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count) }
     }
 
     public func removexattr(_ id: UInt64, name: String) throws {
         let node = try inode(id)
         try writable()
-        let path = try xattrPath(node)
-        _ = try sys("removexattr") { CWarpSys.removexattr(path, name) }
+        let path = xattrPath(node)
+        _ = try backingXattr("removexattr", node, name) { CWarpSys.removexattr(path, name) }
     }
 
     // MARK: Lifetime
