@@ -135,6 +135,8 @@ public final class FUSEServer: @unchecked Sendable {
         ops.`init` = { userdata, conn in
             let s = Unmanaged<FUSEServer>.fromOpaque(userdata!).takeUnretainedValue()
             wf_init_conn(conn, s.writebackCache ? 1 : 0, 0, 1 << 20)
+            let acl = wf_init_acl(conn, s.fs.options.posixACL ? 1 : 0)
+            s.fs.kernelGranted(posixACL: acl & 1 != 0, dontMask: acl & 2 != 0)
         }
         ops.lookup = { req, parent, name in
             let s = FUSEServer.server(req)
@@ -178,11 +180,13 @@ public final class FUSEServer: @unchecked Sendable {
         }
         ops.mknod = { req, parent, name, mode, rdev in
             let s = FUSEServer.server(req)
+            let mode = s.fs.creationMode(parent: parent, mode: mode, umask: FUSEServer.caller(req).umask)
             do { FUSEServer.replyEntry(req, try s.fs.mknod(parent: parent, name: FUSEServer.name(name), mode: mode, rdev: rdev, caller: FUSEServer.caller(req)), s.fs.attributeTimeout) }
             catch { FUSEServer.fail(req, error) }
         }
         ops.mkdir = { req, parent, name, mode in
             let s = FUSEServer.server(req)
+            let mode = s.fs.creationMode(parent: parent, mode: mode, umask: FUSEServer.caller(req).umask)
             do { FUSEServer.replyEntry(req, try s.fs.mkdir(parent: parent, name: FUSEServer.name(name), mode: mode, caller: FUSEServer.caller(req)), s.fs.attributeTimeout) }
             catch { FUSEServer.fail(req, error) }
         }
@@ -221,6 +225,7 @@ public final class FUSEServer: @unchecked Sendable {
         }
         ops.create = { req, parent, name, mode, fi in
             let s = FUSEServer.server(req)
+            let mode = s.fs.creationMode(parent: parent, mode: mode, umask: FUSEServer.caller(req).umask)
             do {
                 let (e, h) = try s.fs.create(parent: parent, name: FUSEServer.name(name), mode: mode, flags: fi!.pointee.flags, caller: FUSEServer.caller(req))
                 fi!.pointee.fh = UInt64(UInt(bitPattern: h))

@@ -37,6 +37,8 @@ public final class WarpFileSystem: @unchecked Sendable {
     let codec: BlockCodec
     let inodes: InodeTable
     private let isRoot = geteuid() == 0
+    /// What the kernel agreed to at FUSE init about POSIX ACLs (`PosixACL.swift`).
+    let aclState = Atomic<UInt8>(0)
 
     /// Opens the backing directory and starts the accelerator.
     public init(backing: String, options: MountOptions) throws {
@@ -603,6 +605,7 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
         let node = try inode(id)
         try writable()
+        try refuseACLIfOff(name)
         let path = xattrPath(node)
         _ = try backingXattr("setxattr", node, name, size: value.count) { CWarpSys.setxattr(path, name, value.baseAddress, value.count, flags) }
     }
@@ -617,19 +620,28 @@ public final class WarpFileSystem: @unchecked Sendable {
             return text.count
         }
         let node = try inode(id)
+        try refuseACLIfOff(name)
         let path = xattrPath(node)
-        return try backingXattr("getxattr", node, name) { CWarpSys.getxattr(path, name, buf.baseAddress, buf.count) }
+        do {
+            return try backingXattr("getxattr", node, name) { CWarpSys.getxattr(path, name, buf.baseAddress, buf.count) }
+        } catch let e as FSError where e.errno == EOPNOTSUPP && PosixACL.isACL(name) {
+            // A backing file system without ACLs has none to give: the
+            // kernel asks on every permission check, and must hear "none".
+            throw FSError(ENODATA)
+        }
     }
 
     public func listxattr(_ id: UInt64, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
         let node = try inode(id)
         let path = xattrPath(node)
+        guard aclsEnforced else { return try listWithoutACLs(node, into: buf) }
         return try backingXattr("listxattr", node, nil) { CWarpSys.listxattr(path, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count) }
     }
 
     public func removexattr(_ id: UInt64, name: String) throws {
         let node = try inode(id)
         try writable()
+        try refuseACLIfOff(name)
         let path = xattrPath(node)
         _ = try backingXattr("removexattr", node, name) { CWarpSys.removexattr(path, name) }
     }
