@@ -109,6 +109,17 @@ public final class FUSEServer: @unchecked Sendable {
         return WarpFileSystem.Caller(uid: c.uid, gid: c.gid, umask: c.umask)
     }
 
+    /// The caller's supplementary groups (read by libfuse from /proc).
+    static func groups(_ req: fuse_req_t?) -> [gid_t] {
+        var list = [gid_t](repeating: 0, count: 64)
+        var n = fuse_req_getgroups(req, Int32(list.count), &list)
+        if n > Int32(list.count) {
+            list = [gid_t](repeating: 0, count: Int(n))
+            n = fuse_req_getgroups(req, Int32(list.count), &list)
+        }
+        return n > 0 ? Array(list.prefix(min(Int(n), list.count))) : []
+    }
+
     static func replyEntry(_ req: fuse_req_t?, _ e: WarpFileSystem.Entry, _ timeout: Double) {
         var p = entryParam(e, timeout)
         fuse_reply_entry(req, &p)
@@ -292,6 +303,9 @@ public final class FUSEServer: @unchecked Sendable {
         ops.setxattr = { req, ino, name, value, size, flags in
             do {
                 try FUSEServer.server(req).fs.setxattr(ino, name: FUSEServer.name(name), value: UnsafeRawBufferPointer(start: value, count: size), flags: flags)
+                if FUSEServer.name(name) == PosixACL.accessName {
+                    FUSEServer.server(req).fs.accessACLWasSet(ino, caller: FUSEServer.caller(req), groups: FUSEServer.groups(req))
+                }
                 fuse_reply_err(req, 0)
             } catch { FUSEServer.fail(req, error) }
         }

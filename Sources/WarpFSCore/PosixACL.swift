@@ -160,6 +160,22 @@ extension WarpFileSystem {
         return mode & ~(umask & 0o777)
     }
 
+    /// After `caller` set an access ACL: a caller neither in the node's
+    /// group nor root loses the set-group-ID bit, as ext4's
+    /// posix_acl_update_mode takes it (the kernel would tell us with
+    /// FUSE_SETXATTR_ACL_KILL_SGID, which libfuse 3.14 cannot negotiate;
+    /// the backing file system sees only WarpFS, which is root). Root
+    /// stands for CAP_FSETID, which the request does not carry.
+    public func accessACLWasSet(_ id: UInt64, caller: Caller, groups: [gid_t]) {
+        guard aclsEnforced, caller.uid != 0, let node = inodes.get(id) else { return }
+        var st = stat()
+        guard fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_ISGID != 0,
+              st.st_gid != caller.gid, !groups.contains(st.st_gid) else { return }
+        if fchmodat(AT_FDCWD, node.procPath, st.st_mode & 0o7777 & ~S_ISGID, 0) != 0 {
+            Log.warning("\(displayName(node)): dropping set-group-ID after an ACL change: \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// A directory's default ACL, nil when it has none (or the backing file
     /// system keeps none).
     func defaultACL(_ dir: Inode) -> PosixACL? {

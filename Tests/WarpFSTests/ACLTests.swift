@@ -134,6 +134,31 @@ import WarpFSCore
         }
     }
 
+    /// Setting an access ACL on a set-group-ID file whose group the caller
+    /// is not in drops the set-group-ID bit, as ext4 does (the kernel leaves
+    /// it to the file system: FUSE_SETXATTR_ACL_KILL_SGID needs a protocol
+    /// extension libfuse 3.14 does not offer). A caller in the group keeps it.
+    @Test func aclSetByANonMemberDropsSetGID() throws {
+        try Self.withACLMount { m, oracle, user in
+            let other = try TestUser.ensureGroup("warpfs-acl-other")
+            for b in [m.mountpoint, oracle] {
+                for (name, group) in [("foreign", other), ("own", user.gid)] {
+                    let p = b + "/" + name
+                    try FileIO.write(p, [1], mode: 0o755)
+                    #expect(chown(p, user.uid, group) == 0 && chmod(p, 0o2755) == 0)
+                    let r = user.run([Self.setfaclPath, "-m", "u:nobody:r", p])
+                    #expect(r.status == 0, "setfacl as \(user.name) on \(p): \(r.output)")
+                }
+            }
+            for name in ["foreign", "own"] {
+                #expect(Self.mode(m.path(name)) == Self.mode(oracle + "/" + name),
+                        "\(name): mode \(String(Self.mode(m.path(name)), radix: 8)) through the mount, \(String(Self.mode(oracle + "/" + name), radix: 8)) on the backing file system")
+            }
+            #expect(Self.mode(m.path("foreign")) & S_ISGID == 0)
+            #expect(Self.mode(m.path("own")) & S_ISGID != 0)
+        }
+    }
+
     /// `-o noacl`: ACLs are neither enforced nor stored; setting one fails
     /// with EOPNOTSUPP (as on ext4 mounted with noacl), reading one finds none.
     @Test func noaclRefusesACLs() throws {
