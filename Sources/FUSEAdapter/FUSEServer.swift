@@ -326,11 +326,11 @@ public final class FUSEServer: @unchecked Sendable {
             let s = FUSEServer.server(req)
             do {
                 if size == 0 {
-                    fuse_reply_xattr(req, try s.fs.listxattr(ino, into: UnsafeMutableRawBufferPointer(start: nil, count: 0)))
+                    fuse_reply_xattr(req, try s.fs.listxattr(ino, into: UnsafeMutableRawBufferPointer(start: nil, count: 0), trusted: FUSEServer.caller(req).uid == 0))
                 } else {
                     let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
                     defer { buf.deallocate() }
-                    let n = try s.fs.listxattr(ino, into: buf)
+                    let n = try s.fs.listxattr(ino, into: buf, trusted: FUSEServer.caller(req).uid == 0)
                     fuse_reply_buf(req, buf.baseAddress!.assumingMemoryBound(to: CChar.self), n)
                 }
             } catch { FUSEServer.fail(req, error) }

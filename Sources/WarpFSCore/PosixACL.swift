@@ -122,28 +122,6 @@ extension WarpFileSystem {
         }
     }
 
-    /// listxattr without the ACL attributes a backing object may carry (a
-    /// mount without ACLs shows none, as ext4 mounted `noacl`).
-    func listWithoutACLs(_ node: Inode, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
-        var all: [UInt8] = []
-        while true {
-            let size = try sys("listxattr") { CWarpSys.listxattr(node.procPath, nil, 0) }
-            all = [UInt8](repeating: 0, count: size)
-            let n = all.withUnsafeMutableBytes { CWarpSys.listxattr(node.procPath, $0.baseAddress?.assumingMemoryBound(to: CChar.self), size) }
-            if n >= 0 { all.removeSubrange(n...); break }
-            if errno != ERANGE && errno != EINTR { throw FSError.last("listxattr") }   // ERANGE: the list grew meanwhile
-        }
-        var kept: [UInt8] = []
-        for name in all.split(separator: 0) where !PosixACL.isACL(String(decoding: name, as: UTF8.self)) {
-            kept += name
-            kept.append(0)
-        }
-        if buf.count == 0 { return kept.count }
-        guard buf.count >= kept.count else { throw FSError(ERANGE) }
-        buf.copyBytes(from: kept)
-        return kept.count
-    }
-
     /// The mode to create a node with, from the mode and umask the kernel
     /// sent. With FUSE_CAP_DONT_MASK the kernel no longer applies the umask:
     /// as ext4 (`posix_acl_create`), a parent with a default ACL sets the

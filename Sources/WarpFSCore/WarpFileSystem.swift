@@ -631,11 +631,41 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
     }
 
-    public func listxattr(_ id: UInt64, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
+    /// Size when `into` is empty, else the bytes copied (ERANGE if too
+    /// small). `trusted`: whether the caller may see `trusted.*` names
+    /// (CAP_SYS_ADMIN on ext4; the backing call runs as root and lists them all).
+    public func listxattr(_ id: UInt64, into buf: UnsafeMutableRawBufferPointer, trusted: Bool = true) throws -> Int {
         let node = try inode(id)
         let path = xattrPath(node)
-        guard aclsEnforced else { return try listWithoutACLs(node, into: buf) }
+        let acls = aclsEnforced
+        guard acls && trusted else {
+            return try filteredList(node, into: buf) { (acls || !PosixACL.isACL($0)) && (trusted || !$0.hasPrefix("trusted.")) }
+        }
         return try backingXattr("listxattr", node, nil) { CWarpSys.listxattr(path, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count) }
+    }
+
+    /// listxattr keeping only the names `keep` accepts: the ACL attributes
+    /// on a mount without ACLs (ext4 mounted noacl lists none), `trusted.*`
+    /// for a caller other than root. The backing list is read whole (again
+    /// if it grew in between), so a size query gives the filtered size.
+    private func filteredList(_ node: Inode, into buf: UnsafeMutableRawBufferPointer, keep: (String) -> Bool) throws -> Int {
+        var all: [UInt8] = []
+        while true {
+            let size = try sys("listxattr \(displayName(node))") { CWarpSys.listxattr(node.procPath, nil, 0) }
+            all = [UInt8](repeating: 0, count: size)
+            let n = all.withUnsafeMutableBytes { CWarpSys.listxattr(node.procPath, $0.baseAddress?.assumingMemoryBound(to: CChar.self), size) }
+            if n >= 0 { all.removeSubrange(n...); break }
+            if errno != ERANGE && errno != EINTR { throw FSError.last("listxattr \(displayName(node))") }
+        }
+        var kept: [UInt8] = []
+        for name in all.split(separator: 0) where keep(String(decoding: name, as: UTF8.self)) {
+            kept += name
+            kept.append(0)
+        }
+        if buf.count == 0 { return kept.count }
+        guard buf.count >= kept.count else { throw FSError(ERANGE) }
+        buf.copyBytes(from: kept)
+        return kept.count
     }
 
     public func removexattr(_ id: UInt64, name: String) throws {
