@@ -139,10 +139,10 @@ extension WarpFileSystem {
     }
 
     /// After `caller` set an access ACL: a caller neither in the node's
-    /// group nor root loses the set-group-ID bit, as ext4's
-    /// posix_acl_update_mode takes it (the kernel would tell us with
-    /// FUSE_SETXATTR_ACL_KILL_SGID, which libfuse 3.14 cannot negotiate;
-    /// the backing file system sees only WarpFS, which is root). Root
+    /// group nor root makes it lose the set-group-ID bit, as on ext4
+    /// (posix_acl_update_mode). The kernel would tell us with
+    /// FUSE_SETXATTR_ACL_KILL_SGID, which libfuse 3.14 cannot negotiate,
+    /// and the backing file system sees only WarpFS, which is root. Root
     /// stands for CAP_FSETID, which the request does not carry.
     public func accessACLWasSet(_ id: UInt64, caller: Caller, groups: [gid_t]) {
         guard aclsEnforced, caller.uid != 0, let node = inodes.get(id) else { return }
