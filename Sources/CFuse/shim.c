@@ -39,6 +39,13 @@ void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, 
     conn->max_readahead = 1u << 20;
 }
 
+int wf_init_acl(struct fuse_conn_info *conn, int on) {
+    const unsigned both = FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
+    conn->want &= ~both;
+    if (on && (conn->capable & FUSE_CAP_POSIX_ACL)) conn->want |= conn->capable & both;
+    return ((conn->want & FUSE_CAP_POSIX_ACL) ? 1 : 0) | ((conn->want & FUSE_CAP_DONT_MASK) ? 2 : 0);
+}
+
 void wf_fi_set_keep_cache(struct fuse_file_info *fi, int on) { fi->keep_cache = on ? 1 : 0; }
 void wf_fi_set_direct_io(struct fuse_file_info *fi, int on) { fi->direct_io = on ? 1 : 0; }
 void wf_fi_set_parallel_direct_writes(struct fuse_file_info *fi, int on) {

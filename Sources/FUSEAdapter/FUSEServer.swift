@@ -118,6 +118,17 @@ public final class FUSEServer: @unchecked Sendable {
         return WarpFileSystem.Caller(uid: c.uid, gid: c.gid, umask: c.umask)
     }
 
+    /// The caller's supplementary groups (read by libfuse from /proc).
+    static func groups(_ req: fuse_req_t?) -> [gid_t] {
+        var list = [gid_t](repeating: 0, count: 64)
+        var n = fuse_req_getgroups(req, Int32(list.count), &list)
+        if n > Int32(list.count) {
+            list = [gid_t](repeating: 0, count: Int(n))
+            n = fuse_req_getgroups(req, Int32(list.count), &list)
+        }
+        return n > 0 ? Array(list.prefix(min(Int(n), list.count))) : []
+    }
+
     static func replyEntry(_ req: fuse_req_t?, _ e: WarpFileSystem.Entry, _ timeout: Double) {
         var p = entryParam(e, timeout)
         fuse_reply_entry(req, &p)
@@ -144,6 +155,8 @@ public final class FUSEServer: @unchecked Sendable {
         ops.`init` = { userdata, conn in
             let s = Unmanaged<FUSEServer>.fromOpaque(userdata!).takeUnretainedValue()
             wf_init_conn(conn, s.writebackCache ? 1 : 0, 0, 1 << 20, s.fs.exportSupport ? 1 : 0)
+            let acl = wf_init_acl(conn, s.fs.options.posixACL ? 1 : 0)
+            s.fs.kernelGranted(posixACL: acl & 1 != 0, dontMask: acl & 2 != 0)
         }
         ops.lookup = { req, parent, name in
             let s = FUSEServer.server(req)
@@ -187,11 +200,13 @@ public final class FUSEServer: @unchecked Sendable {
         }
         ops.mknod = { req, parent, name, mode, rdev in
             let s = FUSEServer.server(req)
+            let mode = s.fs.creationMode(parent: parent, mode: mode, umask: FUSEServer.caller(req).umask)
             do { FUSEServer.replyEntry(req, try s.fs.mknod(parent: parent, name: FUSEServer.name(name), mode: mode, rdev: rdev, caller: FUSEServer.caller(req)), s.fs.attributeTimeout) }
             catch { FUSEServer.fail(req, error) }
         }
         ops.mkdir = { req, parent, name, mode in
             let s = FUSEServer.server(req)
+            let mode = s.fs.creationMode(parent: parent, mode: mode, umask: FUSEServer.caller(req).umask)
             do { FUSEServer.replyEntry(req, try s.fs.mkdir(parent: parent, name: FUSEServer.name(name), mode: mode, caller: FUSEServer.caller(req)), s.fs.attributeTimeout) }
             catch { FUSEServer.fail(req, error) }
         }
@@ -230,6 +245,7 @@ public final class FUSEServer: @unchecked Sendable {
         }
         ops.create = { req, parent, name, mode, fi in
             let s = FUSEServer.server(req)
+            let mode = s.fs.creationMode(parent: parent, mode: mode, umask: FUSEServer.caller(req).umask)
             do {
                 let (e, h) = try s.fs.create(parent: parent, name: FUSEServer.name(name), mode: mode, flags: fi!.pointee.flags, caller: FUSEServer.caller(req))
                 fi!.pointee.fh = UInt64(UInt(bitPattern: h))
@@ -299,6 +315,9 @@ public final class FUSEServer: @unchecked Sendable {
             do {
                 try FUSEServer.server(req).fs.setxattr(ino, name: FUSEServer.name(name), value: UnsafeRawBufferPointer(start: value, count: size), flags: flags,
                                                        caller: FUSEServer.caller(req))
+                if FUSEServer.name(name) == PosixACL.accessName {
+                    FUSEServer.server(req).fs.accessACLWasSet(ino, caller: FUSEServer.caller(req), groups: FUSEServer.groups(req))
+                }
                 fuse_reply_err(req, 0)
             } catch { FUSEServer.fail(req, error) }
         }
@@ -320,11 +339,11 @@ public final class FUSEServer: @unchecked Sendable {
             let s = FUSEServer.server(req)
             do {
                 if size == 0 {
-                    fuse_reply_xattr(req, try s.fs.listxattr(ino, into: UnsafeMutableRawBufferPointer(start: nil, count: 0)))
+                    fuse_reply_xattr(req, try s.fs.listxattr(ino, into: UnsafeMutableRawBufferPointer(start: nil, count: 0), trusted: FUSEServer.caller(req).uid == 0))
                 } else {
                     let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
                     defer { buf.deallocate() }
-                    let n = try s.fs.listxattr(ino, into: buf)
+                    let n = try s.fs.listxattr(ino, into: buf, trusted: FUSEServer.caller(req).uid == 0)
                     fuse_reply_buf(req, buf.baseAddress!.assumingMemoryBound(to: CChar.self), n)
                 }
             } catch { FUSEServer.fail(req, error) }

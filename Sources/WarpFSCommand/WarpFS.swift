@@ -41,7 +41,8 @@ struct Mount: ParsableCommand {
         budget, default 128), readahead=KiB (kernel readahead, default 1024), no_writeback_cache, no_keep_cache, \
         engine_timeout=S (seconds before an accelerator request fails, default 10), queues=N (accelerator \
         queues, default 1024), fault_injection (fault commands on the mount root's user.warpfs.fault, for tests), \
-        device=SOCKET (use a running warpdrived instead of the in-process accelerator).
+        device=SOCKET (use a running warpdrived instead of the in-process accelerator), \
+        noacl (no POSIX ACLs: setting one fails with EOPNOTSUPP; default: kept in the backing files and enforced).
         """)
 
     @Argument(help: "The directory that holds the compressed files.") var backing: String

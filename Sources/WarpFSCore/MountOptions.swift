@@ -46,6 +46,9 @@ public struct MountOptions: Sendable, Equatable {
     public var faultInjection = false
     /// A `warpdrived` socket to use instead of the in-process emulated device.
     public var deviceSocket: String?
+    /// POSIX ACLs: stored in the backing objects' ACL attributes and
+    /// enforced by the kernel (`noacl`: neither, as ext4 mounted noacl).
+    public var posixACL = true
 
     public init() {}
 
@@ -105,10 +108,12 @@ public struct MountOptions: Sendable, Equatable {
             case "queues": queues = try number(2...1024)
             case "fault_injection": faultInjection = true
             case "device": deviceSocket = try need()
+            case "acl": posixACL = true
+            case "noacl": posixACL = false
             default:
                 throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, cache_blocks, "
                     + "compress, nocompress, ro, rw, allow_other, dev, nodev, suid, nosuid, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory, "
-                    + "engine_timeout, queues, fault_injection, device)")
+                    + "engine_timeout, queues, fault_injection, device, acl, noacl)")
             }
         }
     }

@@ -42,6 +42,8 @@ public final class WarpFileSystem: @unchecked Sendable {
     private let isRoot = geteuid() == 0
     /// The user who mounted: this process's real uid (see `mayControl`).
     private let mounter = getuid()
+    /// What the kernel agreed to at FUSE init about POSIX ACLs (`PosixACL.swift`).
+    let aclState = Atomic<UInt8>(0)
 
     /// Opens the backing directory and starts the accelerator.
     public init(backing: String, options: MountOptions) throws {
@@ -670,9 +672,25 @@ public final class WarpFileSystem: @unchecked Sendable {
 
     // MARK: Extended attributes
 
-    private func xattrPath(_ node: Inode) throws -> String {
-        guard node.type != S_IFLNK else { throw FSError(ENOTSUP) }
-        return node.procPath
+    /// The backing object's `/proc/self/fd/N` path for the xattr calls. The
+    /// kernel resolves it by jumping to the object the descriptor holds and
+    /// follows no symlink after the jump, so on a symlink the calls reach the
+    /// link itself, as the l*xattr calls do. (Linux 6.13's *xattrat calls
+    /// refuse an `O_PATH` descriptor with AT_EMPTY_PATH: EBADF.) `user.*` on
+    /// a symlink is refused by the kernel before the request is sent, as on ext4.
+    private func xattrPath(_ node: Inode) -> String { node.procPath }
+
+    /// Runs one xattr call on the backing object. The application gets the
+    /// backing errno; running out of room (the backing file system's
+    /// capacity for attributes is the mount's) is also logged, with the file.
+    private func backingXattr<T: BinaryInteger>(_ what: String, _ node: Inode, _ name: String?, size: Int = 0, _ call: () -> T) throws -> T {
+        do { return try sys(what, call) } catch let e as FSError {
+            if [ENOSPC, EDQUOT, E2BIG, EIO].contains(e.errno) {
+                let attribute = name.map { " '\($0)' (\(size) bytes)" } ?? ""
+                Log.warning("\(displayName(node)): \(what)\(attribute): \(String(cString: strerror(e.errno))) from the backing file system")
+            }
+            throw e
+        }
     }
 
     /// Only root and the user who mounted may use the mount root's control
@@ -727,8 +745,9 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
         let node = try inode(id)
         try writable()
-        let path = try xattrPath(node)
-        _ = try sys("setxattr") { CWarpSys.setxattr(path, name, value.baseAddress, value.count, flags) }
+        try refuseACLIfOff(name)
+        let path = xattrPath(node)
+        _ = try backingXattr("setxattr", node, name, size: value.count) { CWarpSys.setxattr(path, name, value.baseAddress, value.count, flags) }
     }
 
     /// Size when `into` is empty, else the bytes copied (ERANGE if too small).
@@ -741,20 +760,61 @@ public final class WarpFileSystem: @unchecked Sendable {
             buf.copyBytes(from: text)
             return text.count
         }
-        let path = try xattrPath(try inode(id))
-        return try sys("getxattr") { CWarpSys.getxattr(path, name, buf.baseAddress, buf.count) }
+        let node = try inode(id)
+        try refuseACLIfOff(name)
+        let path = xattrPath(node)
+        do {
+            return try backingXattr("getxattr", node, name) { CWarpSys.getxattr(path, name, buf.baseAddress, buf.count) }
+        } catch let e as FSError where e.errno == EOPNOTSUPP && PosixACL.isACL(name) {
+            // A backing file system without ACLs has none to give: the
+            // kernel asks on every permission check, and must hear "none".
+            throw FSError(ENODATA)
+        }
     }
 
-    public func listxattr(_ id: UInt64, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
-        let path = try xattrPath(try inode(id))
-        return try sys("listxattr") { CWarpSys.listxattr(path, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count) }
+    /// Size when `into` is empty, else the bytes copied (ERANGE if too
+    /// small). `trusted`: whether the caller may see `trusted.*` names
+    /// (CAP_SYS_ADMIN on ext4; the backing call runs as root and lists them all).
+    public func listxattr(_ id: UInt64, into buf: UnsafeMutableRawBufferPointer, trusted: Bool = true) throws -> Int {
+        let node = try inode(id)
+        let path = xattrPath(node)
+        let acls = aclsEnforced
+        guard acls && trusted else {
+            return try filteredList(node, into: buf) { (acls || !PosixACL.isACL($0)) && (trusted || !$0.hasPrefix("trusted.")) }
+        }
+        return try backingXattr("listxattr", node, nil) { CWarpSys.listxattr(path, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count) }
+    }
+
+    /// listxattr keeping only the names `keep` accepts: the ACL attributes
+    /// on a mount without ACLs (ext4 mounted noacl lists none), `trusted.*`
+    /// for a caller other than root. The backing list is read whole (again
+    /// if it grew in between), so a size query gives the filtered size.
+    private func filteredList(_ node: Inode, into buf: UnsafeMutableRawBufferPointer, keep: (String) -> Bool) throws -> Int {
+        var all: [UInt8] = []
+        while true {
+            let size = try sys("listxattr \(displayName(node))") { CWarpSys.listxattr(node.procPath, nil, 0) }
+            all = [UInt8](repeating: 0, count: size)
+            let n = all.withUnsafeMutableBytes { CWarpSys.listxattr(node.procPath, $0.baseAddress?.assumingMemoryBound(to: CChar.self), size) }
+            if n >= 0 { all.removeSubrange(n...); break }
+            if errno != ERANGE && errno != EINTR { throw FSError.last("listxattr \(displayName(node))") }
+        }
+        var kept: [UInt8] = []
+        for name in all.split(separator: 0) where keep(String(decoding: name, as: UTF8.self)) {
+            kept += name
+            kept.append(0)
+        }
+        if buf.count == 0 { return kept.count }
+        guard buf.count >= kept.count else { throw FSError(ERANGE) }
+        buf.copyBytes(from: kept)
+        return kept.count
     }
 
     public func removexattr(_ id: UInt64, name: String) throws {
         let node = try inode(id)
         try writable()
-        let path = try xattrPath(node)
-        _ = try sys("removexattr") { CWarpSys.removexattr(path, name) }
+        try refuseACLIfOff(name)
+        let path = xattrPath(node)
+        _ = try backingXattr("removexattr", node, name) { CWarpSys.removexattr(path, name) }
     }
 
     // MARK: Lifetime

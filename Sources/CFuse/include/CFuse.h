@@ -16,6 +16,12 @@ int wf_session_loop_mt(struct fuse_session *se, int clone_fd, unsigned max_idle_
    system can find a node from its id alone (LOOKUP "." after FORGET). */
 void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, unsigned max_write, int export_support);
 
+/* POSIX ACLs: with on, asks for FUSE_CAP_POSIX_ACL (the kernel enforces
+   ACLs, read through getxattr) and FUSE_CAP_DONT_MASK (the kernel sends the
+   umask instead of applying it, so a default ACL can replace it); without,
+   asks for neither. Returns what was granted: 1 POSIX_ACL, 2 DONT_MASK. */
+int wf_init_acl(struct fuse_conn_info *conn, int on);
+
 /* fuse_file_info bitfields, which Swift cannot set. */
 void wf_fi_set_keep_cache(struct fuse_file_info *fi, int on);
 void wf_fi_set_direct_io(struct fuse_file_info *fi, int on);
