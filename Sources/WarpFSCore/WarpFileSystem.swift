@@ -735,7 +735,16 @@ public final class WarpFileSystem: @unchecked Sendable {
         return "\(local.name): \(local.totals), isolated=\(local.isIsolated ? 1 : 0), \(aside)\n"
     }
 
+    /// Attributes of the backing root that belong to the mount itself
+    /// (`trusted.warpfs.*`: the file-handle key): not shown through the
+    /// mount, not readable or writable through it, so no copy of the mount
+    /// root (`cp -a`) carries them and nobody swaps the key under it.
+    private func isMountPrivate(_ id: UInt64, _ name: String) -> Bool {
+        id == 1 && name.hasPrefix("trusted.warpfs.")
+    }
+
     public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32, caller: Caller) throws {
+        if isMountPrivate(id, name) { throw FSError(EPERM, "\(name) belongs to the mount") }
         if id == 1 && name == WarpFileSystem.faultAttribute {
             guard mayControl(caller) else {
                 throw FSError(EPERM, "\(WarpFileSystem.faultAttribute): uid \(caller.uid) may not inject faults (only root and uid \(mounter))")
@@ -760,6 +769,7 @@ public final class WarpFileSystem: @unchecked Sendable {
             buf.copyBytes(from: text)
             return text.count
         }
+        if isMountPrivate(id, name) { throw FSError(ENODATA) }
         let node = try inode(id)
         try refuseACLIfOff(name)
         let path = xattrPath(node)
@@ -779,8 +789,10 @@ public final class WarpFileSystem: @unchecked Sendable {
         let node = try inode(id)
         let path = xattrPath(node)
         let acls = aclsEnforced
-        guard acls && trusted else {
-            return try filteredList(node, into: buf) { (acls || !PosixACL.isACL($0)) && (trusted || !$0.hasPrefix("trusted.")) }
+        guard acls && trusted && id != 1 else {
+            return try filteredList(node, into: buf) {
+                (acls || !PosixACL.isACL($0)) && (trusted || !$0.hasPrefix("trusted.")) && !isMountPrivate(id, $0)
+            }
         }
         return try backingXattr("listxattr", node, nil) { CWarpSys.listxattr(path, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count) }
     }
@@ -810,6 +822,7 @@ public final class WarpFileSystem: @unchecked Sendable {
     }
 
     public func removexattr(_ id: UInt64, name: String) throws {
+        if isMountPrivate(id, name) { throw FSError(EPERM, "\(name) belongs to the mount") }
         let node = try inode(id)
         try writable()
         try refuseACLIfOff(name)

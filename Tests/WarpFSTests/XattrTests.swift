@@ -98,6 +98,30 @@ import Testing
     }
 
     /// A symlink's own times and owner change without touching its target.
+    /// The file-handle key the mount keeps on the backing root
+    /// (`trusted.warpfs.handle_key`) is the mount's own: root sees it on the
+    /// backing directory, but through the mount it is neither listed, nor
+    /// readable, nor replaceable or removable, so copying the mount root
+    /// does not carry it and nobody swaps it under the mount.
+    @Test func theMountsOwnKeyIsNotReachableThroughTheMount() throws {
+        try withMount { m in
+            let key = "trusted.warpfs.handle_key"
+            guard case .success(let stored) = Self.get(m.backing, key) else {
+                Issue.record("the backing root has no \(key) (file handles not set up): \(m.log)")
+                return
+            }
+            #expect(stored.count == 16)
+            #expect(!Self.list(m.mountpoint).contains(key))
+            if case .success = Self.get(m.mountpoint, key) { Issue.record("\(key) readable through the mount") }
+            #expect(Self.set(m.mountpoint, key, [UInt8](repeating: 7, count: 16)) == EPERM)
+            #expect(lremovexattr(m.mountpoint, key) != 0 && errno == EPERM)
+            #expect((try? Self.get(m.backing, key).get()) == stored)
+            // Other trusted attributes of the root stay root's to use.
+            #expect(Self.set(m.mountpoint, "trusted.other", [1]) == 0)
+            #expect(Self.list(m.mountpoint).contains("trusted.other"))
+        }
+    }
+
     @Test func symlinkTimesAndOwner() throws {
         try withMount { m in
             try FileIO.write(m.path("target"), Array("t".utf8))
