@@ -518,13 +518,16 @@ public final class WarpFileSystem: @unchecked Sendable {
         try h.inode.lock.withLock { (_) throws in
             switch try content(h.inode) {
             case .compressed(let f):
+                // Allocation reserves backing space for a later write of the
+                // range or fails with ENOSPC (docs/FORMAT.md, "Allocation").
                 switch mode {
-                case 0:
-                    if offset + length > f.size { try f.truncate(to: offset + length) }
-                case FALLOC_FL_KEEP_SIZE:
-                    break
+                case 0, FALLOC_FL_KEEP_SIZE:
+                    try f.allocate(offset: offset, length: length, keepSize: mode != 0, privileged: h.privileged)
                 case FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
                     try f.zeroRange(offset: offset, length: length)
+                case FALLOC_FL_ZERO_RANGE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE:
+                    try f.allocate(offset: offset, length: length, keepSize: mode != FALLOC_FL_ZERO_RANGE, privileged: h.privileged)
+                    try f.zeroRange(offset: offset, length: length, keepingAllocations: true)
                 default:
                     throw FSError(EOPNOTSUPP)
                 }
@@ -599,6 +602,12 @@ public final class WarpFileSystem: @unchecked Sendable {
     public func statfs() throws -> statvfs {
         var s = statvfs()
         _ = try sys("statfs") { fstatvfs(inodes.root.fd, &s) }
+        // Space promised to unstored blocks and to allocations is not free.
+        if let held = codec.space?.snapshot().reserved, held > 0, s.f_frsize > 0 {
+            let blocks = fsblkcnt_t(held / Int(s.f_frsize))
+            s.f_bfree -= min(s.f_bfree, blocks)
+            s.f_bavail -= min(s.f_bavail, blocks)
+        }
         return s
     }
 
