@@ -53,6 +53,7 @@ void wf_fi_set_parallel_direct_writes(struct fuse_file_info *fi, int on) {
 #endif
 }
 int wf_fi_flush(const struct fuse_file_info *fi) { return fi->flush; }
+int wf_fi_writepage(const struct fuse_file_info *fi) { return fi->writepage; }
 
 static int log_fd = 2;
 static void log_func(enum fuse_log_level level, const char *fmt, va_list ap) {

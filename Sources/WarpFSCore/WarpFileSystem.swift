@@ -25,7 +25,10 @@ public final class WarpFileSystem: @unchecked Sendable {
         public var uid: uid_t
         public var gid: gid_t
         public var umask: mode_t
+        /// The calling thread (0: unknown), for its groups and capabilities.
+        public var pid: pid_t = 0
         public init(uid: uid_t, gid: gid_t, umask: mode_t) { self.uid = uid; self.gid = gid; self.umask = umask }
+        public init(uid: uid_t, gid: gid_t, umask: mode_t, pid: pid_t) { self.uid = uid; self.gid = gid; self.umask = umask; self.pid = pid }
     }
 
     public let backingPath: String
@@ -234,10 +237,20 @@ public final class WarpFileSystem: @unchecked Sendable {
         public init() {}
     }
 
-    public func setattr(_ id: UInt64, _ ch: AttributeChanges) throws -> stat {
+    /// `caller`: who asks (nil: this process). A mode the kernel sends is
+    /// either a chmod or its clearing of set-ID bits before a write,
+    /// truncate or fallocate, computed with an older rule that keeps
+    /// S_ISGID without S_IXGRP for everyone; a caller outside the file's
+    /// group without CAP_FSETID keeps it in neither case (`CallerCredentials`).
+    public func setattr(_ id: UInt64, _ ch: AttributeChanges, caller: Caller? = nil) throws -> stat {
         let node = try inode(id)
         try writable()
-        if let mode = ch.mode {
+        if var mode = ch.mode {
+            if mode & S_ISGID != 0, let caller, caller.uid != 0, node.isRegular {
+                var st = stat()
+                _ = try sys("stat node \(node.nodeID)") { fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
+                if !CallerCredentials(caller).mayKeepSetGroupID(gid: ch.gid ?? st.st_gid) { mode &= ~S_ISGID }
+            }
             _ = try sys("chmod \(displayName(node))") { fchmodat(AT_FDCWD, node.procPath, mode & 0o7777, 0) }
         }
         if ch.uid != nil || ch.gid != nil {
@@ -257,6 +270,7 @@ public final class WarpFileSystem: @unchecked Sendable {
                 }
                 if node.openHandles == 0 { node.content = nil }
             }
+            try dropSetIDBits(node, caller: caller)
         }
         if ch.atime != nil || ch.mtime != nil {
             // Store buffered data first so the times set here are the last word.
@@ -377,9 +391,12 @@ public final class WarpFileSystem: @unchecked Sendable {
     public func create(parent: UInt64, name: String, mode: mode_t, flags: Int32, caller: Caller) throws -> (Entry, UnsafeMutableRawPointer) {
         let p = try inode(parent)
         try checkName(name); try writable()
+        var existing = stat()
+        let existed = fstatat(p.fd, name, &existing, AT_SYMLINK_NOFOLLOW) == 0
         let (e, fd) = try createFile(p, name, mode: mode, exclusive: flags & O_EXCL != 0, caller: caller)
         close(fd)
-        let fh = try open(e.nodeID, flags: flags & ~(O_CREAT | O_EXCL), caller: caller)
+        // O_TRUNC of a file this call created truncates nothing (and keeps its set-ID bits).
+        let fh = try open(e.nodeID, flags: flags & ~(O_CREAT | O_EXCL | (existed ? 0 : O_TRUNC)), caller: caller)
         return (e, fh)
     }
 
@@ -400,6 +417,8 @@ public final class WarpFileSystem: @unchecked Sendable {
                 case .compressed(let f): try f.truncate(to: 0); try f.flush()
                 case .plain(let fd): _ = try sys("truncate") { ftruncate(fd, 0) }
                 }
+                // The kernel sends no SETATTR for an atomic O_TRUNC.
+                try dropSetIDBits(node, caller: caller)
             }
         }
         let h = OpenHandle(inode: node, flags: flags)
@@ -421,9 +440,12 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
     }
 
-    public func write(_ fh: UnsafeMutableRawPointer, offset: UInt64, count: Int, from buf: UnsafeRawPointer) throws -> Int {
+    /// `caller`: the writer, when the request comes from it (not the
+    /// kernel's write-back of cached pages): its write drops set-ID bits.
+    public func write(_ fh: UnsafeMutableRawPointer, offset: UInt64, count: Int, from buf: UnsafeRawPointer, caller: Caller? = nil) throws -> Int {
         let h = Self.handle(fh)
         try writable()
+        try dropSetIDBits(h.inode, caller: caller)
         return try h.inode.lock.withLock { (_) throws -> Int in
             switch try content(h.inode) {
             case .compressed(let f):
@@ -512,9 +534,11 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
     }
 
-    public func fallocate(_ fh: UnsafeMutableRawPointer, mode: Int32, offset: UInt64, length: UInt64) throws {
+    /// `caller`: who allocates; as a write, the change drops set-ID bits.
+    public func fallocate(_ fh: UnsafeMutableRawPointer, mode: Int32, offset: UInt64, length: UInt64, caller: Caller? = nil) throws {
         let h = Self.handle(fh)
         try writable()
+        try dropSetIDBits(h.inode, caller: caller)
         try h.inode.lock.withLock { (_) throws in
             switch try content(h.inode) {
             case .compressed(let f):
