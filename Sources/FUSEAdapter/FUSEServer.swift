@@ -47,6 +47,8 @@ public final class FUSEServer: @unchecked Sendable {
             throw FSError(EIO, "cannot mount on '\(mountpoint)' (is it an existing directory, not already mounted?)")
         }
         if fs.options.readaheadKiB > 0 { setReadahead(fs.options.readaheadKiB) }
+        // Attributes only (offset -1): no page is locked, so it is safe inside a request.
+        fs.invalidateAttributes = { ino in _ = fuse_lowlevel_notify_inval_inode(se, ino, -1, 0) }
     }
 
     /// The kernel offers FUSE 128 KiB of readahead, so sequential reads
@@ -168,6 +170,7 @@ public final class FUSEServer: @unchecked Sendable {
             let now = timespec(tv_sec: 0, tv_nsec: Int(WD_UTIME_NOW))
             if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { ch.atime = now } else if toSet & FUSE_SET_ATTR_ATIME != 0 { ch.atime = a.st_atim }
             if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { ch.mtime = now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { ch.mtime = a.st_mtim }
+            if toSet & FUSE_SET_ATTR_CTIME != 0 { ch.ctime = a.st_ctim }
             do {
                 var st = try s.fs.setattr(ino, ch, caller: FUSEServer.caller(req))
                 fuse_reply_attr(req, &st, s.fs.attributeTimeout)

@@ -42,6 +42,8 @@ public struct MountOptions: Sendable, Equatable {
     public var faultInjection = false
     /// A `warpdrived` socket to use instead of the in-process emulated device.
     public var deviceSocket: String?
+    /// When reads update access times (noatime, relatime, strictatime).
+    public var accessTimes: AccessTimePolicy = .relatime
 
     public init() {}
 
@@ -97,10 +99,11 @@ public struct MountOptions: Sendable, Equatable {
             case "queues": queues = try number(2...1024)
             case "fault_injection": faultInjection = true
             case "device": deviceSocket = try need()
+            case "noatime", "relatime", "strictatime": accessTimes = AccessTimePolicy(rawValue: key)!
             default:
                 throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, cache_blocks, "
                     + "compress, nocompress, ro, rw, allow_other, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory, "
-                    + "engine_timeout, queues, fault_injection, device)")
+                    + "engine_timeout, queues, fault_injection, device, noatime, relatime, strictatime)")
             }
         }
     }

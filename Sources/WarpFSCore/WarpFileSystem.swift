@@ -39,6 +39,8 @@ public final class WarpFileSystem: @unchecked Sendable {
     public let localDevice: EmulatedZipDevice?
     let codec: BlockCodec
     let inodes: InodeTable
+    /// Drops the kernel's cached attributes of a node (set by the adapter).
+    public var invalidateAttributes: ((UInt64) -> Void)?
     private let isRoot = geteuid() == 0
     /// The user who mounted: this process's real uid (see `mayControl`).
     private let mounter = getuid()
@@ -107,6 +109,7 @@ public final class WarpFileSystem: @unchecked Sendable {
         _ = try sys("stat node \(node.nodeID)") { fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
         if node.isRegular {
             st.st_size = off_t(logicalSize(node, backingSize: UInt64(st.st_size)))
+            if let ctime = recordedChangeTime(node, st) { st.st_ctim = ctime }
         }
         return st
     }
@@ -118,7 +121,7 @@ public final class WarpFileSystem: @unchecked Sendable {
             case .plain?: return backingSize
             case nil:
                 if let s = node.cachedSize { return s }
-                let fd = Glibc.open(node.procPath, O_RDONLY | O_CLOEXEC)
+                let fd = openBacking(node, O_RDONLY)
                 guard fd >= 0 else { return backingSize }
                 defer { close(fd) }
                 switch try? CompressedFile.kind(fd: fd, name: "node \(node.nodeID)") {
@@ -137,11 +140,21 @@ public final class WarpFileSystem: @unchecked Sendable {
         return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// Opens the backing file of `node` for the file system's own I/O, with
+    /// O_NOATIME where allowed: only reads through the mount set access
+    /// times, by the mount's policy (`touchAccessTime`), not the file
+    /// system reading headers, indexes or read-ahead.
+    private func openBacking(_ node: Inode, _ mode: Int32) -> Int32 {
+        let fd = Glibc.open(node.procPath, mode | O_CLOEXEC | 0o1000000)     // O_NOATIME
+        if fd < 0 && errno == EPERM { return Glibc.open(node.procPath, mode | O_CLOEXEC) }
+        return fd
+    }
+
     /// The shared content of a regular file; loads it if needed. Lock held.
     private func content(_ node: Inode) throws -> FileContent {
         if let c = node.content { return c }
-        var fd = Glibc.open(node.procPath, O_RDWR | O_CLOEXEC)
-        if fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY) { fd = Glibc.open(node.procPath, O_RDONLY | O_CLOEXEC) }
+        var fd = openBacking(node, O_RDWR)
+        if fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY) { fd = openBacking(node, O_RDONLY) }
         guard fd >= 0 else { throw FSError.last("open \(displayName(node))") }
         let name = displayName(node)
         do {
@@ -234,6 +247,8 @@ public final class WarpFileSystem: @unchecked Sendable {
         public var size: UInt64?
         public var atime: timespec?
         public var mtime: timespec?
+        /// The kernel's own ctime (writeback cache), to be shown from now on.
+        public var ctime: timespec?
         public init() {}
     }
 
@@ -283,6 +298,8 @@ public final class WarpFileSystem: @unchecked Sendable {
                 _ = try sys("utimens \(displayName(node))") { utimensat(AT_FDCWD, node.procPath, &times, 0) }
             }
         }
+        // The ctime shown: the kernel's (writeback cache), else the backing one this change set.
+        if let ctime = ch.ctime { recordChangeTime(node, ctime) } else { forgetChangeTime(node) }
         return try attributes(node)
     }
 
@@ -433,9 +450,14 @@ public final class WarpFileSystem: @unchecked Sendable {
         return try h.inode.lock.withLock { (_) throws -> Int in
             switch try content(h.inode) {
             case .compressed(let f):
-                do { return try f.read(offset: offset, count: count, into: buf) } catch { Log.error("\(error)"); throw error }
+                let n: Int
+                do { n = try f.read(offset: offset, count: count, into: buf) } catch { Log.error("\(error)"); throw error }
+                touchAccessTime(h.inode)
+                return n
             case .plain(let fd):
-                return try preadFully(fd, buf, count, Int(offset), "read")
+                let n = try preadFully(fd, buf, count, Int(offset), "read")
+                touchAccessTime(h.inode)
+                return n
             }
         }
     }
@@ -472,6 +494,10 @@ public final class WarpFileSystem: @unchecked Sendable {
         try h.inode.lock.withLock { (_) throws in
             if case .compressed(let f)? = h.inode.content {
                 do { try f.flush() } catch { FSError.log(error); throw error }
+                // Without the writeback cache the kernel shows the times the
+                // file system reports and caches them: what this store changed
+                // must not wait for the cache to expire.
+                if !options.writebackCache { invalidateAttributes?(h.inode.nodeID) }
             }
         }
     }
@@ -489,7 +515,7 @@ public final class WarpFileSystem: @unchecked Sendable {
             case .compressed(let f):
                 do {
                     try f.flush()
-                    if f.hasStaleCopies { try preservingTimes(f.fd) { () throws in try f.sync() } }
+                    if f.hasStaleCopies { try preservingTimes(h.inode, f.fd) { () throws in try f.sync() } }
                 } catch {
                     // Keep the content (and its unstored blocks) in memory: the
                     // next open, fsync or the unmount retries; nothing is dropped.
@@ -510,13 +536,19 @@ public final class WarpFileSystem: @unchecked Sendable {
     }
 
     /// Runs maintenance that must not change the file's times (punching
-    /// superseded copies updates mtime on the backing file system).
-    private func preservingTimes(_ fd: Int32, _ body: () throws -> Void) throws {
+    /// superseded copies updates mtime on the backing file system): atime
+    /// and mtime are put back, and the ctime shown is recorded. Callers
+    /// store buffered data first (`flush`): that is a change of the file.
+    /// Under the inode's lock, as access-time updates are, so neither undoes
+    /// the other.
+    private func preservingTimes(_ node: Inode, _ fd: Int32, _ body: () throws -> Void) throws {
         var st = stat()
         fstat(fd, &st)
+        let ctime = recordedChangeTime(node, st) ?? st.st_ctim
         try body()
         var times = [st.st_atim, st.st_mtim]
         futimens(fd, &times)
+        recordChangeTime(node, ctime)
     }
 
     public func fsync(_ fh: UnsafeMutableRawPointer, dataOnly: Bool) throws {
@@ -524,7 +556,10 @@ public final class WarpFileSystem: @unchecked Sendable {
         try h.inode.lock.withLock { (_) throws in
             switch try content(h.inode) {
             case .compressed(let f):
-                do { try preservingTimes(f.fd) { () throws in try f.sync() } } catch { FSError.log(error); throw error }
+                do {
+                    try f.flush()
+                    try preservingTimes(h.inode, f.fd) { () throws in try f.sync() }
+                } catch { FSError.log(error); throw error }
             case .plain(let fd):
                 _ = try sys("fsync") { dataOnly ? fdatasync(fd) : Glibc.fsync(fd) }
             }
@@ -694,6 +729,7 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
         let node = try inode(id)
         try writable()
+        if name == WarpFileSystem.changeTimeAttribute { throw FSError(EPERM) }
         let path = try xattrPath(node)
         _ = try sys("setxattr") { CWarpSys.setxattr(path, name, value.baseAddress, value.count, flags) }
     }
@@ -708,18 +744,20 @@ public final class WarpFileSystem: @unchecked Sendable {
             buf.copyBytes(from: text)
             return text.count
         }
+        if name == WarpFileSystem.changeTimeAttribute { throw FSError(ENODATA) }
         let path = try xattrPath(try inode(id))
         return try sys("getxattr") { CWarpSys.getxattr(path, name, buf.baseAddress, buf.count) }
     }
 
     public func listxattr(_ id: UInt64, into buf: UnsafeMutableRawBufferPointer) throws -> Int {
         let path = try xattrPath(try inode(id))
-        return try sys("listxattr") { CWarpSys.listxattr(path, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count) }
+        return try hidingChangeTime(path, into: buf)
     }
 
     public func removexattr(_ id: UInt64, name: String) throws {
         let node = try inode(id)
         try writable()
+        if name == WarpFileSystem.changeTimeAttribute { throw FSError(ENODATA) }
         let path = try xattrPath(node)
         _ = try sys("removexattr") { CWarpSys.removexattr(path, name) }
     }
@@ -735,7 +773,7 @@ public final class WarpFileSystem: @unchecked Sendable {
                 if case .compressed(let f)? = node.content {
                     do {
                         try f.flush()
-                        if f.hasStaleCopies { try preservingTimes(f.fd) { () throws in try f.sync() } }
+                        if f.hasStaleCopies { try preservingTimes(node, f.fd) { () throws in try f.sync() } }
                     } catch { Log.error("\(f.name): storing at unmount failed: \(error)") }
                 }
             }
