@@ -83,9 +83,10 @@ extension WarpFileSystem {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         if options.accessTimes == .relatime {
-            let ctime = recordedChangeTime(node, st) ?? st.st_ctim
+            // Cheapest test first: most reads find the atime after both times.
             func notAfter(_ a: timespec, _ b: timespec) -> Bool { a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec) }
-            let stale = notAfter(st.st_atim, st.st_mtim) || notAfter(st.st_atim, ctime) || now.tv_sec - st.st_atim.tv_sec >= 24 * 3600
+            let stale = notAfter(st.st_atim, st.st_mtim) || now.tv_sec - st.st_atim.tv_sec >= 24 * 3600
+                || notAfter(st.st_atim, st.st_ctim) && notAfter(st.st_atim, recordedChangeTime(node, st) ?? st.st_ctim)
             guard stale else { return }
         }
         let shown = recordedChangeTime(node, st) ?? st.st_ctim
