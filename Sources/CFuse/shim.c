@@ -35,6 +35,15 @@ void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, 
     if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+    /* No asynchronous direct I/O: with it the kernel completes an
+       asynchronous O_DIRECT write (io_submit, io_uring) from the reply
+       (fuse_aio_complete) without invalidating the page cache of the range,
+       and generic_file_direct_write skips its own invalidation after the
+       write for -EIOCBQUEUED; a buffered read that ran while the write was
+       in flight leaves the old bytes cached for good (keep_cache). Without
+       it every direct write is waited for inside the call, which then
+       invalidates the written range before it completes. */
+    conn->want &= ~FUSE_CAP_ASYNC_DIO;
     if (max_write) conn->max_write = max_write;
     conn->max_readahead = 1u << 20;
 }
@@ -54,6 +63,7 @@ void wf_fi_set_parallel_direct_writes(struct fuse_file_info *fi, int on) {
 #endif
 }
 int wf_fi_flush(const struct fuse_file_info *fi) { return fi->flush; }
+int wf_fi_writepage(const struct fuse_file_info *fi) { return fi->writepage; }
 
 static int log_fd = 2;
 static void log_func(enum fuse_log_level level, const char *fmt, va_list ap) {

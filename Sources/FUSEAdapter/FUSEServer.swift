@@ -56,6 +56,8 @@ public final class FUSEServer: @unchecked Sendable {
             throw FSError(EIO, "cannot mount on '\(mountpoint)' (is it an existing directory, not already mounted?)")
         }
         if fs.options.readaheadKiB > 0 { setReadahead(fs.options.readaheadKiB) }
+        // Attributes only (offset -1): no page is locked, so it is safe inside a request.
+        fs.invalidateAttributes = { ino in _ = fuse_lowlevel_notify_inval_inode(se, ino, -1, 0) }
     }
 
     /// The kernel offers FUSE 128 KiB of readahead, so sequential reads
@@ -115,7 +117,7 @@ public final class FUSEServer: @unchecked Sendable {
 
     static func caller(_ req: fuse_req_t?) -> WarpFileSystem.Caller {
         let c = fuse_req_ctx(req)!.pointee
-        return WarpFileSystem.Caller(uid: c.uid, gid: c.gid, umask: c.umask)
+        return WarpFileSystem.Caller(uid: c.uid, gid: c.gid, umask: c.umask, pid: c.pid)
     }
 
     /// The caller's supplementary groups (read by libfuse from /proc).
@@ -190,8 +192,9 @@ public final class FUSEServer: @unchecked Sendable {
             let now = timespec(tv_sec: 0, tv_nsec: Int(WD_UTIME_NOW))
             if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { ch.atime = now } else if toSet & FUSE_SET_ATTR_ATIME != 0 { ch.atime = a.st_atim }
             if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { ch.mtime = now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { ch.mtime = a.st_mtim }
+            if toSet & FUSE_SET_ATTR_CTIME != 0 { ch.ctime = a.st_ctim }
             do {
-                var st = try s.fs.setattr(ino, ch)
+                var st = try s.fs.setattr(ino, ch, caller: FUSEServer.caller(req))
                 fuse_reply_attr(req, &st, s.fs.attributeTimeout)
             } catch { FUSEServer.fail(req, error) }
         }
@@ -265,7 +268,10 @@ public final class FUSEServer: @unchecked Sendable {
         }
         ops.write = { req, _, data, size, off, fi in
             do {
-                let n = try FUSEServer.server(req).fs.write(FUSEServer.fh(fi), offset: UInt64(off), count: size, from: UnsafeRawPointer(data!))
+                // A write-back of cached pages carries no writer.
+                let writer = wf_fi_writepage(fi) != 0 ? nil : FUSEServer.caller(req)
+                let n = try FUSEServer.server(req).fs.write(FUSEServer.fh(fi), offset: UInt64(off), count: size, from: UnsafeRawPointer(data!),
+                                                            caller: writer)
                 fuse_reply_write(req, n)
             } catch { FUSEServer.fail(req, error) }
         }
@@ -281,7 +287,8 @@ public final class FUSEServer: @unchecked Sendable {
         }
         ops.fallocate = { req, _, mode, off, len, fi in
             do {
-                try FUSEServer.server(req).fs.fallocate(FUSEServer.fh(fi), mode: mode, offset: UInt64(off), length: UInt64(len))
+                try FUSEServer.server(req).fs.fallocate(FUSEServer.fh(fi), mode: mode, offset: UInt64(off), length: UInt64(len),
+                                                        caller: FUSEServer.caller(req))
                 fuse_reply_err(req, 0)
             } catch { FUSEServer.fail(req, error) }
         }

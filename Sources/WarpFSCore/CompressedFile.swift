@@ -141,6 +141,12 @@ public final class CompressedFile {
     /// Blocks stored since the last sync (or found with two versions on open):
     /// the only ones whose durable slot changes, or that can hold a stale copy.
     private var changedSinceSync = Set<Int>()
+    /// Blocks an `allocate` (fallocate) reserved backing space for, in
+    /// disjoint ranges sorted by start: a later write of one of them takes
+    /// its reservation instead of asking for space. Given back when written,
+    /// punched, cut off by truncation, or when the content is freed.
+    private var allocated: [Range<Int>] = []
+    private var allocatedAccount: (account: SpaceAccount, privileged: Bool)?
 
     public var blockSize: Int { layout.blockSize }
 
@@ -168,6 +174,7 @@ public final class CompressedFile {
     }
 
     deinit {
+        releaseAllocations(0..<Int.max)
         // Nothing may be in flight into buffers this object owns.
         drainCompressions()
         while let s = decompressor, s.inFlight > 0 { reapDecompressions(minimum: s.inFlight) }
@@ -731,13 +738,26 @@ public final class CompressedFile {
         // Blocks reserved here and not yet handed to their cached block; what
         // is left when the write fails is given back.
         var reserved = Set<Int>()
+        var fromAllocation = Set<Int>()
         let cost = layout.blockSize + BlockLayout.tablePageSize
-        defer { if let account = codec.space, !reserved.isEmpty { account.release(cost * reserved.count) } }
+        defer {
+            // Reservations taken from an allocation go back to it.
+            for b in reserved.intersection(fromAllocation) { restoreAllocation(b) }
+            let fresh = reserved.subtracting(fromAllocation).count
+            if let account = codec.space, fresh > 0 { account.release(cost * fresh) }
+        }
         if let account = codec.space {
             // A block being compressed releases its reservation when stored:
             // let that happen first, so what needs one is known here.
             for p in pieces { settle(p.block) }
-            let needing = pieces.filter { cache[$0.block]?.reservation == nil }.map(\.block)
+            var needing = pieces.filter { cache[$0.block]?.reservation == nil }.map(\.block)
+            // Blocks an allocation reserved for come with their reservation.
+            let covered = needing.filter { takeAllocation($0) }
+            if !covered.isEmpty {
+                reserved.formUnion(covered)
+                fromAllocation = Set(covered)
+                needing.removeAll { fromAllocation.contains($0) }
+            }
             if !needing.isEmpty {
                 // The backing file system refused this file's data for want of
                 // space (a quota the account cannot see): new data waits until
@@ -757,7 +777,7 @@ public final class CompressedFile {
                     throw e
                 }
                 loggedNoSpace = false
-                reserved = Set(needing)
+                reserved.formUnion(needing)
             }
         }
         for (b, inBlock, n, pos) in pieces {
@@ -891,6 +911,7 @@ public final class CompressedFile {
         let keep = layout.blockCount(logicalSize: newSize)
         for b in cache.keys where b >= keep { cache[b] = nil }
         for b in loadErrors.keys where b >= keep { loadErrors[b] = nil }
+        releaseAllocations(keep..<Int.max)
         for b in entries.populated(from: keep) { try clearSlots(b) }
         entries.shrink(to: keep)
         if newSize % bs != 0 {
@@ -906,9 +927,15 @@ public final class CompressedFile {
         tailVerified = true
     }
 
-    /// Zeroes a byte range (FALLOC_FL_PUNCH_HOLE): whole blocks become holes.
-    public func zeroRange(offset: UInt64, length: UInt64) throws {
-        let end = min(size, offset + length)
+    /// Zeroes a byte range (FALLOC_FL_PUNCH_HOLE): whole blocks become
+    /// holes, and give back what an allocation reserved for them.
+    /// `keepingAllocations`: FALLOC_FL_ZERO_RANGE, whose blocks stay allocated.
+    public func zeroRange(offset: UInt64, length: UInt64, keepingAllocations: Bool = false) throws {
+        let bs = UInt64(layout.blockSize)
+        let (rangeEnd, overflow) = offset.addingReportingOverflow(length)
+        let wholeFirst = Int(min((offset + bs - 1) / bs, UInt64(Int.max))), wholeEnd = Int(min((overflow ? UInt64.max : rangeEnd) / bs, UInt64(Int.max)))
+        if wholeFirst < wholeEnd && !keepingAllocations { releaseAllocations(wholeFirst..<wholeEnd) }
+        let end = min(size, overflow ? UInt64.max : rangeEnd)
         guard offset < end else { return }
         for (b, inBlock, n, _) in spans(offset, end) {
             settle(b)
@@ -918,6 +945,96 @@ public final class CompressedFile {
             block.dirty = true
         }
     }
+
+    /// `fallocate` (modes 0 and FALLOC_FL_KEEP_SIZE): reserves the most
+    /// that the blocks of the range can take in the backing file (a raw
+    /// payload and a table page each, as for a dirty block) for a later
+    /// write of them, or fails with ENOSPC before changing anything; without
+    /// `keepSize` the file then grows to cover the range. Blocks already
+    /// reserved for (dirty, or allocated before) are not counted twice.
+    /// The reservation lasts while this content is open (see docs/FORMAT.md).
+    public func allocate(offset: UInt64, length: UInt64, keepSize: Bool, privileged: Bool) throws {
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        guard !overflow, end <= sizeLimit else {
+            throw FSError(EFBIG, "\(name): allocation past \(sizeLimit) bytes (File too large)", logged: true)
+        }
+        guard length > 0 else { return }
+        let bs = UInt64(layout.blockSize)
+        let range = Int(offset / bs)..<Int((end - 1) / bs + 1)
+        if let account = codec.space {
+            let cost = layout.blockSize + BlockLayout.tablePageSize
+            var count = range.count
+            for r in allocated where r.overlaps(range) { count -= r.clamped(to: range).count }
+            count -= cache.filter { range.contains($0.key) && $0.value.reservation != nil && !isAllocated($0.key) }.count
+            if count > 0 {
+                let (bytes, tooMany) = cost.multipliedReportingOverflow(by: count)
+                guard !tooMany, account.reserve(bytes, privileged: privileged) else {
+                    let (held, free) = account.snapshot(privileged: privileged)
+                    throw FSError(ENOSPC, "\(name): cannot allocate \(length) bytes at \(offset): the backing file system cannot hold "
+                        + "\(count) more blocks stored raw (\(free >> 20) MiB free\(privileged ? "" : " to users other than root"), "
+                        + "\(held >> 20) MiB held for blocks not yet stored)", logged: true)
+                }
+                allocatedAccount = (account, privileged)
+                addAllocation(range)
+            }
+        }
+        if !keepSize && end > size { try truncate(to: end) }
+    }
+
+    private func isAllocated(_ b: Int) -> Bool { allocated.contains { $0.contains(b) } }
+
+    /// Adds `range` to the allocated blocks, less the blocks a dirty cached
+    /// block already holds a reservation for (they were not counted).
+    private func addAllocation(_ range: Range<Int>) {
+        var pieces = [range]
+        for (b, c) in cache where range.contains(b) && c.reservation != nil && !isAllocated(b) {
+            pieces = pieces.flatMap { r -> [Range<Int>] in
+                guard r.contains(b) else { return [r] }
+                return [r.lowerBound..<b, (b + 1)..<r.upperBound].filter { !$0.isEmpty }
+            }
+        }
+        for p in pieces { merge(p) }
+    }
+
+    private func merge(_ new: Range<Int>) {
+        var lo = new.lowerBound, hi = new.upperBound
+        allocated.removeAll { r in
+            guard r.upperBound >= lo && r.lowerBound <= hi else { return false }
+            lo = min(lo, r.lowerBound); hi = max(hi, r.upperBound)
+            return true
+        }
+        allocated.append(lo..<hi)
+        allocated.sort { $0.lowerBound < $1.lowerBound }
+    }
+
+    /// Takes block `b` out of the allocated blocks; true when it was there
+    /// (its reservation now goes with the write).
+    private func takeAllocation(_ b: Int) -> Bool {
+        guard let i = allocated.firstIndex(where: { $0.contains(b) }) else { return false }
+        let r = allocated.remove(at: i)
+        allocated.insert(contentsOf: [r.lowerBound..<b, (b + 1)..<r.upperBound].filter { !$0.isEmpty }, at: i)
+        return true
+    }
+
+    private func restoreAllocation(_ b: Int) { merge(b..<(b + 1)) }
+
+    /// Gives back the reservations of the allocated blocks in `range`.
+    private func releaseAllocations(_ range: Range<Int>) {
+        guard let (account, _) = allocatedAccount, !allocated.isEmpty else { return }
+        var freed = 0
+        var kept: [Range<Int>] = []
+        for r in allocated {
+            guard r.overlaps(range) else { kept.append(r); continue }
+            freed += r.clamped(to: range).count
+            if r.lowerBound < range.lowerBound { kept.append(r.lowerBound..<range.lowerBound) }
+            if r.upperBound > range.upperBound { kept.append(range.upperBound..<r.upperBound) }
+        }
+        allocated = kept
+        if freed > 0 { account.release(freed * (layout.blockSize + BlockLayout.tablePageSize)) }
+    }
+
+    /// Bytes of backing space allocations of this file hold (for tests and messages).
+    public var allocatedBlocks: Int { allocated.reduce(0) { $0 + $1.count } }
 
     /// Compresses and stores every dirty block, and waits for them.
     public func writeDirtyBlocks() throws {

@@ -34,6 +34,9 @@ final class Inode: @unchecked Sendable {
     var openHandles = 0
     /// Logical size of a compressed file whose content is not loaded (cache for getattr).
     var cachedSize: UInt64?
+    /// The backing ctime the last write of the change-time record left
+    /// (see `recordChangeTime`); nil when unknown in this mount.
+    var changeTimeMark: timespec?
 
     init(nodeID: UInt64, generation: UInt64, fd: Int32, dev: UInt64, ino: UInt64, type: mode_t) {
         self.nodeID = nodeID; self.generation = generation; self.fd = fd

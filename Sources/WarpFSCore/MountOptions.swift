@@ -49,6 +49,8 @@ public struct MountOptions: Sendable, Equatable {
     /// POSIX ACLs: stored in the backing objects' ACL attributes and
     /// enforced by the kernel (`noacl`: neither, as ext4 mounted noacl).
     public var posixACL = true
+    /// When reads update access times (noatime, relatime, strictatime).
+    public var accessTimes: AccessTimePolicy = .relatime
 
     public init() {}
 
@@ -110,10 +112,11 @@ public struct MountOptions: Sendable, Equatable {
             case "device": deviceSocket = try need()
             case "acl": posixACL = true
             case "noacl": posixACL = false
+            case "noatime", "relatime", "strictatime": accessTimes = AccessTimePolicy(rawValue: key)!
             default:
                 throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, cache_blocks, "
                     + "compress, nocompress, ro, rw, allow_other, dev, nodev, suid, nosuid, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory, "
-                    + "engine_timeout, queues, fault_injection, device, acl, noacl)")
+                    + "engine_timeout, queues, fault_injection, device, acl, noacl, noatime, relatime, strictatime)")
             }
         }
     }

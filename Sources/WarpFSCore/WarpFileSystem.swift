@@ -25,7 +25,10 @@ public final class WarpFileSystem: @unchecked Sendable {
         public var uid: uid_t
         public var gid: gid_t
         public var umask: mode_t
+        /// The calling thread (0: unknown), for its groups and capabilities.
+        public var pid: pid_t = 0
         public init(uid: uid_t, gid: gid_t, umask: mode_t) { self.uid = uid; self.gid = gid; self.umask = umask }
+        public init(uid: uid_t, gid: gid_t, umask: mode_t, pid: pid_t) { self.uid = uid; self.gid = gid; self.umask = umask; self.pid = pid }
     }
 
     public let backingPath: String
@@ -39,6 +42,8 @@ public final class WarpFileSystem: @unchecked Sendable {
     /// Stable node ids and reopening by them; nil where the backing file
     /// system does not allow it (then the mount offers no export support).
     let stableHandles: StableHandles?
+    /// Drops the kernel's cached attributes of a node (set by the adapter).
+    public var invalidateAttributes: ((UInt64) -> Void)?
     private let isRoot = geteuid() == 0
     /// The user who mounted: this process's real uid (see `mayControl`).
     private let mounter = getuid()
@@ -121,6 +126,7 @@ public final class WarpFileSystem: @unchecked Sendable {
         _ = try sys("stat node \(node.nodeID)") { fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
         if node.isRegular {
             st.st_size = off_t(logicalSize(node, backingSize: UInt64(st.st_size)))
+            if let ctime = recordedChangeTime(node, st) { st.st_ctim = ctime }
         }
         return st
     }
@@ -132,7 +138,7 @@ public final class WarpFileSystem: @unchecked Sendable {
             case .plain?: return backingSize
             case nil:
                 if let s = node.cachedSize { return s }
-                let fd = Glibc.open(node.procPath, O_RDONLY | O_CLOEXEC)
+                let fd = openBacking(node, O_RDONLY)
                 guard fd >= 0 else { return backingSize }
                 defer { close(fd) }
                 switch try? CompressedFile.kind(fd: fd, name: "node \(node.nodeID)") {
@@ -151,11 +157,21 @@ public final class WarpFileSystem: @unchecked Sendable {
         return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// Opens the backing file of `node` for the file system's own I/O, with
+    /// O_NOATIME where allowed: only reads through the mount set access
+    /// times, by the mount's policy (`touchAccessTime`), not the file
+    /// system reading headers, indexes or read-ahead.
+    private func openBacking(_ node: Inode, _ mode: Int32) -> Int32 {
+        let fd = Glibc.open(node.procPath, mode | O_CLOEXEC | 0o1000000)     // O_NOATIME
+        if fd < 0 && errno == EPERM { return Glibc.open(node.procPath, mode | O_CLOEXEC) }
+        return fd
+    }
+
     /// The shared content of a regular file; loads it if needed. Lock held.
     private func content(_ node: Inode) throws -> FileContent {
         if let c = node.content { return c }
-        var fd = Glibc.open(node.procPath, O_RDWR | O_CLOEXEC)
-        if fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY) { fd = Glibc.open(node.procPath, O_RDONLY | O_CLOEXEC) }
+        var fd = openBacking(node, O_RDWR)
+        if fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY) { fd = openBacking(node, O_RDONLY) }
         guard fd >= 0 else { throw FSError.last("open \(displayName(node))") }
         let name = displayName(node)
         do {
@@ -299,13 +315,25 @@ public final class WarpFileSystem: @unchecked Sendable {
         public var size: UInt64?
         public var atime: timespec?
         public var mtime: timespec?
+        /// The kernel's own ctime (writeback cache), to be shown from now on.
+        public var ctime: timespec?
         public init() {}
     }
 
-    public func setattr(_ id: UInt64, _ ch: AttributeChanges) throws -> stat {
+    /// `caller`: who asks (nil: this process). A mode the kernel sends is
+    /// either a chmod or its clearing of set-ID bits before a write,
+    /// truncate or fallocate, computed with an older rule that keeps
+    /// S_ISGID without S_IXGRP for everyone; a caller outside the file's
+    /// group without CAP_FSETID keeps it in neither case (`CallerCredentials`).
+    public func setattr(_ id: UInt64, _ ch: AttributeChanges, caller: Caller? = nil) throws -> stat {
         let node = try inode(id)
         try writable()
-        if let mode = ch.mode {
+        if var mode = ch.mode {
+            if mode & S_ISGID != 0, let caller, caller.uid != 0, node.isRegular {
+                var st = stat()
+                _ = try sys("stat node \(node.nodeID)") { fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
+                if !CallerCredentials(caller).mayKeepSetGroupID(gid: ch.gid ?? st.st_gid) { mode &= ~S_ISGID }
+            }
             _ = try sys("chmod \(displayName(node))") { fchmodat(AT_FDCWD, node.procPath, mode & 0o7777, 0) }
         }
         if ch.uid != nil || ch.gid != nil {
@@ -325,6 +353,7 @@ public final class WarpFileSystem: @unchecked Sendable {
                 }
                 if node.openHandles == 0 { node.content = nil }
             }
+            try dropSetIDBits(node, caller: caller)
         }
         if ch.atime != nil || ch.mtime != nil {
             // Store buffered data first so the times set here are the last word.
@@ -337,6 +366,8 @@ public final class WarpFileSystem: @unchecked Sendable {
                 _ = try sys("utimens \(displayName(node))") { utimensat(AT_FDCWD, node.procPath, &times, 0) }
             }
         }
+        // The ctime shown: the kernel's (writeback cache), else the backing one this change set.
+        if let ctime = ch.ctime { recordChangeTime(node, ctime) } else { forgetChangeTime(node) }
         return try attributes(node)
     }
 
@@ -445,9 +476,12 @@ public final class WarpFileSystem: @unchecked Sendable {
     public func create(parent: UInt64, name: String, mode: mode_t, flags: Int32, caller: Caller) throws -> (Entry, UnsafeMutableRawPointer) {
         let p = try inode(parent)
         try checkName(name); try writable()
+        var existing = stat()
+        let existed = fstatat(p.fd, name, &existing, AT_SYMLINK_NOFOLLOW) == 0
         let (e, fd) = try createFile(p, name, mode: mode, exclusive: flags & O_EXCL != 0, caller: caller)
         close(fd)
-        let fh = try open(e.nodeID, flags: flags & ~(O_CREAT | O_EXCL), caller: caller)
+        // O_TRUNC of a file this call created truncates nothing (and keeps its set-ID bits).
+        let fh = try open(e.nodeID, flags: flags & ~(O_CREAT | O_EXCL | (existed ? 0 : O_TRUNC)), caller: caller)
         return (e, fh)
     }
 
@@ -468,6 +502,8 @@ public final class WarpFileSystem: @unchecked Sendable {
                 case .compressed(let f): try f.truncate(to: 0); try f.flush()
                 case .plain(let fd): _ = try sys("truncate") { ftruncate(fd, 0) }
                 }
+                // The kernel sends no SETATTR for an atomic O_TRUNC.
+                try dropSetIDBits(node, caller: caller)
             }
         }
         let h = OpenHandle(inode: node, flags: flags)
@@ -482,16 +518,24 @@ public final class WarpFileSystem: @unchecked Sendable {
         return try h.inode.lock.withLock { (_) throws -> Int in
             switch try content(h.inode) {
             case .compressed(let f):
-                do { return try f.read(offset: offset, count: count, into: buf) } catch { Log.error("\(error)"); throw error }
+                let n: Int
+                do { n = try f.read(offset: offset, count: count, into: buf) } catch { Log.error("\(error)"); throw error }
+                touchAccessTime(h.inode)
+                return n
             case .plain(let fd):
-                return try preadFully(fd, buf, count, Int(offset), "read")
+                let n = try preadFully(fd, buf, count, Int(offset), "read")
+                touchAccessTime(h.inode)
+                return n
             }
         }
     }
 
-    public func write(_ fh: UnsafeMutableRawPointer, offset: UInt64, count: Int, from buf: UnsafeRawPointer) throws -> Int {
+    /// `caller`: the writer, when the request comes from it (not the
+    /// kernel's write-back of cached pages): its write drops set-ID bits.
+    public func write(_ fh: UnsafeMutableRawPointer, offset: UInt64, count: Int, from buf: UnsafeRawPointer, caller: Caller? = nil) throws -> Int {
         let h = Self.handle(fh)
         try writable()
+        try dropSetIDBits(h.inode, caller: caller)
         return try h.inode.lock.withLock { (_) throws -> Int in
             switch try content(h.inode) {
             case .compressed(let f):
@@ -518,6 +562,10 @@ public final class WarpFileSystem: @unchecked Sendable {
         try h.inode.lock.withLock { (_) throws in
             if case .compressed(let f)? = h.inode.content {
                 do { try f.flush() } catch { FSError.log(error); throw error }
+                // Without the writeback cache the kernel shows the times the
+                // file system reports and caches them: what this store changed
+                // must not wait for the cache to expire.
+                if !options.writebackCache { invalidateAttributes?(h.inode.nodeID) }
             }
         }
     }
@@ -535,7 +583,7 @@ public final class WarpFileSystem: @unchecked Sendable {
             case .compressed(let f):
                 do {
                     try f.flush()
-                    if f.hasStaleCopies { try preservingTimes(f.fd) { () throws in try f.sync() } }
+                    if f.hasStaleCopies { try preservingTimes(h.inode, f.fd) { () throws in try f.sync() } }
                 } catch {
                     // Keep the content (and its unstored blocks) in memory: the
                     // next open, fsync or the unmount retries; nothing is dropped.
@@ -556,13 +604,19 @@ public final class WarpFileSystem: @unchecked Sendable {
     }
 
     /// Runs maintenance that must not change the file's times (punching
-    /// superseded copies updates mtime on the backing file system).
-    private func preservingTimes(_ fd: Int32, _ body: () throws -> Void) throws {
+    /// superseded copies updates mtime on the backing file system): atime
+    /// and mtime are put back, and the ctime shown is recorded. Callers
+    /// store buffered data first (`flush`): that is a change of the file.
+    /// Under the inode's lock, as access-time updates are, so neither undoes
+    /// the other.
+    private func preservingTimes(_ node: Inode, _ fd: Int32, _ body: () throws -> Void) throws {
         var st = stat()
         fstat(fd, &st)
+        let ctime = recordedChangeTime(node, st) ?? st.st_ctim
         try body()
         var times = [st.st_atim, st.st_mtim]
         futimens(fd, &times)
+        recordChangeTime(node, ctime)
     }
 
     public func fsync(_ fh: UnsafeMutableRawPointer, dataOnly: Bool) throws {
@@ -570,7 +624,10 @@ public final class WarpFileSystem: @unchecked Sendable {
         try h.inode.lock.withLock { (_) throws in
             switch try content(h.inode) {
             case .compressed(let f):
-                do { try preservingTimes(f.fd) { () throws in try f.sync() } } catch { FSError.log(error); throw error }
+                do {
+                    try f.flush()
+                    try preservingTimes(h.inode, f.fd) { () throws in try f.sync() }
+                } catch { FSError.log(error); throw error }
             case .plain(let fd):
                 _ = try sys("fsync") { dataOnly ? fdatasync(fd) : Glibc.fsync(fd) }
             }
@@ -580,19 +637,24 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
     }
 
-    public func fallocate(_ fh: UnsafeMutableRawPointer, mode: Int32, offset: UInt64, length: UInt64) throws {
+    /// `caller`: who allocates; as a write, the change drops set-ID bits.
+    public func fallocate(_ fh: UnsafeMutableRawPointer, mode: Int32, offset: UInt64, length: UInt64, caller: Caller? = nil) throws {
         let h = Self.handle(fh)
         try writable()
+        try dropSetIDBits(h.inode, caller: caller)
         try h.inode.lock.withLock { (_) throws in
             switch try content(h.inode) {
             case .compressed(let f):
+                // Allocation reserves backing space for a later write of the
+                // range or fails with ENOSPC (docs/FORMAT.md, "Allocation").
                 switch mode {
-                case 0:
-                    if offset + length > f.size { try f.truncate(to: offset + length) }
-                case FALLOC_FL_KEEP_SIZE:
-                    break
+                case 0, FALLOC_FL_KEEP_SIZE:
+                    try f.allocate(offset: offset, length: length, keepSize: mode != 0, privileged: h.privileged)
                 case FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
                     try f.zeroRange(offset: offset, length: length)
+                case FALLOC_FL_ZERO_RANGE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE:
+                    try f.allocate(offset: offset, length: length, keepSize: mode != FALLOC_FL_ZERO_RANGE, privileged: h.privileged)
+                    try f.zeroRange(offset: offset, length: length, keepingAllocations: true)
                 default:
                     throw FSError(EOPNOTSUPP)
                 }
@@ -667,6 +729,12 @@ public final class WarpFileSystem: @unchecked Sendable {
     public func statfs() throws -> statvfs {
         var s = statvfs()
         _ = try sys("statfs") { fstatvfs(inodes.root.fd, &s) }
+        // Space promised to unstored blocks and to allocations is not free.
+        if let held = codec.space?.snapshot().reserved, held > 0, s.f_frsize > 0 {
+            let blocks = fsblkcnt_t(held / Int(s.f_frsize))
+            s.f_bfree -= min(s.f_bfree, blocks)
+            s.f_bavail -= min(s.f_bavail, blocks)
+        }
         return s
     }
 
@@ -735,12 +803,13 @@ public final class WarpFileSystem: @unchecked Sendable {
         return "\(local.name): \(local.totals), isolated=\(local.isIsolated ? 1 : 0), \(aside)\n"
     }
 
-    /// Attributes of the backing root that belong to the mount itself
-    /// (`trusted.warpfs.*`: the file-handle key): not shown through the
-    /// mount, not readable or writable through it, so no copy of the mount
-    /// root (`cp -a`) carries them and nobody swaps the key under it.
+    /// Attributes of backing objects that belong to the mount itself
+    /// (`trusted.warpfs.*`: the file-handle key on the root, the recorded
+    /// change time on files): not shown through the mount, not readable or
+    /// writable through it, so no copy made through the mount (`cp -a`)
+    /// carries them and nobody changes them under the mount.
     private func isMountPrivate(_ id: UInt64, _ name: String) -> Bool {
-        id == 1 && name.hasPrefix("trusted.warpfs.")
+        name.hasPrefix("trusted.warpfs.")
     }
 
     public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32, caller: Caller) throws {
@@ -789,12 +858,10 @@ public final class WarpFileSystem: @unchecked Sendable {
         let node = try inode(id)
         let path = xattrPath(node)
         let acls = aclsEnforced
-        guard acls && trusted && id != 1 else {
-            return try filteredList(node, into: buf) {
-                (acls || !PosixACL.isACL($0)) && (trusted || !$0.hasPrefix("trusted.")) && !isMountPrivate(id, $0)
-            }
+        // Any node may carry the mount's own attributes: always filtered.
+        return try filteredList(node, into: buf) {
+            (acls || !PosixACL.isACL($0)) && (trusted || !$0.hasPrefix("trusted.")) && !isMountPrivate(id, $0)
         }
-        return try backingXattr("listxattr", node, nil) { CWarpSys.listxattr(path, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count) }
     }
 
     /// listxattr keeping only the names `keep` accepts: the ACL attributes
@@ -841,7 +908,7 @@ public final class WarpFileSystem: @unchecked Sendable {
                 if case .compressed(let f)? = node.content {
                     do {
                         try f.flush()
-                        if f.hasStaleCopies { try preservingTimes(f.fd) { () throws in try f.sync() } }
+                        if f.hasStaleCopies { try preservingTimes(node, f.fd) { () throws in try f.sync() } }
                     } catch { Log.error("\(f.name): storing at unmount failed: \(error)") }
                 }
             }

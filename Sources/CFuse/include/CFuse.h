@@ -27,6 +27,8 @@ void wf_fi_set_keep_cache(struct fuse_file_info *fi, int on);
 void wf_fi_set_direct_io(struct fuse_file_info *fi, int on);
 void wf_fi_set_parallel_direct_writes(struct fuse_file_info *fi, int on);
 int wf_fi_flush(const struct fuse_file_info *fi);
+/* Whether a write is the kernel's write-back of cached pages (FUSE_WRITE_CACHE). */
+int wf_fi_writepage(const struct fuse_file_info *fi);
 
 /* fuse_log goes to the given fd (stderr or a log file). */
 void wf_log_to_fd(int fd);
