@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "CWarpSys.h"
+#include <spawn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -532,4 +533,8 @@ int wd_process_has_capabilities(void) {
 
 int wd_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC) < 0 ? -errno : 0;
+}
+
+int wd_spawn_close_from(posix_spawn_file_actions_t *actions, int lowfd) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, lowfd);
 }

@@ -856,7 +856,6 @@ public final class WarpFileSystem: @unchecked Sendable {
     /// (CAP_SYS_ADMIN on ext4; the backing call runs as root and lists them all).
     public func listxattr(_ id: UInt64, into buf: UnsafeMutableRawBufferPointer, trusted: Bool = true) throws -> Int {
         let node = try inode(id)
-        let path = xattrPath(node)
         let acls = aclsEnforced
         // Any node may carry the mount's own attributes: always filtered.
         return try filteredList(node, into: buf) {

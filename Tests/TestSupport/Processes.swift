@@ -17,6 +17,7 @@ public func runCommand(_ args: [String]) -> (status: Int32, output: String) {
     posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
     posix_spawn_file_actions_addclose(&actions, fds[0])
     posix_spawn_file_actions_addclose(&actions, fds[1])
+    wd_spawn_close_from(&actions, 3)
     let cargs = args.map { strdup($0) } + [nil]
     defer { cargs.forEach { free($0) } }
     var pid: pid_t = 0

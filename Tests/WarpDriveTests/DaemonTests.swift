@@ -32,6 +32,7 @@ final class Spawned: @unchecked Sendable {
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var p: pid_t = 0
+        wd_spawn_close_from(&actions, 3)   // no stray descriptors (of mounts) in the child
         let rc = posix_spawn(&p, path, &actions, nil, argv, environ)
         guard rc == 0 else { throw WarpDriveError.system(call: "posix_spawn \(path)", errno: rc) }
         pid = p

@@ -127,7 +127,11 @@ final class ChildProcess {
         var p: pid_t = 0
         let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/sleep"), strdup("60"), nil]
         defer { argv.forEach { free($0) } }
-        let rc = posix_spawn(&p, "/bin/sleep", nil, nil, argv, environ)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        wd_spawn_close_from(&actions, 3)
+        let rc = posix_spawn(&p, "/bin/sleep", &actions, nil, argv, environ)
         guard rc == 0 else { throw WarpDriveError.system(call: "posix_spawn", errno: rc) }
         pid = p
     }

@@ -162,7 +162,13 @@ final class TestMount {
         let cargs = args.map { strdup($0) } + [nil]
         defer { cargs.forEach { free($0) } }
         var p: pid_t = 0
-        let rc = posix_spawn(&p, args[0], nil, nil, cargs, environ)
+        // The file-system process must not inherit descriptors the tests hold
+        // open (on other mounts: it would keep them busy at their unmount).
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        wd_spawn_close_from(&actions, 3)
+        let rc = posix_spawn(&p, args[0], &actions, nil, cargs, environ)
         guard rc == 0 else { throw Errno(rc, "spawn \(args[0])") }
         pid = p
         let deadline = wd_now_ns() + 20_000_000_000

@@ -29,6 +29,7 @@ import Testing
             posix_spawn_file_actions_adddup2(&actions, 1, 2)
             defer { posix_spawn_file_actions_destroy(&actions) }
             var p: pid_t = 0
+            wd_spawn_close_from(&actions, 3)   // no stray descriptors (of mounts) in the child
             let rc = posix_spawn(&p, binary, &actions, nil, cargs, environ)
             guard rc == 0 else { removeTree(dir); throw Errno(rc, "spawn \(binary)") }
             pid = p

@@ -487,6 +487,7 @@ func runWithDeadline(_ args: [String], seconds: Double, onTimeout: () -> Void) -
     let cargs = args.map { strdup($0) } + [nil]
     defer { cargs.forEach { free($0) } }
     var pid: pid_t = 0
+    wd_spawn_close_from(&actions, 3)   // no stray descriptors (of mounts) in the child
     let rc = posix_spawn(&pid, args[0], &actions, nil, cargs, environ)
     posix_spawn_file_actions_destroy(&actions)
     guard rc == 0 else { return (-1, "spawn failed: \(rc)") }

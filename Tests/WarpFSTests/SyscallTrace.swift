@@ -44,6 +44,7 @@ final class SyscallTrace {
         let args = [strace, "-f", "-y", "-e", "trace=" + calls, "-o", output, "-p", "\(pid)"]
         let cargs = args.map { strdup($0) } + [nil]
         defer { cargs.forEach { free($0) } }
+        wd_spawn_close_from(&actions, 3)   // no stray descriptors (of mounts) in the child
         let rc = posix_spawn(&tracer, strace, &actions, &attr, cargs, environ)
         guard rc == 0 else { throw Errno(rc, "spawn strace") }
         // "Process N attached with T threads" comes once all threads are

@@ -174,4 +174,10 @@ int wd_process_has_capabilities(void);
 /* pipe2(fds, O_CLOEXEC): a pipe no concurrently spawned child inherits. 0 or -errno. */
 int wd_pipe_cloexec(int fds[2]);
 
+/* Adds "close every descriptor from lowfd up" to spawn file actions, so a
+   child started while other threads hold files open inherits none of them
+   (a child holding a file of a FUSE mount keeps that mount busy). 0 or an errno. */
+#include <spawn.h>
+int wd_spawn_close_from(posix_spawn_file_actions_t *actions, int lowfd);
+
 #endif
