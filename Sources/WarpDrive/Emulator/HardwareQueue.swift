@@ -4,24 +4,6 @@ import Glibc
 import CWarpSys
 import Synchronization
 
-/// Lifecycle of a queue, as uacce names it.
-public enum QueueState: String, Sendable {
-    /// Opened; regions may be mapped and the context set.
-    case initialized = "INIT"
-    /// Started: the device serves its SQ.
-    case started = "STARTED"
-    /// Released (uacce ZOMBIE): nothing is legal any more.
-    case released = "ZOMBIE"
-}
-
-/// Ring regions of a queue (uacce region numbers).
-public enum QueueRegion: Int, Sendable {
-    /// Region 0: the doorbell page.
-    case mmio = 0
-    /// Region 1: device-user share (SQ, CQ, status page).
-    case dus = 1
-}
-
 /// The device side of one queue pair: what the kernel driver and the
 /// hardware hold. All mutable fields are guarded by the owning device's lock.
 final class HardwareQueue: @unchecked Sendable {

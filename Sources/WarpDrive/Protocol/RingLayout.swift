@@ -1,5 +1,3 @@
-import CWarpSys
-
 /// Geometry of one queue's shared memory, as the HiSilicon QM lays it out in
 /// the uacce DUS region: the SQ, then the CQ, then one status page.
 ///
@@ -48,46 +46,4 @@ public struct RingLayout: Sendable, Equatable {
     static let irqThreshold = 8
     /// Bit 0: also signal the queue's eventfd on notification.
     static let irqFlags = 12
-}
-
-/// The v2 doorbell word: `qn & 0x3ff | (cmd & 0xf) << 12 | index << 32 | priority << 48`.
-public struct Doorbell: Sendable, Equatable {
-    /// Doorbell commands.
-    public enum Command: UInt8, Sendable { case sq = 0, cq = 1 }
-    public var queueNumber: UInt16
-    public var command: UInt8
-    public var index: UInt16
-    public var priority: UInt16
-
-    public init(queueNumber: UInt16, command: Command, index: UInt16, priority: UInt16 = 0) {
-        self.queueNumber = queueNumber; self.command = command.rawValue
-        self.index = index; self.priority = priority
-    }
-
-    public init(raw: UInt64) {
-        queueNumber = UInt16(raw & 0x3ff)
-        command = UInt8((raw >> 12) & 0xf)
-        index = UInt16(truncatingIfNeeded: raw >> 32)
-        priority = UInt16(truncatingIfNeeded: raw >> 48)
-    }
-
-    public var raw: UInt64 {
-        UInt64(queueNumber & 0x3ff) | UInt64(command & 0xf) << 12 | UInt64(index) << 32 | UInt64(priority) << 48
-    }
-}
-
-/// Little-endian 32-bit word access to a region of shared ring memory.
-@usableFromInline
-struct Words {
-    @usableFromInline let base: UnsafeMutableRawPointer
-    @inlinable init(_ base: UnsafeMutableRawPointer) { self.base = base }
-    @inlinable subscript(_ i: Int) -> UInt32 {
-        get { base.load(fromByteOffset: i * 4, as: UInt32.self).littleEndian }
-        nonmutating set { base.storeBytes(of: newValue.littleEndian, toByteOffset: i * 4, as: UInt32.self) }
-    }
-    @inlinable func pointer(_ i: Int) -> UnsafeMutablePointer<UInt32> {
-        (base + i * 4).assumingMemoryBound(to: UInt32.self)
-    }
-    @inlinable func loadAcquire(_ i: Int) -> UInt32 { wd_load_acquire_u32(pointer(i)) }
-    @inlinable func storeRelease(_ i: Int, _ v: UInt32) { wd_store_release_u32(pointer(i), v) }
 }

@@ -38,27 +38,3 @@ public struct DeviceAttributes: Sendable, Equatable {
         self.isolated = isolated; self.isolateStrategy = isolateStrategy; self.numaNode = numaNode
     }
 }
-
-/// Compression algorithms of the ZIP device, named as uacce's `algorithms` attribute names them.
-public enum CompressionAlgorithm: String, Sendable, CaseIterable {
-    /// Raw deflate (RFC 1951), no header or trailer.
-    case deflate
-    /// zlib (RFC 1950): 2-byte header, Adler-32 trailer.
-    case zlib
-    /// gzip (RFC 1952): 10-byte header, CRC-32 and size trailer.
-    case gzip
-
-    var requestType: ZipSQE.RequestType {
-        switch self {
-        case .deflate: return .deflate
-        case .zlib: return .zlib
-        case .gzip: return .gzip
-        }
-    }
-}
-
-/// Direction of a queue (HiSilicon `qc_type`): 0 compress, 1 decompress.
-public enum Direction: UInt16, Sendable {
-    case compress = 0
-    case decompress = 1
-}
