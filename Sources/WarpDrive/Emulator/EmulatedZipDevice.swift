@@ -261,7 +261,7 @@ public final class EmulatedZipDevice: @unchecked Sendable {
         var posted = 0
         while q.finished[q.postNext] && q.cqUnconsumed < layout.depth {
             q.finished[q.postNext] = false
-            let cqe = CQE(q.dus.base + layout.cqOffset + q.cqTail * RingLayout.cqeSize)
+            let cqe = CQE(q.dus.base + layout.cqeOffset(q.cqTail))
             cqe.publish(sqHead: UInt16(q.postNext), sqNumber: UInt16(q.number), phase: q.cqPhase)
             q.postNext = (q.postNext + 1) % layout.depth
             q.cqTail += 1
@@ -270,7 +270,7 @@ public final class EmulatedZipDevice: @unchecked Sendable {
             posted += 1
         }
         guard posted > 0 else { return false }
-        let threshold = Int(max(1, q.status[RingLayout.irqThreshold / 4]))
+        let threshold = Int(max(1, q.status[RingLayout.StatusWord.irqThreshold]))
         let drained = q.pendingWork == 0 && q.inProgress == 0
         return q.cqUnconsumed >= threshold || drained
     }

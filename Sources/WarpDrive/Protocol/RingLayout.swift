@@ -6,7 +6,7 @@
 /// emulation's notification words (see `docs/warpdrive.md`).
 public struct RingLayout: Sendable, Equatable {
     /// Bytes per submission queue entry (ZIP SQE).
-    public static let sqeSize = 128
+    public static let sqeSize = ZipSQE.size
     /// Bytes per completion queue entry.
     public static let cqeSize = 16
     /// Size of the status page, and of a page for region offsets.
@@ -19,14 +19,22 @@ public struct RingLayout: Sendable, Equatable {
     /// Entries per ring (SQ and CQ have the same depth).
     public let depth: Int
 
+    /// The layout of rings `depth` entries deep (2...32768).
     public init(depth: Int) {
         precondition(depth >= 2 && depth <= 1 << 15, "queue depth must be in 2...32768")
         self.depth = depth
     }
 
+    /// Offset of the SQ.
     public var sqOffset: Int { 0 }
+    /// Offset of the CQ, after the SQ.
     public var cqOffset: Int { depth * RingLayout.sqeSize }
+    /// Offset of the status page, after the CQ.
     public var statusOffset: Int { cqOffset + depth * RingLayout.cqeSize }
+    /// Offset of SQ slot `slot`.
+    func sqeOffset(_ slot: Int) -> Int { sqOffset + slot * RingLayout.sqeSize }
+    /// Offset of CQ slot `slot`.
+    func cqeOffset(_ slot: Int) -> Int { cqOffset + slot * RingLayout.cqeSize }
     /// Total bytes of the DUS region, rounded up to whole pages.
     public var dusSize: Int {
         let raw = statusOffset + RingLayout.pageSize
@@ -37,13 +45,18 @@ public struct RingLayout: Sendable, Equatable {
     /// Offset of the tx stop word (end - 4).
     public var txStopOffset: Int { dusSize - 4 }
 
-    // Status page words (emulation): offsets from statusOffset.
-    /// Interrupt counter: the device adds 1 per notification; waiters futex-wait on it.
-    static let irqCounter = 0
-    /// Number of client threads sleeping on the interrupt counter.
-    static let irqWaiters = 4
-    /// Interrupt moderation: notify when at least this many completions are unconsumed.
-    static let irqThreshold = 8
-    /// Bit 0: also signal the queue's eventfd on notification.
-    static let irqFlags = 12
+    /// The status page's words (emulation), as word indexes from
+    /// `statusOffset` (byte offsets 0, 4, 8, 12).
+    enum StatusWord {
+        /// Interrupt counter: the device adds 1 per notification; waiters futex-wait on it.
+        static let irqCounter = 0
+        /// Number of client threads sleeping on the interrupt counter.
+        static let irqWaiters = 1
+        /// Interrupt moderation: notify when at least this many completions are unconsumed.
+        static let irqThreshold = 2
+        /// Notification flags (`eventFDFlag`).
+        static let irqFlags = 3
+        /// `irqFlags` bit: also signal the queue's eventfd on notification.
+        static let eventFDFlag: UInt32 = 1
+    }
 }
