@@ -65,7 +65,7 @@ public final class EmulatedZipDevice: @unchecked Sendable {
     public var attributes: DeviceAttributes {
         lock.withLock { _ in
             DeviceAttributes(
-                name: name, api: "hisi_qm_v2", flags: DeviceAttributes.flagSVA,
+                name: name, api: DeviceAttributes.apiQMv2, flags: DeviceAttributes.flagSVA,
                 algorithms: CompressionAlgorithm.allCases.map(\.rawValue),
                 availableInstances: queues.lazy.filter { $0 == nil }.count,
                 queueDepth: layout.depth, regionMMIOSize: RingLayout.mmioSize, regionDUSSize: layout.dusSize,

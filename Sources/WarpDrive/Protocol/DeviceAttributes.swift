@@ -13,8 +13,9 @@ public struct DeviceAttributes: Sendable, Equatable {
     public var availableInstances: Int?
     /// Entries per SQ/CQ, when known.
     public var queueDepth: Int?
-    /// Bytes of the MMIO and DUS regions.
+    /// Bytes of the MMIO region (`region_mmio_size`).
     public var regionMMIOSize: Int?
+    /// Bytes of the DUS region (`region_dus_size`).
     public var regionDUSSize: Int?
     /// Whether the device is fenced off after too many errors (`isolate`).
     public var isolated: Bool
@@ -25,10 +26,24 @@ public struct DeviceAttributes: Sendable, Equatable {
 
     /// SVA bit of `flags`.
     public static let flagSVA: UInt32 = 1
+    /// The `api` of a HiSilicon QM v2 device, whose rings `RingLayout` describes.
+    public static let apiQMv2 = "hisi_qm_v2"
+
+    /// The attribute files under `/sys/class/uacce/<name>-<id>/`.
+    enum File: String, CaseIterable {
+        case api, flags, algorithms
+        case availableInstances = "available_instances"
+        case regionMMIOSize = "region_mmio_size"
+        case regionDUSSize = "region_dus_size"
+        case isolate
+        case isolateStrategy = "isolate_strategy"
+        case numaNode = "device/numa_node"
+    }
 
     /// Whether requests carry process virtual addresses (SVA).
     public var supportsSVA: Bool { flags & DeviceAttributes.flagSVA != 0 }
 
+    /// Attributes with every field given.
     public init(name: String, api: String, flags: UInt32, algorithms: [String], availableInstances: Int?,
                 queueDepth: Int?, regionMMIOSize: Int?, regionDUSSize: Int?, isolated: Bool,
                 isolateStrategy: Int, numaNode: Int) {
