@@ -79,7 +79,7 @@ public final class CompressionSession: @unchecked Sendable {
     }
 
     private static func openQueue(_ device: any AcceleratorDevice, _ c: SessionConfiguration) throws -> Queue {
-        let q = try Queue.started(device: device, direction: c.direction, notification: c.notification)
+        let q = try Queue.started(device: device, direction: c.direction)
         q.setInterruptThreshold(c.interruptThreshold)
         return q
     }

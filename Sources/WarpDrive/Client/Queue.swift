@@ -66,7 +66,6 @@ public final class Queue: @unchecked Sendable {
     let backend: any DeviceQueue
     private var mmio: SharedMapping?
     private var dus: SharedMapping?
-    private(set) var direction: Direction = .compress
     let lock = Mutex(())
 
     // Guarded by lock.
@@ -105,8 +104,7 @@ public final class Queue: @unchecked Sendable {
     }
 
     /// Opens, maps, sets the direction and starts a queue: ready for requests.
-    public static func started(device: any AcceleratorDevice, direction: Direction,
-                               notification: NotificationMode = .interrupt) throws -> Queue {
+    public static func started(device: any AcceleratorDevice, direction: Direction) throws -> Queue {
         let q = try Queue(device: device)
         do {
             try q.map(.mmio)
@@ -136,7 +134,6 @@ public final class Queue: @unchecked Sendable {
     /// Sets the queue's direction (HiSilicon `SET_QP_CTX` qc_type). INIT only.
     public func setContext(_ direction: Direction) throws {
         try backend.setContext(direction)
-        self.direction = direction
     }
 
     /// Starts the queue (`START_Q`). INIT only, both regions mapped.
