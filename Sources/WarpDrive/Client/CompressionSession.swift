@@ -7,7 +7,9 @@ import Synchronization
 /// What a session does: algorithm, level, window and direction (a UADK
 /// session), plus how callers wait.
 public struct SessionConfiguration: Sendable {
+    /// Stream format of the data the session reads or writes.
     public var algorithm: CompressionAlgorithm
+    /// Whether the session compresses or decompresses.
     public var direction: Direction
     /// Compression level 0...9 (ignored when decompressing).
     public var level: Int
@@ -23,6 +25,7 @@ public struct SessionConfiguration: Sendable {
     /// How long a request may take before it fails with `timedOut`.
     public var timeoutMilliseconds: Int = 10_000
 
+    /// A configuration with the other settings at their defaults.
     public init(algorithm: CompressionAlgorithm, direction: Direction, level: Int = 6) {
         self.algorithm = algorithm
         self.direction = direction

@@ -169,6 +169,7 @@ public final class Queue: @unchecked Sendable {
 
     /// Ring positions, for tests and diagnostics.
     public struct RingPosition: Sendable, Equatable {
+        /// SQ head and tail, CQ head, the expected phase, and how often it flipped.
         public var sqHead: Int, sqTail: Int, cqHead: Int, phase: UInt32, phaseFlips: Int
     }
     /// The client's view of the rings.

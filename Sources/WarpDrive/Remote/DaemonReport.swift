@@ -13,6 +13,7 @@ public struct QueueStatus: Sendable, Equatable {
     /// The queue's counters.
     public var counters: WorkCounters
 
+    /// Every field given.
     public init(number: Int, pid: Int32, pasid: UInt32, direction: Direction, state: QueueState, counters: WorkCounters) {
         self.number = number; self.pid = pid; self.pasid = pasid; self.direction = direction
         self.state = state; self.counters = counters
@@ -32,6 +33,7 @@ public struct ClientStatus: Sendable, Equatable {
     /// included); `busyRejections` also counts its refused queue opens.
     public var counters: WorkCounters
 
+    /// Every field given.
     public init(pid: Int32, uid: UInt32, pasid: UInt32?, queues: Int, counters: WorkCounters) {
         self.pid = pid; self.uid = uid; self.pasid = pasid; self.queues = queues; self.counters = counters
     }
