@@ -139,20 +139,36 @@ public struct ZipSQE: Sendable, Equatable {
 
     /// Writes only the words the device owns (results) to ring memory at `p`.
     func storeResults(to p: UnsafeMutableRawPointer) {
-        for i in Field.resultWords { p.storeBytes(of: words[i].littleEndian, toByteOffset: i * 4, as: UInt32.self) }
+        withUnsafeBytes(of: words) { w in
+            for i in Field.resultWords {
+                p.storeBytes(of: w.load(fromByteOffset: i * 4, as: UInt32.self).littleEndian, toByteOffset: i * 4, as: UInt32.self)
+            }
+        }
     }
 
     /// The value of a field.
     subscript(field: BitField<UInt32>) -> UInt32 {
-        get { field.get(words[field.word]) }
-        set { var w = words[field.word]; field.set(newValue, in: &w); words[field.word] = w }
+        // Through the bytes rather than `words[i]`: a SIMD lane picked at run
+        // time is an outlined copy of the whole vector; this is one load or store.
+        @inline(__always) get {
+            precondition(field.word < 32)
+            return field.get(withUnsafeBytes(of: words) { $0.load(fromByteOffset: field.word * 4, as: UInt32.self) })
+        }
+        @inline(__always) set {
+            precondition(field.word < 32)
+            withUnsafeMutableBytes(of: &words) { b in
+                var w = b.load(fromByteOffset: field.word * 4, as: UInt32.self)
+                field.set(newValue, in: &w)
+                b.storeBytes(of: w, toByteOffset: field.word * 4, as: UInt32.self)
+            }
+        }
     }
 
-    private func address(_ low: BitField<UInt32>, _ high: BitField<UInt32>) -> UInt64 {
+    @inline(__always) private func address(_ low: BitField<UInt32>, _ high: BitField<UInt32>) -> UInt64 {
         UInt64(self[low]) | UInt64(self[high]) << 32
     }
 
-    private mutating func setAddress(_ low: BitField<UInt32>, _ high: BitField<UInt32>, _ a: UInt64) {
+    @inline(__always) private mutating func setAddress(_ low: BitField<UInt32>, _ high: BitField<UInt32>, _ a: UInt64) {
         self[low] = UInt32(truncatingIfNeeded: a)
         self[high] = UInt32(truncatingIfNeeded: a >> 32)
     }
@@ -160,9 +176,9 @@ public struct ZipSQE: Sendable, Equatable {
     // MARK: Client-written fields
 
     /// Request type; nil when the field holds a code no type has.
-    var requestType: RequestType? { RequestType(rawValue: UInt8(self[Field.requestType])) }
+    var requestType: RequestType? { @inline(__always) get { RequestType(rawValue: UInt8(self[Field.requestType])) } }
     /// Window; nil when the field holds a code above 4.
-    var window: Window? { Window(rawValue: UInt8(self[Field.window])) }
+    var window: Window? { @inline(__always) get { Window(rawValue: UInt8(self[Field.window])) } }
     /// Compression level, 0...255 (the device takes `levels`).
     var level: Int {
         get { Int(self[Field.level]) }
