@@ -36,7 +36,8 @@ let package = Package(
             name: "WarpDrive",
             dependencies: ["CWarpSys"]
         ),
-        // warpdrived's server: the emulated device shared over a Unix socket.
+        // warpdrived's server: the emulated device shared over a Unix socket;
+        // and the status report's rendering (`warpdrived --info`, `warpfs devices`).
         .target(
             name: "WarpDriveDaemon",
             dependencies: ["WarpDrive", "CWarpSys"]
@@ -68,7 +69,7 @@ let package = Package(
         .executableTarget(
             name: "WarpFSCommand",
             dependencies: [
-                "FUSEAdapter", "WarpFSCore", "WarpFSFormat", "WarpDrive", "CWarpSys",
+                "FUSEAdapter", "WarpFSCore", "WarpFSFormat", "WarpDrive", "WarpDriveDaemon", "CWarpSys",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

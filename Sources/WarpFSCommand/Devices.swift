@@ -1,5 +1,6 @@
 import ArgumentParser
 import WarpDrive
+import WarpDriveDaemon
 import WarpFSCore
 
 /// `warpfs devices`: the accelerator devices this host offers with their
@@ -45,15 +46,15 @@ struct Devices: ParsableCommand {
             let a = entry.attributes
             if let e = entry.emulated {
                 let kind = "emulated, in-process"
-                texts.append(DeviceReportFormat.attributes(a, kind: kind, totalQueues: e.configuration.queues,
-                                                           engines: e.configuration.engines))
-                objects.append(DeviceReportFormat.attributesJSON(a, kind: "emulated", totalQueues: e.configuration.queues,
-                                                                 engines: e.configuration.engines))
+                texts.append(ReportRendering.attributes(a, kind: kind, totalQueues: e.configuration.queues,
+                                                        engines: e.configuration.engines))
+                objects.append(ReportRendering.attributesJSON(a, kind: "emulated", totalQueues: e.configuration.queues,
+                                                              engines: e.configuration.engines))
             } else {
                 let path = entry.sysfsPath ?? ""
-                texts.append(DeviceReportFormat.attributes(a, kind: "uacce, \(path); listed only", totalQueues: nil, engines: nil))
-                objects.append(DeviceReportFormat.attributesJSON(a, kind: "uacce", totalQueues: nil, engines: nil,
-                                                                 extra: [("sysfs", DeviceReportFormat.string(path))]))
+                texts.append(ReportRendering.attributes(a, kind: "uacce, \(path); listed only", totalQueues: nil, engines: nil))
+                objects.append(ReportRendering.attributesJSON(a, kind: "uacce", totalQueues: nil, engines: nil,
+                                                              extra: [("sysfs", ReportRendering.string(path))]))
             }
         }
         if json {

@@ -225,7 +225,7 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
     /// Submits one raw deflate request on `q` and returns the reaped request.
     func roundTrip(_ q: WarpDrive.Queue, source: UInt64, length: Int, destination: UInt64, capacity: Int) throws -> PendingRequest {
         #expect(try q.trySubmit(PendingRequest(), source: source, sourceLength: length, destination: destination,
-                                destinationCapacity: capacity, type: .deflate, level: 1, window: 4))
+                                destinationCapacity: capacity, type: .deflate, level: 1, window: .size32K))
         var got: PendingRequest?
         try q.wait(until: { got != nil }, deadline: wd_now_ns() + 30_000_000_000, timeoutMilliseconds: 30_000, mode: .interrupt) { got = $0 }
         return got!
@@ -266,7 +266,7 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
             var queued = 0
             for q in hogs {
                 while (try? q.trySubmit(PendingRequest(), source: 0x10, sourceLength: 65536, destination: 0x10,
-                                        destinationCapacity: 65536, type: .deflate, level: 1, window: 4)) == true { queued += 1 }
+                                        destinationCapacity: 65536, type: .deflate, level: 1, window: .size32K)) == true { queued += 1 }
             }
             #expect(queued > 1000)
             let noisy = try remote.openDeviceQueue()
@@ -323,17 +323,17 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
                 try out.withUnsafeMutableBytes { d in
                     let src = UInt64(UInt(bitPattern: s.baseAddress)), dst = UInt64(UInt(bitPattern: d.baseAddress))
                     let r1 = try roundTrip(q, source: gone, length: 3000, destination: dst, capacity: d.count)
-                    #expect(r1.status == ZipSQE.Status.pageFault && r1.faultAddress == gone)
+                    #expect(r1.status == CompletionStatus.pageFault && r1.faultAddress == gone)
                     let r2 = try roundTrip(q, source: src, length: s.count, destination: gone, capacity: 4096)
-                    #expect(r2.status == ZipSQE.Status.pageFault && r2.faultAddress == gone)
+                    #expect(r2.status == CompletionStatus.pageFault && r2.faultAddress == gone)
                     // The daemon's own memory is out of reach: the address is translated in our space.
                     let r3 = try roundTrip(q, source: theirs, length: 64, destination: dst, capacity: d.count)
-                    #expect(r3.status == ZipSQE.Status.pageFault && r3.faultAddress == theirs)
+                    #expect(r3.status == CompletionStatus.pageFault && r3.faultAddress == theirs)
                     let r4 = try roundTrip(q, source: src, length: s.count, destination: theirs, capacity: 4096)
-                    #expect(r4.status == ZipSQE.Status.pageFault && r4.faultAddress == theirs)
+                    #expect(r4.status == CompletionStatus.pageFault && r4.faultAddress == theirs)
                     // The next good request is served.
                     let r5 = try roundTrip(q, source: src, length: s.count, destination: dst, capacity: d.count)
-                    #expect(r5.status == ZipSQE.Status.ok)
+                    #expect(r5.status == CompletionStatus.ok)
                     #expect(Array(d[0..<r5.produced]) == Zlib.compress(data, .deflate, level: 1))
                 }
             }

@@ -48,7 +48,7 @@ import Testing
     /// Submits one raw deflate request on `q` and returns the reaped request.
     func roundTrip(_ q: WarpDrive.Queue, source: UInt64, length: Int, destination: UInt64, capacity: Int) throws -> PendingRequest {
         #expect(try q.trySubmit(PendingRequest(), source: source, sourceLength: length, destination: destination,
-                                destinationCapacity: capacity, type: .deflate, level: 1, window: 4))
+                                destinationCapacity: capacity, type: .deflate, level: 1, window: .size32K))
         var got: PendingRequest?
         let deadline = wd_now_ns() + 10_000_000_000
         try q.wait(until: { got != nil }, deadline: deadline, timeoutMilliseconds: 10_000, mode: .interrupt) { got = $0 }
@@ -69,16 +69,16 @@ import Testing
             try out.withUnsafeMutableBytes { d in
                 let dst = UInt64(UInt(bitPattern: d.baseAddress))
                 let r = try roundTrip(q, source: gone, length: 3000, destination: dst, capacity: d.count)
-                #expect(r.status == ZipSQE.Status.pageFault)
+                #expect(r.status == CompletionStatus.pageFault)
                 #expect(r.faultAddress == gone)
                 // Destination unmapped: fault too, and nothing written anywhere else.
                 try data.withUnsafeBytes { s in
                     let src = UInt64(UInt(bitPattern: s.baseAddress))
                     let r2 = try roundTrip(q, source: src, length: s.count, destination: gone, capacity: 4096)
-                    #expect(r2.status == ZipSQE.Status.pageFault)
+                    #expect(r2.status == CompletionStatus.pageFault)
                     // The next good request is served.
                     let r3 = try roundTrip(q, source: src, length: s.count, destination: dst, capacity: d.count)
-                    #expect(r3.status == ZipSQE.Status.ok)
+                    #expect(r3.status == CompletionStatus.ok)
                     #expect(Array(d[0..<r3.produced]) == Zlib.compress(data, .deflate, level: 1))
                 }
             }
@@ -100,7 +100,7 @@ import Testing
                     let src = UInt64(UInt(bitPattern: s.baseAddress)), dst = UInt64(UInt(bitPattern: d.baseAddress))
                     try #require(!child.maps(src) && !child.maps(dst), "the child happens to map our buffers' addresses")
                     let r = try roundTrip(q, source: src, length: s.count, destination: dst, capacity: d.count)
-                    #expect(r.status == ZipSQE.Status.pageFault)
+                    #expect(r.status == CompletionStatus.pageFault)
                     #expect(r.faultAddress == src)
                 }
             }
@@ -131,14 +131,14 @@ import Testing
                         for r in 0..<10 {
                             let dst = UInt64(UInt(bitPattern: d.baseAddress)) + UInt64((qi * 10 + r) * (300 << 10))
                             #expect(try q.trySubmit(PendingRequest(), source: src, sourceLength: s.count, destination: dst,
-                                                    destinationCapacity: 300 << 10, type: .deflate, level: 1, window: 4))
+                                                    destinationCapacity: 300 << 10, type: .deflate, level: 1, window: .size32K))
                         }
                     }
                     // The light client's requests name addresses its process does not map: each faults at once.
                     let nowhere: UInt64 = 0x10
                     for _ in 0..<10 {
                         #expect(try light.trySubmit(PendingRequest(), source: nowhere, sourceLength: 4096, destination: nowhere,
-                                                    destinationCapacity: 4096, type: .deflate, level: 1, window: 4))
+                                                    destinationCapacity: 4096, type: .deflate, level: 1, window: .size32K))
                     }
                     device.faults.stopAnswering = false
                     var lightDone = 0

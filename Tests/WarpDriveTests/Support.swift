@@ -171,3 +171,17 @@ func runThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
     }
     for t in threads { pthread_join(t, nil) }
 }
+
+extension WarpDrive.Queue {
+    /// Submits one raw request: an SQE of `type`, `level` and `window` for
+    /// these buffers (what a session builds).
+    func trySubmit(_ request: PendingRequest, source: UInt64, sourceLength: Int, destination: UInt64, destinationCapacity: Int,
+                   type: ZipSQE.RequestType, level: Int, window: ZipSQE.Window) throws -> Bool {
+        var sqe = ZipSQE(type: type, window: window, level: level)
+        sqe.sourceAddress = source
+        sqe.inputLength = UInt32(sourceLength)
+        sqe.destinationAddress = destination
+        sqe.destinationCapacity = UInt32(destinationCapacity)
+        return try trySubmit(request, sqe)
+    }
+}

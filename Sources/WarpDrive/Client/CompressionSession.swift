@@ -7,7 +7,9 @@ import Synchronization
 /// What a session does: algorithm, level, window and direction (a UADK
 /// session), plus how callers wait.
 public struct SessionConfiguration: Sendable {
+    /// Stream format of the data the session reads or writes.
     public var algorithm: CompressionAlgorithm
+    /// Whether the session compresses or decompresses.
     public var direction: Direction
     /// Compression level 0...9 (ignored when decompressing).
     public var level: Int
@@ -23,6 +25,7 @@ public struct SessionConfiguration: Sendable {
     /// How long a request may take before it fails with `timedOut`.
     public var timeoutMilliseconds: Int = 10_000
 
+    /// A configuration with the other settings at their defaults.
     public init(algorithm: CompressionAlgorithm, direction: Direction, level: Int = 6) {
         self.algorithm = algorithm
         self.direction = direction
@@ -54,6 +57,8 @@ public final class CompressionSession: @unchecked Sendable {
     /// The session's settings.
     public let configuration: SessionConfiguration
     private let handler: CompletionHandler?
+    /// The SQE every request starts from: type, window, level, flush.
+    private let template: ZipSQE
     private let queues: Mutex<[Queue]>
     private let cursor = Atomic<Int>(0)
     private let outstandingAsync = Atomic<Int>(0)
@@ -61,12 +66,11 @@ public final class CompressionSession: @unchecked Sendable {
     /// Opens `configuration.queues` queues on `device`.
     public init(device: any AcceleratorDevice, configuration: SessionConfiguration,
                 completionHandler: CompletionHandler? = nil) throws {
-        guard (0...9).contains(configuration.level) else {
-            throw WarpDriveError.badRequest(status: ZipSQE.Status.badRequest)
+        guard ZipSQE.levels.contains(configuration.level),
+              let window = ZipSQE.Window(windowBits: configuration.windowBits) else {
+            throw WarpDriveError.badRequest(status: CompletionStatus.badRequest.rawValue)
         }
-        guard (12...15).contains(configuration.windowBits) else {
-            throw WarpDriveError.badRequest(status: ZipSQE.Status.badRequest)
-        }
+        template = ZipSQE(type: configuration.algorithm.requestType, window: window, level: configuration.level)
         self.device = device
         self.configuration = configuration
         handler = completionHandler
@@ -78,7 +82,7 @@ public final class CompressionSession: @unchecked Sendable {
     }
 
     private static func openQueue(_ device: any AcceleratorDevice, _ c: SessionConfiguration) throws -> Queue {
-        let q = try Queue.started(device: device, direction: c.direction, notification: c.notification)
+        let q = try Queue.started(device: device, direction: c.direction)
         q.setInterruptThreshold(c.interruptThreshold)
         return q
     }
@@ -116,12 +120,8 @@ public final class CompressionSession: @unchecked Sendable {
 
     // MARK: Building requests
 
-    /// SQE window field for the session's window (4 = 32K; 3 would be 24K).
-    private var window: Int { configuration.windowBits == 15 ? 4 : configuration.windowBits - 12 }
-
-    private func prepare(_ src: UnsafeRawBufferPointer, _ dst: UnsafeMutableRawBufferPointer)
-        throws -> (PendingRequest, source: UInt64, sourceLength: Int, destination: UInt64, capacity: Int)
-    {
+    /// The request to track and the SQE to submit for `src` into `dst`.
+    private func prepare(_ src: UnsafeRawBufferPointer, _ dst: UnsafeMutableRawBufferPointer) throws -> (PendingRequest, ZipSQE) {
         let a = configuration.algorithm
         var req = PendingRequest()
         req.algorithm = a
@@ -137,7 +137,7 @@ public final class CompressionSession: @unchecked Sendable {
             StreamFraming.writeHeader(a, level: configuration.level, windowBits: configuration.windowBits, to: d)
             req.headerLength = h
             req.bodyLength = src.count
-            return (req, address(src.baseAddress), src.count, address(d + h), min(dst.count - h - t, ZipSQE.maxRequestBytes))
+            return (req, sqe(address(src.baseAddress), src.count, address(d + h), min(dst.count - h - t, ZipSQE.maxRequestBytes)))
         } else {
             let p = try StreamFraming.parse(a, src)
             guard p.bodyLength <= ZipSQE.maxRequestBytes else {
@@ -147,8 +147,18 @@ public final class CompressionSession: @unchecked Sendable {
             req.expectedChecksum = p.checksum
             req.expectedISize = p.isize
             let s = src.baseAddress.map { address($0 + p.bodyOffset) } ?? 0
-            return (req, s, p.bodyLength, address(dst.baseAddress), min(dst.count, ZipSQE.maxRequestBytes))
+            return (req, sqe(s, p.bodyLength, address(dst.baseAddress), min(dst.count, ZipSQE.maxRequestBytes)))
         }
+    }
+
+    /// The session's SQE for one request's buffers.
+    private func sqe(_ source: UInt64, _ sourceLength: Int, _ destination: UInt64, _ capacity: Int) -> ZipSQE {
+        var e = template
+        e.sourceAddress = source
+        e.inputLength = UInt32(sourceLength)
+        e.destinationAddress = destination
+        e.destinationCapacity = UInt32(capacity)
+        return e
     }
 
     private func address(_ p: UnsafeRawPointer?) -> UInt64 { UInt64(UInt(bitPattern: p)) }
@@ -165,18 +175,18 @@ public final class CompressionSession: @unchecked Sendable {
         case .lost: return .failure(queue.failedWith ?? .invalidState(operation: "request", state: QueueState.released.rawValue))
         }
         switch r.status {
-        case ZipSQE.Status.ok, ZipSQE.Status.negativeCompression, ZipSQE.Status.endOfStream:
+        case _ where r.status.isSuccess:
             break
-        case ZipSQE.Status.destinationTooSmall:
+        case .destinationTooSmall:
             return .failure(.destinationTooSmall(capacity: r.destinationCapacity))
-        case ZipSQE.Status.pageFault:
+        case .pageFault:
             return .failure(.pageFault(pasid: queue.pasid, address: r.faultAddress))
-        case ZipSQE.Status.corruptInput:
+        case .corruptInput:
             return .failure(.corruptData("the deflate stream is invalid"))
-        case ZipSQE.Status.engineError:
-            return .failure(.engineError(device: device.name, queue: queue.number, status: r.status))
+        case .engineError:
+            return .failure(.engineError(device: device.name, queue: queue.number, status: r.status.rawValue))
         default:
-            return .failure(.badRequest(status: r.status))
+            return .failure(.badRequest(status: r.status.rawValue))
         }
         let a = r.algorithm
         if r.direction == .compress {
@@ -208,10 +218,9 @@ public final class CompressionSession: @unchecked Sendable {
 
     /// One submission attempt; a queue found reset is failed (so the next
     /// request gets a fresh queue) and the error rethrown.
-    private func submitOnce(_ q: Queue, _ req: PendingRequest, _ s: UInt64, _ sl: Int, _ d: UInt64, _ cap: Int) throws -> Bool {
+    private func submitOnce(_ q: Queue, _ req: PendingRequest, _ sqe: ZipSQE) throws -> Bool {
         do {
-            return try q.trySubmit(req, source: s, sourceLength: sl, destination: d, destinationCapacity: cap,
-                                   type: configuration.algorithm.requestType, level: configuration.level, window: window)
+            return try q.trySubmit(req, sqe)
         } catch let e as WarpDriveError {
             if case .deviceReset = e { q.failPending(.reset, deliver: deliver(q)) }
             throw e
@@ -223,7 +232,7 @@ public final class CompressionSession: @unchecked Sendable {
     /// Compresses or decompresses `src` into `dst` (by the session's
     /// direction) and returns the bytes written to `dst`.
     public func process(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawBufferPointer) throws -> Int {
-        let (base, s, sl, d, cap) = try prepare(src, dst)
+        let (base, sqe) = try prepare(src, dst)
         let q = try pickQueue()
         let timeout = configuration.timeoutMilliseconds
         let deadline = wd_now_ns() + UInt64(timeout) * 1_000_000
@@ -234,7 +243,7 @@ public final class CompressionSession: @unchecked Sendable {
             defer { w.deinitialize(count: 1) }
             var req = base
             req.waiter = w
-            while try !submitOnce(q, req, s, sl, d, cap) {
+            while try !submitOnce(q, req, sqe) {
                 try q.wait(until: { q.inFlight < q.layout.depth - 1 }, deadline: deadline, timeoutMilliseconds: timeout,
                            mode: configuration.notification, deliver: deliverAsync)
             }
@@ -282,14 +291,14 @@ public final class CompressionSession: @unchecked Sendable {
     }
 
     private func submit(_ src: UnsafeRawBufferPointer, _ dst: UnsafeMutableRawBufferPointer, _ tag: UInt64, wait: Bool) throws {
-        var (req, s, sl, d, cap) = try prepare(src, dst)
+        var (req, sqe) = try prepare(src, dst)
         req.tag = tag
         let q = try pickQueue()
         let timeout = configuration.timeoutMilliseconds
         let deadline = wd_now_ns() + UInt64(timeout) * 1_000_000
         outstandingAsync.add(1, ordering: .relaxed)
         do {
-            while try !submitOnce(q, req, s, sl, d, cap) {
+            while try !submitOnce(q, req, sqe) {
                 guard wait else { throw WarpDriveError.queueFull(queue: q.number) }
                 try q.wait(until: { q.inFlight < q.layout.depth - 1 }, deadline: deadline, timeoutMilliseconds: timeout,
                            mode: configuration.notification, deliver: deliver(q))

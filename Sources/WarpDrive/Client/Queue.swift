@@ -27,7 +27,7 @@ struct PendingRequest {
     var expectedChecksum: UInt32 = 0
     var expectedISize: UInt32 = 0
     // Results, filled in when reaped.
-    var status: UInt8 = 0
+    var status = CompletionStatus.ok
     var endOfStream = false
     var consumed = 0
     var produced = 0
@@ -66,7 +66,6 @@ public final class Queue: @unchecked Sendable {
     let backend: any DeviceQueue
     private var mmio: SharedMapping?
     private var dus: SharedMapping?
-    private(set) var direction: Direction = .compress
     let lock = Mutex(())
 
     // Guarded by lock.
@@ -105,8 +104,7 @@ public final class Queue: @unchecked Sendable {
     }
 
     /// Opens, maps, sets the direction and starts a queue: ready for requests.
-    public static func started(device: any AcceleratorDevice, direction: Direction,
-                               notification: NotificationMode = .interrupt) throws -> Queue {
+    public static func started(device: any AcceleratorDevice, direction: Direction) throws -> Queue {
         let q = try Queue(device: device)
         do {
             try q.map(.mmio)
@@ -136,7 +134,6 @@ public final class Queue: @unchecked Sendable {
     /// Sets the queue's direction (HiSilicon `SET_QP_CTX` qc_type). INIT only.
     public func setContext(_ direction: Direction) throws {
         try backend.setContext(direction)
-        self.direction = direction
     }
 
     /// Starts the queue (`START_Q`). INIT only, both regions mapped.
@@ -157,14 +154,14 @@ public final class Queue: @unchecked Sendable {
     /// Asks the device to also signal `notificationFD` on completion interrupts.
     public func setFDNotification(_ on: Bool) {
         guard let dus else { return }
-        Words(dus.base + layout.statusOffset).storeRelease(RingLayout.irqFlags / 4, on ? 1 : 0)
+        Words(dus.base + layout.statusOffset).storeRelease(RingLayout.StatusWord.irqFlags, on ? RingLayout.StatusWord.eventFDFlag : 0)
     }
 
     /// Interrupt moderation: interrupt once at least `n` completions wait
     /// (or the queue has drained). 1 = every completion.
     public func setInterruptThreshold(_ n: Int) {
         guard let dus else { return }
-        Words(dus.base + layout.statusOffset).storeRelease(RingLayout.irqThreshold / 4, UInt32(max(1, min(n, layout.depth))))
+        Words(dus.base + layout.statusOffset).storeRelease(RingLayout.StatusWord.irqThreshold, UInt32(max(1, min(n, layout.depth))))
     }
 
     /// Requests submitted and not yet reaped.
@@ -172,6 +169,7 @@ public final class Queue: @unchecked Sendable {
 
     /// Ring positions, for tests and diagnostics.
     public struct RingPosition: Sendable, Equatable {
+        /// SQ head and tail, CQ head, the expected phase, and how often it flipped.
         public var sqHead: Int, sqTail: Int, cqHead: Int, phase: UInt32, phaseFlips: Int
     }
     /// The client's view of the rings.
@@ -208,12 +206,12 @@ public final class Queue: @unchecked Sendable {
         backend.doorbell(raw)
     }
 
-    /// Writes one SQE and rings the doorbell. Returns false when the ring is full.
-    func trySubmit(_ request: PendingRequest, source: UInt64, sourceLength: Int, destination: UInt64,
-                   destinationCapacity: Int, type: ZipSQE.RequestType, level: Int, window: Int) throws -> Bool {
+    /// Stores `sqe` (tagged with its slot) into the SQ and rings the
+    /// doorbell. Returns false when the ring is full.
+    func trySubmit(_ request: PendingRequest, _ sqe: ZipSQE) throws -> Bool {
         try lock.withLock { _ in
             if let e = failureError { throw e }
-            guard let _ = dus, let _ = mmio, isStarted else {
+            guard let dus, let _ = mmio, isStarted else {
                 throw WarpDriveError.invalidState(operation: "submit", state: backend.state.rawValue)
             }
             if stopped { throw WarpDriveError.deviceReset(device: device.name, queue: number) }
@@ -223,15 +221,9 @@ public final class Queue: @unchecked Sendable {
                 backend.noteRingFull()
                 return false
             }
-            let sqe = ZipSQE(dus!.base + layout.sqOffset + sqTail * RingLayout.sqeSize)
-            sqe.clear()
-            sqe.inputLength = UInt32(sourceLength)
-            sqe.destinationCapacity = UInt32(destinationCapacity)
-            sqe.sourceAddress = source
-            sqe.destinationAddress = destination
-            sqe.dw7 = 1 << 25 | 0x3 << 28   // flush: finish; stateless; v3 SQE
-            sqe.dw9 = UInt32(type.rawValue) | UInt32(window & 0xf) << 12 | UInt32(level & 0xff) << 16
-            sqe.tag = UInt32(truncatingIfNeeded: sqTail)
+            var entry = sqe
+            entry.tag = UInt32(truncatingIfNeeded: sqTail)
+            entry.store(to: dus.base + layout.sqeOffset(sqTail))
             pending[sqTail] = request
             sqTail = next
             ring(.sq, sqTail)
@@ -257,18 +249,17 @@ public final class Queue: @unchecked Sendable {
                     var reaped = 0
                     while true {
                         if n == batch.count { more = true; break }
-                        let cqe = CQE(dus.base + layout.cqOffset + cqHead * RingLayout.cqeSize)
+                        let cqe = CQE(dus.base + layout.cqeOffset(cqHead))
                         guard cqe.phase() == cqPhase else { break }
                         let slot = Int(cqe.sqHead) % layout.depth
-                        let sqe = ZipSQE(dus.base + layout.sqOffset + slot * RingLayout.sqeSize)
+                        let sqe = ZipSQE(loading: dus.base + layout.sqeOffset(slot))
                         var req = pending[slot]
-                        let sw = sqe.statusWord
-                        req.status = UInt8(sw & 0xff)
-                        req.endOfStream = sw & 0x100 != 0
+                        req.status = sqe.status
+                        req.endOfStream = sqe.endOfStream
                         req.consumed = Int(sqe.consumed)
                         req.produced = Int(sqe.produced)
                         req.checksum = sqe.checksum
-                        req.faultAddress = UInt64(sqe.faultAddressLow) | UInt64(sqe.faultAddressHigh) << 32
+                        req.faultAddress = sqe.faultAddress
                         pending[slot].waiter = nil
                         sqHead = (slot + 1) % layout.depth
                         cqHead += 1
@@ -299,7 +290,7 @@ public final class Queue: @unchecked Sendable {
         var spins = 0
         var sleptIdle = false
         while true {
-            let irq = statusWords.loadAcquire(RingLayout.irqCounter / 4)
+            let irq = statusWords.loadAcquire(RingLayout.StatusWord.irqCounter)
             reap(deliver)
             if done() { return }
             if let e = lock.withLock({ _ in failureError }) { throw e }
@@ -330,10 +321,10 @@ public final class Queue: @unchecked Sendable {
                 throw lock.withLock { _ in failureError! }
             }
             let s = statusWords
-            _ = wd_fetch_add_u32(s.pointer(RingLayout.irqWaiters / 4), 1)
-            _ = wd_futex_wait(s.pointer(RingLayout.irqCounter / 4), irq, Int64(min(deadline - now, 50_000_000)))
-            _ = wd_fetch_add_u32(s.pointer(RingLayout.irqWaiters / 4), UInt32.max)
-            sleptIdle = statusWords.loadAcquire(RingLayout.irqCounter / 4) == irq
+            _ = wd_fetch_add_u32(s.pointer(RingLayout.StatusWord.irqWaiters), 1)
+            _ = wd_futex_wait(s.pointer(RingLayout.StatusWord.irqCounter), irq, Int64(min(deadline - now, 50_000_000)))
+            _ = wd_fetch_add_u32(s.pointer(RingLayout.StatusWord.irqWaiters), UInt32.max)
+            sleptIdle = statusWords.loadAcquire(RingLayout.StatusWord.irqCounter) == irq
         }
     }
 

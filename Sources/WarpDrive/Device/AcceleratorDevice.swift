@@ -18,6 +18,7 @@ public protocol AcceleratorDevice: AnyObject, Sendable {
 }
 
 extension AcceleratorDevice {
+    /// Nothing to stop: the device runs elsewhere.
     public func shutdown() {}
 }
 

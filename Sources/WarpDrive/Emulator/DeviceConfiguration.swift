@@ -19,6 +19,7 @@ public struct EmulatedDeviceConfiguration: Sendable {
     /// Microseconds an idle engine spins before it sleeps (0 = sleep at once).
     public var idleSpinMicroseconds: Int = 10
 
+    /// The default configuration.
     public init() {}
 
     /// A configuration with the common knobs set.
@@ -80,8 +81,10 @@ public struct WorkCounters: Sendable, Equatable, CustomStringConvertible {
     /// and submissions to a full ring.
     public var busyRejections: UInt64 = 0
 
+    /// All zero.
     public init() {}
 
+    /// The counters as `key=value` fields.
     public var description: String {
         "requests=\(requests) in=\(bytesIn) out=\(bytesOut) errors=\(errors) busy=\(busyRejections)"
     }

@@ -31,7 +31,6 @@ public final class EmulatedZipDevice: @unchecked Sendable {
     private var lastServedPASID: UInt32 = 0
     private var isolatedFlag = false
     private var errorCount = 0
-    private var isolateThreshold: Int
     private var shuttingDown = false
 
     let counters = AtomicCounters()
@@ -48,7 +47,6 @@ public final class EmulatedZipDevice: @unchecked Sendable {
         self.iommu = iommu
         layout = RingLayout(depth: configuration.queueDepth)
         queues = Array(repeating: nil, count: configuration.queues)
-        isolateThreshold = configuration.isolateThreshold
         workSequence = .allocate(capacity: 1)
         workSequence.initialize(to: 0)
         for i in 0..<configuration.engines {
@@ -65,25 +63,16 @@ public final class EmulatedZipDevice: @unchecked Sendable {
     public var attributes: DeviceAttributes {
         lock.withLock { _ in
             DeviceAttributes(
-                name: name, api: "hisi_qm_v2", flags: DeviceAttributes.flagSVA,
+                name: name, api: DeviceAttributes.apiQMv2, flags: DeviceAttributes.flagSVA,
                 algorithms: CompressionAlgorithm.allCases.map(\.rawValue),
                 availableInstances: queues.lazy.filter { $0 == nil }.count,
                 queueDepth: layout.depth, regionMMIOSize: RingLayout.mmioSize, regionDUSSize: layout.dusSize,
-                isolated: isolatedFlag, isolateStrategy: isolateThreshold, numaNode: configuration.numaNode)
+                isolated: isolatedFlag, isolateStrategy: configuration.isolateThreshold, numaNode: configuration.numaNode)
         }
     }
 
     /// Device-wide counters (requests, bytes, errors, busy rejections).
     public var totals: WorkCounters { counters.snapshot }
-
-    /// Counters of each open queue, by queue number.
-    public var queueCounters: [Int: WorkCounters] {
-        lock.withLock { _ in
-            var r: [Int: WorkCounters] = [:]
-            for case let q? in queues { r[q.number] = q.counters.snapshot }
-            return r
-        }
-    }
 
     /// Every open queue: owner, PASID, direction, state and counters, by number.
     public var queueStatus: [QueueStatus] {
@@ -96,9 +85,6 @@ public final class EmulatedZipDevice: @unchecked Sendable {
             }
         }
     }
-
-    /// Sets the error threshold for isolation (`isolate_strategy`, writable in sysfs).
-    public func setIsolateStrategy(_ threshold: Int) { lock.withLock { _ in isolateThreshold = max(0, threshold) } }
 
     /// Engine busy time in nanoseconds, per engine (thread CPU time).
     public var engineBusyNanoseconds: [UInt64] { engines.map { $0.busyNanoseconds.load(ordering: .relaxed) } }
@@ -246,7 +232,8 @@ public final class EmulatedZipDevice: @unchecked Sendable {
             q.inProgress -= 1
             if hardwareError {
                 errorCount += 1
-                if isolateThreshold > 0 && errorCount >= isolateThreshold && !isolatedFlag { isolateNow = true }
+                let threshold = configuration.isolateThreshold
+                if threshold > 0 && errorCount >= threshold && !isolatedFlag { isolateNow = true }
             }
             guard !q.dead else { return false }
             q.finished[job.slot] = true
@@ -261,7 +248,7 @@ public final class EmulatedZipDevice: @unchecked Sendable {
         var posted = 0
         while q.finished[q.postNext] && q.cqUnconsumed < layout.depth {
             q.finished[q.postNext] = false
-            let cqe = CQE(q.dus.base + layout.cqOffset + q.cqTail * RingLayout.cqeSize)
+            let cqe = CQE(q.dus.base + layout.cqeOffset(q.cqTail))
             cqe.publish(sqHead: UInt16(q.postNext), sqNumber: UInt16(q.number), phase: q.cqPhase)
             q.postNext = (q.postNext + 1) % layout.depth
             q.cqTail += 1
@@ -270,7 +257,7 @@ public final class EmulatedZipDevice: @unchecked Sendable {
             posted += 1
         }
         guard posted > 0 else { return false }
-        let threshold = Int(max(1, q.status[RingLayout.irqThreshold / 4]))
+        let threshold = Int(max(1, q.status[RingLayout.StatusWord.irqThreshold]))
         let drained = q.pendingWork == 0 && q.inProgress == 0
         return q.cqUnconsumed >= threshold || drained
     }

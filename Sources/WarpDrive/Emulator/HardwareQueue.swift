@@ -4,24 +4,6 @@ import Glibc
 import CWarpSys
 import Synchronization
 
-/// Lifecycle of a queue, as uacce names it.
-public enum QueueState: String, Sendable {
-    /// Opened; regions may be mapped and the context set.
-    case initialized = "INIT"
-    /// Started: the device serves its SQ.
-    case started = "STARTED"
-    /// Released (uacce ZOMBIE): nothing is legal any more.
-    case released = "ZOMBIE"
-}
-
-/// Ring regions of a queue (uacce region numbers).
-public enum QueueRegion: Int, Sendable {
-    /// Region 0: the doorbell page.
-    case mmio = 0
-    /// Region 1: device-user share (SQ, CQ, status page).
-    case dus = 1
-}
-
 /// The device side of one queue pair: what the kernel driver and the
 /// hardware hold. All mutable fields are guarded by the owning device's lock.
 final class HardwareQueue: @unchecked Sendable {
@@ -72,7 +54,7 @@ final class HardwareQueue: @unchecked Sendable {
         guard fd >= 0 else { throw WarpDriveError.system(call: "eventfd", errno: errno) }
         eventFD = fd
         finished = Array(repeating: false, count: layout.depth)
-        Words(dus.base + layout.statusOffset)[RingLayout.irqThreshold / 4] = 1
+        Words(dus.base + layout.statusOffset)[RingLayout.StatusWord.irqThreshold] = 1
     }
 
     deinit { close(eventFD) }
@@ -88,11 +70,11 @@ final class HardwareQueue: @unchecked Sendable {
     /// eventfd when the client asked for fd notification.
     func raiseInterrupt() {
         let s = status
-        _ = wd_fetch_add_u32(s.pointer(RingLayout.irqCounter / 4), 1)
-        if s.loadAcquire(RingLayout.irqWaiters / 4) > 0 {
-            _ = wd_futex_wake(s.pointer(RingLayout.irqCounter / 4), Int32.max)
+        _ = wd_fetch_add_u32(s.pointer(RingLayout.StatusWord.irqCounter), 1)
+        if s.loadAcquire(RingLayout.StatusWord.irqWaiters) > 0 {
+            _ = wd_futex_wake(s.pointer(RingLayout.StatusWord.irqCounter), Int32.max)
         }
-        if s.loadAcquire(RingLayout.irqFlags / 4) & 1 != 0 { _ = wd_eventfd_signal(eventFD) }
+        if s.loadAcquire(RingLayout.StatusWord.irqFlags) & RingLayout.StatusWord.eventFDFlag != 0 { _ = wd_eventfd_signal(eventFD) }
     }
 
     var pendingWork: Int { (sqTail - claimHead + layout.depth) % layout.depth }

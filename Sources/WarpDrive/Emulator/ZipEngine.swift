@@ -81,49 +81,42 @@ final class ZipEngine: @unchecked Sendable {
 
     private func execute(_ job: EmulatedZipDevice.Job) {
         let q = job.queue
-        let sqe = ZipSQE(q.dus.base + device.layout.sqOffset + job.slot * RingLayout.sqeSize)
-        // Read every field once: the SQE is shared with the client.
-        let dw9 = sqe.dw9
+        let slot = q.dus.base + device.layout.sqeOffset(job.slot)
+        // One read of the entry: the SQE is shared with the client.
+        let sqe = ZipSQE(loading: slot)
         let inLen = Int(sqe.inputLength)
         let outCap = min(Int(sqe.destinationCapacity), ZipSQE.maxRequestBytes)
-        let src = sqe.sourceAddress
-        let dst = sqe.destinationAddress
-        let typeRaw = UInt8(dw9 & 0xff)
-        let window = Int((dw9 >> 12) & 0xf)
-        let level = Int((dw9 >> 16) & 0xff)
-        let pasid = q.binding.pasid
-        let direction = q.direction
 
-        var r = Outcome(status: ZipSQE.Status.ok)
+        var r = Outcome(status: .ok)
         if device.faults.drawEngineError() {
-            r.status = ZipSQE.Status.engineError
+            r.status = .engineError
             r.hardwareError = true
-        } else if let type = ZipSQE.RequestType(rawValue: typeRaw), window <= 4, level <= 9, inLen <= ZipSQE.maxRequestBytes {
-            r = process(type: type, direction: direction, level: level, windowBits: ZipEngine.windowBits[window],
-                        pasid: pasid, src: src, inLen: inLen, dst: dst, outCap: outCap)
+        } else if let type = sqe.requestType, let window = sqe.window, ZipSQE.levels.contains(sqe.level),
+                  inLen <= ZipSQE.maxRequestBytes {
+            r = process(type: type, direction: q.direction, level: sqe.level, windowBits: window.zlibWindowBits,
+                        pasid: q.binding.pasid, src: sqe.sourceAddress, inLen: inLen, dst: sqe.destinationAddress,
+                        outCap: outCap)
         } else {
-            r.status = ZipSQE.Status.badRequest
+            r.status = .badRequest
         }
 
-        sqe.consumed = UInt32(truncatingIfNeeded: r.consumed)
-        sqe.produced = UInt32(truncatingIfNeeded: r.produced)
-        sqe.statusWord = UInt32(r.status) | (r.endOfStream ? 0x100 : 0)
-        sqe.checksum = r.checksum
-        sqe.isize = r.isize
-        sqe.faultAddressLow = UInt32(truncatingIfNeeded: r.faultAddress)
-        sqe.faultAddressHigh = UInt32(truncatingIfNeeded: r.faultAddress >> 32)
-        let ok = r.status == ZipSQE.Status.ok || r.status == ZipSQE.Status.negativeCompression
-            || r.status == ZipSQE.Status.endOfStream
-        device.finish(job, bytesIn: r.consumed, bytesOut: r.produced, error: !ok, hardwareError: r.hardwareError)
+        // The results replace the device's words whole, as the hardware writes them.
+        var done = ZipSQE()
+        done.consumed = UInt32(truncatingIfNeeded: r.consumed)
+        done.produced = UInt32(truncatingIfNeeded: r.produced)
+        done.status = r.status
+        done.endOfStream = r.endOfStream
+        done.checksum = r.checksum
+        done.isize = r.isize
+        done.faultAddress = r.faultAddress
+        done.storeResults(to: slot)
+        device.finish(job, bytesIn: r.consumed, bytesOut: r.produced, error: !r.status.isSuccess,
+                      hardwareError: r.hardwareError)
     }
 
-    /// SQE window field (UADK `wd_comp_winsz_type`: 4K, 8K, 16K, 24K, 32K) to
-    /// zlib window bits; zlib has no 24K window, so 24K compresses with 16K
-    /// (never exceeding the requested window).
-    static let windowBits = [12, 13, 14, 14, 15]
-
+    /// What a request came to, before it is written back into its SQE.
     struct Outcome {
-        var status: UInt8
+        var status: CompletionStatus
         var consumed = 0
         var produced = 0
         var checksum: UInt32 = 0
@@ -135,20 +128,20 @@ final class ZipEngine: @unchecked Sendable {
 
     private func process(type: ZipSQE.RequestType, direction: Direction, level: Int, windowBits: Int,
                          pasid: UInt32, src: UInt64, inLen: Int, dst: UInt64, outCap: Int) -> Outcome {
-        var r = Outcome(status: ZipSQE.Status.ok)
+        var r = Outcome(status: .ok)
         // Source: direct through a registered region, else copied from the bound process.
         let input: UnsafeRawPointer
         var keepIn: RegisteredRegion?
         switch device.iommu.route(pasid: pasid, address: src, length: inLen) {
         case .unbound:
-            r.status = ZipSQE.Status.pageFault; r.faultAddress = src; return r
+            r.status = .pageFault; r.faultAddress = src; return r
         case .direct(let p, let region):
             input = UnsafeRawPointer(p); keepIn = region
         case .process(let memory):
             ensure(&inBounce, inLen)
             let n = inLen == 0 ? 0 : memory.read(inBounce.baseAddress, from: src, count: inLen)
             if n != inLen {
-                r.status = ZipSQE.Status.pageFault
+                r.status = .pageFault
                 r.faultAddress = src &+ UInt64(max(0, n))
                 return r
             }
@@ -160,7 +153,7 @@ final class ZipEngine: @unchecked Sendable {
         var keepOut: RegisteredRegion?
         switch device.iommu.route(pasid: pasid, address: dst, length: outCap) {
         case .unbound:
-            r.status = ZipSQE.Status.pageFault; r.faultAddress = dst; return r
+            r.status = .pageFault; r.faultAddress = dst; return r
         case .direct(let p, let region):
             output = p; keepOut = region
         case .process(let memory):
@@ -180,7 +173,7 @@ final class ZipEngine: @unchecked Sendable {
             r.isize = UInt32(truncatingIfNeeded: inLen)
         } else {
             decompress(input, inLen, output, outCap, &r)
-            if r.produced > 0 || r.status == ZipSQE.Status.endOfStream {
+            if r.produced > 0 || r.status == .endOfStream {
                 switch type {
                 case .deflate: break
                 case .zlib: r.checksum = UInt32(adler32(1, output.assumingMemoryBound(to: UInt8.self), UInt32(r.produced)))
@@ -192,7 +185,7 @@ final class ZipEngine: @unchecked Sendable {
         if let remote, r.produced > 0 {
             let n = remote.write(to: dst, output, count: r.produced)
             if n != r.produced {
-                r.status = ZipSQE.Status.pageFault
+                r.status = .pageFault
                 r.faultAddress = dst &+ UInt64(max(0, n))
             }
         }
@@ -221,9 +214,9 @@ final class ZipEngine: @unchecked Sendable {
         r.consumed = inLen - Int(s.pointee.avail_in)
         r.produced = outCap - Int(s.pointee.avail_out)
         if rc == Z_STREAM_END {
-            r.status = r.produced > inLen ? ZipSQE.Status.negativeCompression : ZipSQE.Status.ok
+            r.status = r.produced > inLen ? .negativeCompression : .ok
         } else {
-            r.status = ZipSQE.Status.destinationTooSmall
+            r.status = .destinationTooSmall
             r.produced = 0
         }
     }
@@ -250,14 +243,14 @@ final class ZipEngine: @unchecked Sendable {
         r.produced = outCap - Int(s.pointee.avail_out)
         switch rc {
         case Z_STREAM_END:
-            r.status = ZipSQE.Status.endOfStream
+            r.status = .endOfStream
             r.endOfStream = true
         case Z_BUF_ERROR where s.pointee.avail_out == 0:
-            r.status = ZipSQE.Status.destinationTooSmall
+            r.status = .destinationTooSmall
         case Z_BUF_ERROR, Z_OK:
-            r.status = ZipSQE.Status.ok  // input ended before the end of the stream
+            r.status = .ok  // input ended before the end of the stream
         default:
-            r.status = ZipSQE.Status.corruptInput
+            r.status = .corruptInput
         }
     }
 

@@ -43,6 +43,7 @@ public final class IOMMU: Sendable {
     private let spaces = Mutex<[UInt32: Space]>([:])
     private let pidToPASID = Mutex<[SpaceKey: UInt32]>([:])
 
+    /// An IOMMU that draws PASIDs from `pasids`.
     public init(pasids: PASIDAllocator = PASIDAllocator()) { self.pasids = pasids }
 
     /// Binds the address space of process `pid` (default: this process).

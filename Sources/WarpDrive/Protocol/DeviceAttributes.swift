@@ -13,8 +13,9 @@ public struct DeviceAttributes: Sendable, Equatable {
     public var availableInstances: Int?
     /// Entries per SQ/CQ, when known.
     public var queueDepth: Int?
-    /// Bytes of the MMIO and DUS regions.
+    /// Bytes of the MMIO region (`region_mmio_size`).
     public var regionMMIOSize: Int?
+    /// Bytes of the DUS region (`region_dus_size`).
     public var regionDUSSize: Int?
     /// Whether the device is fenced off after too many errors (`isolate`).
     public var isolated: Bool
@@ -25,10 +26,24 @@ public struct DeviceAttributes: Sendable, Equatable {
 
     /// SVA bit of `flags`.
     public static let flagSVA: UInt32 = 1
+    /// The `api` of a HiSilicon QM v2 device, whose rings `RingLayout` describes.
+    public static let apiQMv2 = "hisi_qm_v2"
+
+    /// The attribute files under `/sys/class/uacce/<name>-<id>/`.
+    enum File: String, CaseIterable {
+        case api, flags, algorithms
+        case availableInstances = "available_instances"
+        case regionMMIOSize = "region_mmio_size"
+        case regionDUSSize = "region_dus_size"
+        case isolate
+        case isolateStrategy = "isolate_strategy"
+        case numaNode = "device/numa_node"
+    }
 
     /// Whether requests carry process virtual addresses (SVA).
     public var supportsSVA: Bool { flags & DeviceAttributes.flagSVA != 0 }
 
+    /// Attributes with every field given.
     public init(name: String, api: String, flags: UInt32, algorithms: [String], availableInstances: Int?,
                 queueDepth: Int?, regionMMIOSize: Int?, regionDUSSize: Int?, isolated: Bool,
                 isolateStrategy: Int, numaNode: Int) {
@@ -37,28 +52,4 @@ public struct DeviceAttributes: Sendable, Equatable {
         self.regionMMIOSize = regionMMIOSize; self.regionDUSSize = regionDUSSize
         self.isolated = isolated; self.isolateStrategy = isolateStrategy; self.numaNode = numaNode
     }
-}
-
-/// Compression algorithms of the ZIP device, named as uacce's `algorithms` attribute names them.
-public enum CompressionAlgorithm: String, Sendable, CaseIterable {
-    /// Raw deflate (RFC 1951), no header or trailer.
-    case deflate
-    /// zlib (RFC 1950): 2-byte header, Adler-32 trailer.
-    case zlib
-    /// gzip (RFC 1952): 10-byte header, CRC-32 and size trailer.
-    case gzip
-
-    var requestType: ZipSQE.RequestType {
-        switch self {
-        case .deflate: return .deflate
-        case .zlib: return .zlib
-        case .gzip: return .gzip
-        }
-    }
-}
-
-/// Direction of a queue (HiSilicon `qc_type`): 0 compress, 1 decompress.
-public enum Direction: UInt16, Sendable {
-    case compress = 0
-    case decompress = 1
 }
