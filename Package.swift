@@ -64,6 +64,12 @@ let package = Package(
             name: "FUSEAdapter",
             dependencies: ["WarpFSCore", "CFuse", "CWarpSys"]
         ),
+        // What `warpdrive-bench` and `warpfs bench` share: zlib called
+        // directly on N threads, medians and percentiles, tables and JSON.
+        .target(
+            name: "BenchSupport",
+            dependencies: ["WarpDrive", "CWarpSys"]
+        ),
         // The `warpfs` command: mount, unmount, compress, decompress.
         .executableTarget(
             name: "WarpFSCommand",
@@ -75,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "WarpDriveBench",
             dependencies: [
-                "WarpDrive", "CWarpSys",
+                "WarpDrive", "CWarpSys", "BenchSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -105,6 +111,11 @@ let package = Package(
         .testTarget(
             name: "WarpDriveTests",
             dependencies: ["WarpDrive", "CWarpSys", "TestSupport"]
+        ),
+        // The benches' pure parts: no device, no mount.
+        .testTarget(
+            name: "BenchSupportTests",
+            dependencies: ["BenchSupport", "WarpDrive"]
         ),
         .testTarget(
             name: "WarpFSTests",

@@ -20,6 +20,7 @@
 //     threads over the same blocks. Baseline and queue trials alternate, so
 //     machine noise hits both; medians and ratios of medians are reported.
 import ArgumentParser
+import BenchSupport
 import WarpDrive
 #if canImport(Glibc)
 import Glibc

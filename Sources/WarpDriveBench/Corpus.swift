@@ -1,47 +1,35 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CWarpSys
+import BenchSupport
 
 // MARK: - Corpus
 
-/// The blocks, and zlib's own stream of each block at the run's level and format.
+/// The blocks, and zlib's own stream of each block at the run's level and
+/// format, with where the blocks came from.
 final class Corpus: @unchecked Sendable {
     struct Source { var name: String; var files: Int; var bytes: Int }
 
-    let blockSize: Int
-    let count: Int
+    let blocks: ZlibBlocks
     let sources: [Source]
+
+    var blockSize: Int { blocks.blockSize }
+    var count: Int { blocks.count }
     /// Largest compressed stream of a block.
-    let maxStream: Int
-    private let plain: UnsafeMutableRawBufferPointer
-    private let packed: UnsafeMutableRawBufferPointer
-    private let offsets: [Int]
-    private let lengths: [Int]
+    var maxStream: Int { blocks.maxStream }
+    var totalBytes: Int { blocks.totalBytes }
+    var streamBytes: Int { blocks.streamBytes }
+    var ratio: Double { blocks.ratio }
 
-    var totalBytes: Int { count * blockSize }
-    var streamBytes: Int { lengths.reduce(0, +) }
-    var ratio: Double { Double(totalBytes) / Double(streamBytes) }
-
-    func block(_ k: Int) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(rebasing: plain[k * blockSize ..< (k + 1) * blockSize])
-    }
-
-    func stream(_ k: Int) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(rebasing: packed[offsets[k] ..< offsets[k] + lengths[k]])
-    }
+    func block(_ k: Int) -> UnsafeRawBufferPointer { blocks.block(k) }
+    func stream(_ k: Int) -> UnsafeRawBufferPointer { blocks.stream(k) }
 
     /// Bytes taken from one file at most, so that one big library cannot make up the corpus.
     static let fileCap = 1 << 20
 
-    private init(blockSize: Int, count: Int, sources: [Source], plain: UnsafeMutableRawBufferPointer,
-                 packed: UnsafeMutableRawBufferPointer, offsets: [Int], lengths: [Int]) {
-        self.blockSize = blockSize; self.count = count; self.sources = sources
-        self.plain = plain; self.packed = packed; self.offsets = offsets; self.lengths = lengths
-        maxStream = lengths.max() ?? 0
+    private init(blocks: ZlibBlocks, sources: [Source]) {
+        self.blocks = blocks; self.sources = sources
     }
-
-    deinit { plain.deallocate(); packed.deallocate() }
 
     static func build(_ s: Settings) throws -> Corpus {
         let blockSize = s.blockSize
@@ -79,26 +67,14 @@ final class Corpus: @unchecked Sendable {
         }
 
         // zlib's stream of every block, checked once: it must inflate back.
-        let count = target / blockSize
-        let cap = slotCapacity(blockSize)
-        let packed = UnsafeMutableRawBufferPointer.allocate(byteCount: count * cap, alignment: 64)
-        let z = ZStream(level: s.level, windowBits: s.algorithm.windowBits, capacity: cap)
-        let check = Inflater(algorithm: s.algorithm, capacity: cap)
-        var offsets: [Int] = [], lengths: [Int] = []
-        var at = 0
-        for k in 0..<count {
-            let blk = UnsafeRawBufferPointer(rebasing: plain[k * blockSize ..< (k + 1) * blockSize])
-            let n = z.compress(blk)
-            let stream = UnsafeRawBufferPointer(rebasing: z.output[0..<n])
+        let check = Inflater(algorithm: s.algorithm, capacity: streamCapacity(blockSize))
+        let blocks = try ZlibBlocks(taking: plain, blockSize: blockSize,
+                                    level: s.level, windowBits: s.algorithm.windowBits) { k, blk, stream in
             if let why = check.mismatch(stream, original: blk) {
                 throw BenchFailure("zlib baseline: block \(k) does not inflate back: \(why)")
             }
-            packed.baseAddress!.advanced(by: at).copyMemory(from: stream.baseAddress!, byteCount: n)
-            offsets.append(at); lengths.append(n)
-            at += n
         }
-        return Corpus(blockSize: blockSize, count: count, sources: sources, plain: plain, packed: packed,
-                      offsets: offsets, lengths: lengths)
+        return Corpus(blocks: blocks, sources: sources)
     }
 
     /// ~2:1 compressible data (zlib level 1): words from a small fixed
@@ -135,7 +111,7 @@ final class Corpus: @unchecked Sendable {
             lines.append("  " + pad(src.name, 44) + lpad(mib(src.bytes), 7) + " MiB"
                 + (src.files > 0 ? "  (\(src.files) files)" : src.name.hasPrefix("synthetic") ? "" : "  (none readable)"))
         }
-        var ratios = (0..<count).map { Double(blockSize) / Double(lengths[$0]) }
+        var ratios = (0..<count).map { Double(blockSize) / Double(blocks.streamLength($0)) }
         ratios.sort()
         lines.append("  zlib level \(s.level) (\(s.algorithm.rawValue)) ratio \(fmt(ratio, 2)):1 over the blocks "
             + "(per block: min \(fmt(ratios.first!, 2)), median \(fmt(median(ratios), 2)), max \(fmt(ratios.last!, 2)))")
@@ -148,17 +124,5 @@ final class Corpus: @unchecked Sendable {
             ("compressed_bytes", .int(streamBytes)), ("zlib_ratio", .number(ratio)),
             ("sources", .array(sources.map { .object([("name", .string($0.name)), ("files", .int($0.files)), ("bytes", .int($0.bytes))]) })),
         ])
-    }
-}
-
-/// Destination capacity for one block: the block plus deflate's worst-case growth and framing.
-func slotCapacity(_ blockSize: Int) -> Int { blockSize + blockSize / 512 + 1024 }
-
-struct XorShift {
-    var x: UInt64
-    init(seed: UInt64) { x = seed | 1 }
-    mutating func next() -> UInt64 {
-        x ^= x >> 12; x ^= x << 25; x ^= x >> 27
-        return x &* 0x2545_F491_4F6C_DD1D
     }
 }

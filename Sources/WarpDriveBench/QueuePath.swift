@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import BenchSupport
 import CWarpSys
 import Synchronization
 import WarpDrive
@@ -23,7 +24,7 @@ final class QueueBuffers {
     init(direction: Direction, corpus: Corpus, slots: Int, device: EmulatedZipDevice?, registered: Bool) throws {
         self.registered = registered
         let sourceSize = direction == .compress ? corpus.blockSize : corpus.maxStream
-        let destinationSize = slotCapacity(corpus.blockSize)
+        let destinationSize = streamCapacity(corpus.blockSize)
         let src: [UnsafeMutableRawBufferPointer], dst: [UnsafeMutableRawBufferPointer]
         if registered, let device {
             let b = try device.iommu.bind()
@@ -115,7 +116,7 @@ final class Verifier {
 
     init(algorithm: AlgorithmOption, corpus: Corpus) {
         self.corpus = corpus
-        inflater = Inflater(algorithm: algorithm, capacity: slotCapacity(corpus.blockSize))
+        inflater = Inflater(algorithm: algorithm, capacity: streamCapacity(corpus.blockSize))
     }
 
     func check(_ d: Direction, output: UnsafeRawBufferPointer, block k: Int) throws {

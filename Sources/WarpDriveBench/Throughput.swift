@@ -1,18 +1,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import BenchSupport
 import WarpDrive
 
 // MARK: - (b) Throughput
-
-struct Trial {
-    var bytes: Int
-    var wallNs: UInt64
-    var cpuNs: UInt64
-    var engineBusyNs: UInt64 = 0
-    var mbps: Double { Double(bytes) / (Double(wallNs) / 1e9) / 1e6 }
-    var cpuPerGB: Double { (Double(cpuNs) / 1e9) / (Double(bytes) / 1e9) }
-}
 
 struct Row {
     var direction: Direction
@@ -86,7 +78,7 @@ func measureThroughput(_ s: Settings, _ corpus: Corpus) throws -> [Row] {
             dc.idleSpinMicroseconds = s.idleSpin
             let device = EmulatedZipDevice(configuration: dc)
             defer { device.shutdown() }
-            let direct = DirectRunner(threads: e, settings: s, corpus: corpus)
+            let direct = ZlibThreads(threads: e, blocks: corpus.blocks)
             let slots = max(s.inflight.max()!, Settings.unregisteredInflight)
             let pooled = try QueueBuffers(direction: direction, corpus: corpus, slots: slots, device: device, registered: true)
             defer { pooled.release() }
@@ -130,7 +122,7 @@ func measureDaemonThroughput(_ s: Settings, _ corpus: Corpus, socket: String) th
     out(Row.header)
     var rows: [Row] = []
     for direction in [Direction.compress, .decompress] {
-        let direct = DirectRunner(threads: e, settings: s, corpus: corpus)
+        let direct = ZlibThreads(threads: e, blocks: corpus.blocks)
         let heap = try QueueBuffers(direction: direction, corpus: corpus, slots: s.inflight.max()!, device: nil, registered: false)
         defer { heap.release() }
         for n in s.inflight {
@@ -145,7 +137,7 @@ func measureDaemonThroughput(_ s: Settings, _ corpus: Corpus, socket: String) th
 
 /// Warm-up and check, then `trials` alternating zlib / queue trials.
 func measureConfig(_ s: Settings, _ corpus: Corpus, direction: Direction, engines e: Int, inflight n: Int,
-                   device: any AcceleratorDevice, buffers: QueueBuffers, direct: DirectRunner) throws -> Row {
+                   device: any AcceleratorDevice, buffers: QueueBuffers, direct: ZlibThreads) throws -> Row {
     var row = Row(direction: direction, engines: e, inflight: n, registered: buffers.registered,
                   irqThreshold: s.interruptThreshold(n))
     let runner = try QueueRunner(settings: s, corpus: corpus, direction: direction, inflight: n,
