@@ -88,12 +88,12 @@ func measureLatency(_ s: Settings, _ corpus: Corpus) throws -> [LatencyRow] {
     out("")
     out("(a) round trip of a minimal request: \(size) bytes, \(s.algorithm.rawValue) level \(s.level), "
         + "\(chunk * rounds) timed requests per path (interleaved in \(rounds) rounds), 1 engine, registered buffers")
-    out(pad("path", 46) + lpad("median µs", 10) + lpad("p99 µs", 10) + lpad("median - compress2", 20)
-        + lpad("median - reused", 17))
+    let columns = Columns([.left(46), .right(10), .right(10), .right(20), .right(17)])
+    out(columns.line(["path", "median µs", "p99 µs", "median - compress2", "median - reused"]))
     let base = rows[0].median, baseReused = rows[1].median
     for (i, r) in rows.enumerated() {
         let d1 = i == 0 ? "" : signed(r.median - base), d2 = i <= 1 ? "" : signed(r.median - baseReused)
-        out(pad(r.name, 46) + lpad(fmt(r.median, 2), 10) + lpad(fmt(r.p99, 2), 10) + lpad(d1, 20) + lpad(d2, 17))
+        out(columns.line([r.name, fmt(r.median, 2), fmt(r.p99, 2), d1, d2]))
     }
     out("  (queue overhead = queue median minus zlib's; compress2 allocates, and glibc trims and page-faults back, "
         + "~260 KB of deflate state on every call: the reused stream is the like-for-like baseline)")

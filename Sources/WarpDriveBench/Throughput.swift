@@ -27,19 +27,20 @@ struct Row {
     }
     var directionName: String { direction == .compress ? "compress" : "decompress" }
 
+    static let columns = Columns([.left(11), .right(7), .right(10), .right(8), .right(11), .right(12), .right(8),
+                                  .right(15), .right(15), .right(16), .right(13)])
+
     static var header: String {
-        pad("direction", 11) + lpad("engines", 7) + lpad("in flight", 10) + lpad("irq thr", 8) + lpad("zlib MB/s", 11)
-            + lpad("queue MB/s", 12) + lpad("ratio", 8) + lpad("ratio min-max", 15) + lpad("zlib CPU s/GB", 15)
-            + lpad("queue CPU s/GB", 16) + lpad("engine busy", 13)
+        columns.line(["direction", "engines", "in flight", "irq thr", "zlib MB/s", "queue MB/s", "ratio", "ratio min-max",
+                      "zlib CPU s/GB", "queue CPU s/GB", "engine busy"])
     }
 
     var line: String {
         let r = trialRatios
-        return pad(directionName, 11) + lpad("\(engines)", 7) + lpad("\(inflight)", 10) + lpad("\(irqThreshold)", 8)
-            + lpad(fmt(directMBps, 1), 11) + lpad(fmt(queueMBps, 1), 12) + lpad(fmt(ratio, 3), 8)
-            + lpad("\(fmt(r.min()!, 3))-\(fmt(r.max()!, 3))", 15) + lpad(fmt(directCPU, 2), 15)
-            + lpad(fmt(queueCPU, 2), 16) + lpad(fmt(engineUtilization * 100, 0) + "%", 13)
-            + (registered ? "" : "  unregistered buffers")
+        return Row.columns.line([
+            directionName, "\(engines)", "\(inflight)", "\(irqThreshold)", fmt(directMBps, 1), fmt(queueMBps, 1), fmt(ratio, 3),
+            "\(fmt(r.min()!, 3))-\(fmt(r.max()!, 3))", fmt(directCPU, 2), fmt(queueCPU, 2), fmt(engineUtilization * 100, 0) + "%",
+        ]) + (registered ? "" : "  unregistered buffers")
     }
 
     var json: JSON {
@@ -162,14 +163,15 @@ func printScaling(_ s: Settings, _ rows: [Row]) -> [JSON] {
     out("")
     out("engine scaling: median MB/s with \(a) engines / \(b) engine\(b == 1 ? "" : "s") "
         + "(zlib: \(a) threads / \(b)), registered buffers")
-    out(pad("direction", 11) + lpad("in flight", 10) + lpad("queue", 9) + lpad("zlib", 9))
+    let columns = Columns([.left(11), .right(10), .right(9), .right(9)])
+    out(columns.line(["direction", "in flight", "queue", "zlib"]))
     var json: [JSON] = []
     for d in [Direction.compress, .decompress] {
         for n in s.inflight {
             let pick = { (e: Int) in rows.first { $0.direction == d && $0.engines == e && $0.inflight == n && $0.registered } }
             guard let ra = pick(a), let rb = pick(b) else { continue }
             let q = ra.queueMBps / rb.queueMBps, z = ra.directMBps / rb.directMBps
-            out(pad(ra.directionName, 11) + lpad("\(n)", 10) + lpad(fmt(q, 2) + "x", 9) + lpad(fmt(z, 2) + "x", 9))
+            out(columns.line([ra.directionName, "\(n)", fmt(q, 2) + "x", fmt(z, 2) + "x"]))
             json.append(.object([("direction", .string(ra.directionName)), ("inflight", .int(n)),
                                  ("engines", .array([.int(a), .int(b)])), ("queue", .number(q)), ("zlib", .number(z))]))
         }
