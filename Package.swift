@@ -74,7 +74,7 @@ let package = Package(
         .executableTarget(
             name: "WarpFSCommand",
             dependencies: [
-                "FUSEAdapter", "WarpFSCore", "WarpFSFormat", "WarpDrive", "CWarpSys",
+                "FUSEAdapter", "WarpFSCore", "WarpFSFormat", "WarpDrive", "CWarpSys", "BenchSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
