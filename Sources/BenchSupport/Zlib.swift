@@ -33,11 +33,7 @@ public final class ZStream: @unchecked Sendable {
     @inline(__always)
     public func compress(_ src: UnsafeRawBufferPointer) -> Int {
         deflateReset(d)
-        d.pointee.next_in = UnsafeMutablePointer(mutating: src.baseAddress!.assumingMemoryBound(to: UInt8.self))
-        d.pointee.avail_in = UInt32(src.count)
-        d.pointee.next_out = output.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        d.pointee.avail_out = UInt32(output.count)
-        let rc = deflate(d, Z_FINISH)
+        let rc = deflate(feed(d, src), Z_FINISH)
         if rc != Z_STREAM_END { die("zlib: deflate returned \(rc)") }
         return output.count - Int(d.pointee.avail_out)
     }
@@ -47,13 +43,19 @@ public final class ZStream: @unchecked Sendable {
     @inline(__always)
     public func decompress(_ src: UnsafeRawBufferPointer) -> Int {
         inflateReset(i)
-        i.pointee.next_in = UnsafeMutablePointer(mutating: src.baseAddress!.assumingMemoryBound(to: UInt8.self))
-        i.pointee.avail_in = UInt32(src.count)
-        i.pointee.next_out = output.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        i.pointee.avail_out = UInt32(output.count)
-        let rc = inflate(i, Z_FINISH)
+        let rc = inflate(feed(i, src), Z_FINISH)
         guard rc == Z_STREAM_END, i.pointee.avail_in == 0 else { return -1 }
         return output.count - Int(i.pointee.avail_out)
+    }
+
+    /// Points `z` at all of `src` and all of `output`.
+    @inline(__always)
+    private func feed(_ z: UnsafeMutablePointer<z_stream>, _ src: UnsafeRawBufferPointer) -> UnsafeMutablePointer<z_stream> {
+        z.pointee.next_in = UnsafeMutablePointer(mutating: src.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        z.pointee.avail_in = UInt32(src.count)
+        z.pointee.next_out = output.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        z.pointee.avail_out = UInt32(output.count)
+        return z
     }
 }
 
