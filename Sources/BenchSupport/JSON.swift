@@ -1,7 +1,4 @@
-// A minimal JSON value and writer, and writing a file whole.
-#if canImport(Glibc)
-import Glibc
-#endif
+// A minimal JSON value and writer.
 import WarpDrive
 
 /// A JSON value whose objects keep their keys in the order given.
@@ -46,23 +43,4 @@ public indirect enum JSON: Sendable {
 
     /// A JSON string literal (the same quoting as `warpfs devices --json`).
     public static func quote(_ s: String) -> String { DeviceReportFormat.string(s) }
-}
-
-/// Writes `text` to `path`, replacing the file (mode 0644 when created).
-public func writeFile(_ path: String, _ text: String) throws(BenchFailure) {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw BenchFailure("cannot write \(path): \(String(cString: strerror(errno)))") }
-    defer { close(fd) }
-    var t = text
-    let failure: BenchFailure? = t.withUTF8 { b in
-        var off = 0
-        while off < b.count {
-            let r = write(fd, b.baseAddress! + off, b.count - off)
-            if r < 0 && errno == EINTR { continue }
-            guard r > 0 else { return BenchFailure("writing \(path): \(String(cString: strerror(errno)))") }
-            off += r
-        }
-        return nil
-    }
-    if let failure { throw failure }
 }

@@ -29,10 +29,8 @@ func listFiles(_ root: String, recursive: Bool, _ match: (String) -> Bool) -> [S
     var found: [String] = []
     var stack = [root]
     while let dir = stack.popLast() {
-        guard let h = opendir(dir) else { continue }
-        while let e = readdir(h) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name == "." || name == ".." { continue }
+        guard let names = directoryNames(dir) else { continue }
+        for name in names {
             let path = dir + "/" + name
             var st = stat()
             guard lstat(path, &st) == 0 else { continue }
@@ -42,7 +40,6 @@ func listFiles(_ root: String, recursive: Bool, _ match: (String) -> Bool) -> [S
             }
             if match(name) { found.append(path) }
         }
-        closedir(h)
     }
     return found.sorted()
 }

@@ -184,11 +184,8 @@ final class BenchTarget {
 
     private func ratio(of dir: String) -> Double? {
         var logical = 0, used = 0
-        guard let d = opendir(dir) else { return nil }
-        defer { closedir(d) }
-        while let e = readdir(d) {
-            let n = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            guard n == "seq" else { continue }
+        guard let names = directoryNames(dir) else { return nil }
+        for n in names where n == "seq" {
             var st = stat()
             if lstat(dir + "/" + n, &st) == 0 { used += Int(st.st_blocks) * 512 }
             var ms = stat()
@@ -234,14 +231,8 @@ struct BenchData {
                 var st = stat()
                 guard stat(p, &st) == 0 else { continue }
                 if st.st_mode & S_IFMT == S_IFDIR {
-                    guard let d = opendir(p) else { continue }
-                    var names: [String] = []
-                    while let e = readdir(d) {
-                        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                        if name != "." && name != ".." { names.append(p + "/" + name) }
-                    }
-                    closedir(d)
-                    stack += names.sorted(by: >)
+                    guard let names = directoryNames(p) else { continue }
+                    stack += names.map { p + "/" + $0 }.sorted(by: >)
                 } else if st.st_mode & S_IFMT == S_IFREG {
                     let fd = open(p, O_RDONLY)
                     guard fd >= 0 else { continue }

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BenchSupport
 import Testing
 
@@ -84,19 +81,5 @@ import Testing
               ]
             }
             """)
-    }
-
-    @Test func writeFileReplacesTheFile() throws {
-        var t = Array("/tmp/bench-support-test-XXXXXX".utf8CString)
-        let dir = String(cString: mkdtemp(&t)!)
-        defer { unlink(dir + "/f"); rmdir(dir) }
-        try writeFile(dir + "/f", "a longer first text\n")
-        try writeFile(dir + "/f", "{}\n")
-        var buf = [UInt8](repeating: 0, count: 64)
-        let fd = open(dir + "/f", O_RDONLY)
-        let n = read(fd, &buf, 64)
-        close(fd)
-        #expect(String(decoding: buf[0..<max(0, n)], as: UTF8.self) == "{}\n")
-        #expect(throws: BenchFailure.self) { try writeFile(dir, "x") }
     }
 }
