@@ -65,18 +65,24 @@ let package = Package(
             name: "FUSEAdapter",
             dependencies: ["WarpFSCore", "CFuse", "CWarpSys"]
         ),
+        // What `warpdrive-bench` and `warpfs bench` share: zlib called
+        // directly on N threads, medians and percentiles, tables and JSON.
+        .target(
+            name: "BenchSupport",
+            dependencies: ["WarpDrive", "CWarpSys"]
+        ),
         // The `warpfs` command: mount, unmount, compress, decompress.
         .executableTarget(
             name: "WarpFSCommand",
             dependencies: [
-                "FUSEAdapter", "WarpFSCore", "WarpFSFormat", "WarpDrive", "WarpDriveDaemon", "CWarpSys",
+                "FUSEAdapter", "WarpFSCore", "WarpFSFormat", "WarpDrive", "WarpDriveDaemon", "CWarpSys", "BenchSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "WarpDriveBench",
             dependencies: [
-                "WarpDrive", "CWarpSys",
+                "WarpDrive", "CWarpSys", "BenchSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -106,6 +112,11 @@ let package = Package(
         .testTarget(
             name: "WarpDriveTests",
             dependencies: ["WarpDrive", "CWarpSys", "TestSupport"]
+        ),
+        // The benches' pure parts: no device, no mount.
+        .testTarget(
+            name: "BenchSupportTests",
+            dependencies: ["BenchSupport", "WarpDrive"]
         ),
         .testTarget(
             name: "WarpFSTests",

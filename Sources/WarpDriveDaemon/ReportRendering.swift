@@ -39,25 +39,7 @@ public enum ReportRendering {
     }
 
     /// A JSON string literal.
-    public static func string(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    let h = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out + "\""
-    }
+    public static func string(_ s: String) -> String { JSONLiteral.string(s) }
 
     /// Left-aligned columns under a header row; "(none)" when empty.
     public static func table(_ head: [String], _ rows: [[String]]) -> String {

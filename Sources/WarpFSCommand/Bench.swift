@@ -2,7 +2,9 @@
 import Glibc
 #endif
 import ArgumentParser
+import BenchSupport
 import CWarpSys
+import WarpDrive
 
 /// `warpfs bench`: the same workloads on WarpFS and on its baselines, in
 /// one run, with ratios, a JSON file and an SVG chart.
@@ -182,11 +184,8 @@ final class BenchTarget {
 
     private func ratio(of dir: String) -> Double? {
         var logical = 0, used = 0
-        guard let d = opendir(dir) else { return nil }
-        defer { closedir(d) }
-        while let e = readdir(d) {
-            let n = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            guard n == "seq" else { continue }
+        guard let names = directoryNames(dir) else { return nil }
+        for n in names where n == "seq" {
             var st = stat()
             if lstat(dir + "/" + n, &st) == 0 { used += Int(st.st_blocks) * 512 }
             var ms = stat()
@@ -203,8 +202,8 @@ struct BenchData {
 
     static func make(_ spec: String) throws -> BenchData {
         let n = 8 << 20
-        var rng: UInt64 = 0x9E3779B97F4A7C15
-        func next() -> UInt64 { rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27; return rng &* 0x2545F4914F6CDD1D }
+        var rng = XorShift(seed: 0x9E3779B97F4A7C15)
+        func next() -> UInt64 { rng.next() }
         func randomFraction(_ r: Double) -> [UInt8] {
             // Runs of random bytes and zeros in 512-byte pieces (like fio's buffer_compress_percentage).
             var out = [UInt8](repeating: 0, count: n)
@@ -232,14 +231,8 @@ struct BenchData {
                 var st = stat()
                 guard stat(p, &st) == 0 else { continue }
                 if st.st_mode & S_IFMT == S_IFDIR {
-                    guard let d = opendir(p) else { continue }
-                    var names: [String] = []
-                    while let e = readdir(d) {
-                        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                        if name != "." && name != ".." { names.append(p + "/" + name) }
-                    }
-                    closedir(d)
-                    stack += names.sorted(by: >)
+                    guard let names = directoryNames(p) else { continue }
+                    stack += names.map { p + "/" + $0 }.sorted(by: >)
                 } else if st.st_mode & S_IFMT == S_IFREG {
                     let fd = open(p, O_RDONLY)
                     guard fd >= 0 else { continue }
@@ -318,12 +311,11 @@ enum Workload: String, CaseIterable {
             let fd = open(path, self == .randRead ? O_RDONLY : O_RDWR)
             var buf = [UInt8](repeating: 0, count: 4096)
             if self == .randRead { while read(fd, &buf, 4096) > 0 {} }   // warm
-            var x: UInt64 = 12345
+            var x = XorShift(seed: 12345)
             let blocks = UInt64(max(1, size / 4096))
             let r0 = wd_now_ns()
             for i in 0..<randomOps {
-                x ^= x >> 12; x ^= x << 25; x ^= x >> 27
-                let off = off_t(((x &* 0x2545F4914F6CDD1D) % blocks) * 4096)
+                let off = off_t((x.next() % blocks) * 4096)
                 let s = wd_now_ns()
                 if self == .randRead {
                     _ = pread(fd, &buf, 4096, off)
@@ -360,8 +352,8 @@ enum Workload: String, CaseIterable {
         if self != .seqRead { m.cpuSeconds = t.cpuSeconds - cpu0 }
         let sorted = lat.sorted()
         if !sorted.isEmpty {
-            m.p50us = sorted[sorted.count / 2]
-            m.p99us = sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))]
+            m.p50us = percentileSorted(sorted, 0.5, rule: .indexFloor)
+            m.p99us = percentileSorted(sorted, 0.99, rule: .indexFloor)
         }
         return m
     }
@@ -374,30 +366,33 @@ struct BenchReport {
     let results: [String: [Workload: [Measurement]]]
     var compressionRatio: Double?
 
+    /// The median over the runs; 0 when there are none.
     func median(_ t: String, _ w: Workload, _ key: (Measurement) -> Double) -> Double {
-        let xs = (results[t]?[w] ?? []).map(key).sorted()
-        guard !xs.isEmpty else { return 0 }
-        return xs.count % 2 == 1 ? xs[xs.count / 2] : (xs[xs.count / 2 - 1] + xs[xs.count / 2]) / 2
+        let xs = (results[t]?[w] ?? []).map(key)
+        return xs.isEmpty ? 0 : BenchSupport.median(xs)
     }
 
     func value(_ t: String, _ w: Workload) -> Double { median(t, w) { w.unit == "MB/s" ? $0.mbps : $0.iops } }
 
+    static let columns = Columns([.left(30), .left(20), .left(14), .left(10), .left(10), .left(8), .left(8), .left(12)])
+
     func table() -> String {
-        var s = "\n" + col("workload", 30) + col("target", 20) + col("value", 14) + col("p50 µs", 10) + col("p99 µs", 10)
-            + col("CPU s", 8) + col("/plain", 8) + col("/nocompress", 12) + "\n"
+        let columns = BenchReport.columns
+        var s = "\n" + columns.line(["workload", "target", "value", "p50 µs", "p99 µs", "CPU s", "/plain", "/nocompress"]) + "\n"
         for w in Workload.allCases {
             for t in targets where results[t]?[w] != nil {
                 let v = value(t, w)
                 let plain = value("plain", w), nc = value("warpfs-nocompress", w)
-                s += col(w.title, 30) + col(t.count > 19 ? String(t.suffix(19)) : t, 20) + col(num(v) + " " + w.unit, 14)
-                    + col(num(median(t, w) { $0.p50us }), 10) + col(num(median(t, w) { $0.p99us }), 10)
-                    + col(num(median(t, w) { $0.cpuSeconds }, 2), 8)
-                    + col(plain > 0 ? num(v / plain, 3) : "-", 8) + col(nc > 0 ? num(v / nc, 3) : "-", 12) + "\n"
+                s += columns.line([
+                    w.title, t.count > 19 ? String(t.suffix(19)) : t, fmt(v, 1) + " " + w.unit,
+                    fmt(median(t, w) { $0.p50us }, 1), fmt(median(t, w) { $0.p99us }, 1), fmt(median(t, w) { $0.cpuSeconds }, 2),
+                    plain > 0 ? fmt(v / plain, 3) : "-", nc > 0 ? fmt(v / nc, 3) : "-",
+                ]) + "\n"
             }
         }
-        if let r = compressionRatio { s += "\ncompression ratio achieved by warpfs on the sequential file: \(num(r, 2)):1 (logical / allocated)\n" }
+        if let r = compressionRatio { s += "\ncompression ratio achieved by warpfs on the sequential file: \(fmt(r, 2)):1 (logical / allocated)\n" }
         for w in [Workload.seqWrite, .seqRead] {
-            if let r = zlibRatio(w) { s += "warpfs / zlib-2-threads, \(w.title): \(num(r, 3)) (median of the runs' ratios)\n" }
+            if let r = zlibRatio(w) { s += "warpfs / zlib-2-threads, \(w.title): \(fmt(r, 3)) (median of the runs' ratios)\n" }
         }
         return s
     }
@@ -405,27 +400,28 @@ struct BenchReport {
     /// Median over runs of warpfs's figure divided by zlib's in the same run.
     func zlibRatio(_ w: Workload) -> Double? {
         guard let a = results["warpfs"]?[w], let z = results["zlib-2-threads"]?[w], !a.isEmpty, a.count == z.count else { return nil }
-        let r = zip(a, z).map { $0.mbps / max($1.mbps, 1e-9) }.sorted()
-        return r.count % 2 == 1 ? r[r.count / 2] : (r[r.count / 2 - 1] + r[r.count / 2]) / 2
+        return BenchSupport.median(zip(a, z).map { $0.mbps / max($1.mbps, 1e-9) })
     }
 
     func writeJSON(_ path: String) throws {
-        var s = "{\n  \"data\": \"\(data)\",\n"
-        if let r = compressionRatio { s += "  \"compression_ratio\": \(r),\n" }
+        var fields: [(String, JSON)] = [("data", .string(data))]
+        if let r = compressionRatio { fields.append(("compression_ratio", .number(r))) }
         if let w = zlibRatio(.seqWrite), let r = zlibRatio(.seqRead) {
-            s += "  \"warpfs_over_zlib\": {\"sequential_write\": \(w), \"sequential_read_cold\": \(r)},\n"
+            fields.append(("warpfs_over_zlib", .line(.object([("sequential_write", .number(w)), ("sequential_read_cold", .number(r))]))))
         }
-        s += "  \"results\": [\n"
-        var rows: [String] = []
+        var rows: [JSON] = []
         for w in Workload.allCases {
             for t in targets where results[t]?[w] != nil {
-                let runs = (results[t]?[w] ?? []).map { "{\"mbps\": \($0.mbps), \"iops\": \($0.iops), \"p50_us\": \($0.p50us), \"p99_us\": \($0.p99us), \"cpu_s\": \($0.cpuSeconds)}" }
-                rows.append("    {\"workload\": \"\(w.rawValue)\", \"target\": \"\(t)\", \"unit\": \"\(w.unit)\", \"median\": \(value(t, w)), "
-                    + "\"runs\": [\(runs.joined(separator: ", "))]}")
+                let runs = (results[t]?[w] ?? []).map { m in
+                    JSON.object([("mbps", .number(m.mbps)), ("iops", .number(m.iops)), ("p50_us", .number(m.p50us)),
+                                 ("p99_us", .number(m.p99us)), ("cpu_s", .number(m.cpuSeconds))])
+                }
+                rows.append(.line(.object([("workload", .string(w.rawValue)), ("target", .string(t)), ("unit", .string(w.unit)),
+                                           ("median", .number(value(t, w))), ("runs", .array(runs))])))
             }
         }
-        s += rows.joined(separator: ",\n") + "\n  ]\n}\n"
-        try writeText(path, s)
+        fields.append(("results", .array(rows)))
+        try writeText(path, JSON.object(fields).render() + "\n")
     }
 
     /// Bars per workload, each target's median as a ratio to "plain".
@@ -445,7 +441,7 @@ struct BenchReport {
                 let bw = max(1, Int(r * scale))
                 s += "<text x=\"20\" y=\"\(y + 32)\">\(t.count > 30 ? String(t.suffix(30)) : t)</text>"
                 s += "<rect x=\"\(left)\" y=\"\(y + 20)\" width=\"\(bw)\" height=\"\(barH)\" fill=\"\(colors[i % colors.count])\"/>"
-                s += "<text x=\"\(left + bw + 6)\" y=\"\(y + 33)\">\(num(v)) \(w.unit) (\(num(r, 2))x)</text>\n"
+                s += "<text x=\"\(left + bw + 6)\" y=\"\(y + 33)\">\(fmt(v, 1)) \(w.unit) (\(fmt(r, 2))x)</text>\n"
                 y += rowH
             }
             y += 8
@@ -456,19 +452,9 @@ struct BenchReport {
     }
 }
 
+/// Writes a result file; a failure is a usage error, as for the other options.
 func writeText(_ path: String, _ s: String) throws {
-    guard let f = fopen(path, "w") else { throw ValidationError("cannot write \(path)") }
-    fputs(s, f)
-    fclose(f)
-}
-
-func col(_ s: String, _ w: Int) -> String { s.count >= w ? s + " " : s + String(repeating: " ", count: w - s.count) }
-
-func num(_ x: Double, _ digits: Int = 1) -> String {
-    guard x.isFinite else { return "-" }
-    var buf = [CChar](repeating: 0, count: 64)
-    _ = withVaList([x]) { vsnprintf(&buf, 64, "%.\(digits)f", $0) }
-    return String(decoding: buf.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    do { try writeFile(path, s) } catch { throw ValidationError(error.description) }
 }
 
 /// zlib called directly on the bench's data in 64 KiB blocks, on N threads:
@@ -481,82 +467,8 @@ enum ZlibBaseline {
         let block = 64 << 10
         let blocks = max(1, (sizeMiB << 20) / block)
         let count = max(1, min(blocks, pattern.count / block))
-        final class Shared: @unchecked Sendable {
-            let pattern: [UInt8]
-            var streams: [[UInt8]] = []
-            init(_ p: [UInt8]) { pattern = p }
-        }
-        let shared = Shared(pattern)
-        let setup = ZlibCoder(level: level, blockSize: block)
-        shared.streams = (0..<count).map { k in
-            pattern.withUnsafeBytes { p in
-                let n = setup.compress(UnsafeRawBufferPointer(rebasing: p[(k * block)..<((k + 1) * block)]))
-                return Array(setup.output[0..<n])
-            }
-        }
-        func timed(_ work: @escaping @Sendable (Int) -> Void) -> Double {
-            let t0 = wd_now_ns()
-            var ts: [pthread_t] = []
-            final class W: @unchecked Sendable { let f: () -> Void; init(_ f: @escaping () -> Void) { self.f = f } }
-            for t in 0..<threads {
-                let w = Unmanaged.passRetained(W { work(t) })
-                var th = pthread_t()
-                pthread_create(&th, nil, { a in Unmanaged<W>.fromOpaque(a!).takeRetainedValue().f(); return nil }, w.toOpaque())
-                ts.append(th)
-            }
-            for th in ts { pthread_join(th, nil) }
-            return Double(blocks * block) / (Double(wd_now_ns() - t0) / 1e9) / 1e6
-        }
-        let c = timed { t in
-            let coder = ZlibCoder(level: level, blockSize: block)
-            shared.pattern.withUnsafeBytes { p in
-                for k in stride(from: t, to: blocks, by: threads) {
-                    let i = k % count
-                    _ = coder.compress(UnsafeRawBufferPointer(rebasing: p[(i * block)..<((i + 1) * block)]))
-                }
-            }
-        }
-        let d = timed { t in
-            let coder = ZlibCoder(level: level, blockSize: block)
-            for k in stride(from: t, to: blocks, by: threads) {
-                shared.streams[k % count].withUnsafeBytes { _ = coder.decompress($0) }
-            }
-        }
-        return (c, d)
-    }
-}
-
-/// Raw deflate and inflate streams reused across blocks (reset, not re-created).
-final class ZlibCoder {
-    private var d = z_stream(), i = z_stream()
-    let output: UnsafeMutableRawBufferPointer
-
-    init(level: Int, blockSize: Int) {
-        _ = wd_deflate_init2(&d, Int32(level), -15, 8, Z_DEFAULT_STRATEGY)
-        _ = wd_inflate_init2(&i, -15)
-        output = .allocate(byteCount: blockSize + 1024, alignment: 64)
-    }
-
-    deinit { deflateEnd(&d); inflateEnd(&i); output.deallocate() }
-
-    /// Compresses `src` into `output`; returns the length.
-    func compress(_ src: UnsafeRawBufferPointer) -> Int {
-        deflateReset(&d)
-        return run(&d, src) { deflate(&$0, Z_FINISH) }
-    }
-
-    /// Inflates `src` into `output`; returns the length.
-    func decompress(_ src: UnsafeRawBufferPointer) -> Int {
-        inflateReset(&i)
-        return run(&i, src) { inflate(&$0, Z_FINISH) }
-    }
-
-    private func run(_ s: inout z_stream, _ src: UnsafeRawBufferPointer, _ step: (inout z_stream) -> Int32) -> Int {
-        s.next_in = UnsafeMutablePointer(mutating: src.baseAddress?.assumingMemoryBound(to: UInt8.self))
-        s.avail_in = UInt32(src.count)
-        s.next_out = output.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        s.avail_out = UInt32(output.count)
-        _ = step(&s)
-        return output.count - Int(s.avail_out)
+        let data = ZlibBlocks(cycling: pattern, count: count, blockSize: block, level: level, windowBits: -15)   // raw deflate
+        let zlib = ZlibThreads(threads: threads, blocks: data)
+        return (zlib.run(.compress, blocks: blocks).mbps, zlib.run(.decompress, blocks: blocks).mbps)
     }
 }

@@ -217,28 +217,3 @@ public struct DaemonReport: Sendable, Equatable {
         return (text, i)
     }
 }
-
-/// JSON string literals, as the report rendering used to provide from here.
-@available(*, deprecated, message: "the status report's rendering moved to WarpDriveDaemon (ReportRendering); quote JSON where it is printed")
-public enum DeviceReportFormat {
-    /// A JSON string literal.
-    public static func string(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    let h = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out + "\""
-    }
-}
