@@ -32,11 +32,10 @@ struct Converter {
     static let oldTemporarySuffix = Array(".warpfs-tmp".utf8)
     static let temporaryPrefix = ".warpfs-tmp-"
 
-    init(toCompressed: Bool, options: MountOptions) {
+    init(toCompressed: Bool, options: MountOptions) throws {
         self.toCompressed = toCompressed
         self.options = options
-        let device = EmulatedZipDevice(configuration: EmulatedDeviceConfiguration(engines: options.engines))
-        codec = BlockCodec(device: device, algorithm: options.algorithm, level: options.level)
+        codec = try Accelerator.codec(options)
     }
 
     /// One directory being walked: its descriptor, how messages call it,
@@ -298,7 +297,7 @@ let conversionDiscussion = """
     """
 
 struct ConvertOptions: ParsableArguments {
-    @Option(name: .short, help: "Options as for mount: block_size, algorithm, level, engines.") var o: [String] = []
+    @Option(name: .short, help: "Options as for mount: block_size, algorithm, level, engines, device.") var o: [String] = []
     @Argument(help: "Files or directories (walked recursively) of a backing directory, not mounted.") var paths: [String]
 
     func mountOptions() throws -> MountOptions {
@@ -316,7 +315,7 @@ struct Compress: ParsableCommand {
     @OptionGroup var options: ConvertOptions
 
     func run() throws {
-        var c = Converter(toCompressed: true, options: try options.mountOptions())
+        var c = try Converter(toCompressed: true, options: try options.mountOptions())
         // Engines stop while the device is still held (see EmulatedZipDevice.shutdown).
         defer { c.codec.device.shutdown() }
         TreeWalk.raiseOpenFileLimit()
@@ -332,7 +331,7 @@ struct Decompress: ParsableCommand {
     @OptionGroup var options: ConvertOptions
 
     func run() throws {
-        var c = Converter(toCompressed: false, options: try options.mountOptions())
+        var c = try Converter(toCompressed: false, options: try options.mountOptions())
         defer { c.codec.device.shutdown() }
         TreeWalk.raiseOpenFileLimit()
         for p in options.paths { c.run(p) }

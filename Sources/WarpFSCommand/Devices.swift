@@ -34,10 +34,7 @@ struct Devices: ParsableCommand {
             return
         }
         // The device a mount creates with its default options.
-        let defaults = MountOptions()
-        var configuration = EmulatedDeviceConfiguration(engines: defaults.engines)
-        configuration.queues = defaults.queues
-        let emulated = EmulatedZipDevice(configuration: configuration)
+        let emulated = EmulatedZipDevice(configuration: Accelerator.emulatedConfiguration(MountOptions()))
         defer { emulated.shutdown() }
         let registry = DeviceRegistry(emulated: [emulated], sysfsRoot: sysfs)
         var texts: [String] = []

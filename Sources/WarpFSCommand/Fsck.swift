@@ -41,11 +41,22 @@ struct Fsck: ParsableCommand {
     @Flag(help: "Repair what can be repaired without losing readable data.") var repair = false
     @Option(help: ArgumentHelp("Progress bar on standard error: auto (when it is a terminal), always or never.", valueName: "when"))
     var progress: String = "auto"
+    @Option(name: .short, help: "Options as for mount that choose the accelerator: engines, device.") var o: [String] = []
 
     func validate() throws {
         guard ["auto", "always", "never"].contains(progress) else {
             throw ValidationError("--progress must be auto, always or never, not '\(progress)'")
         }
+        _ = try acceleratorOptions()
+    }
+
+    /// The `-o` options (the accelerator fsck decompresses with).
+    func acceleratorOptions() throws -> MountOptions {
+        var m = MountOptions()
+        for list in o {
+            do { try m.apply(list) } catch { throw ValidationError("\(error)") }
+        }
+        return m
     }
 
     /// Runs `warpfs fsck ...` when that is the command line, with fsck(8)'s
@@ -99,11 +110,14 @@ struct Fsck: ParsableCommand {
         var walk = FsckWalk(rootfd: rootfd)
         walk.collect()
         defer { walk.close() }
-        let device = EmulatedZipDevice(configuration: EmulatedDeviceConfiguration(engines: 2))
+        let codec: BlockCodec
+        do { codec = try Accelerator.codec(try acceleratorOptions(), poolBuffers: 128) } catch {
+            eprint("warpfs fsck: \(error)")
+            throw ExitCode(Fsck.operationalError)
+        }
         // Stop the engines while this thread still holds the device: an engine
         // thread that dropped the last reference would free it under itself.
-        defer { device.shutdown() }
-        let codec = BlockCodec(device: device, algorithm: .deflate, level: 1, poolBufferSize: 64 << 10, poolBuffers: 128)
+        defer { codec.device.shutdown() }
         let checker = ContainerCheck(codec: codec)
         let bar = ProgressBar(total: walk.totalBytes, enabled: progress == "always" || (progress == "auto" && isatty(2) != 0))
         checker.progress = { bar.advance($0) }

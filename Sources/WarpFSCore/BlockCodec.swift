@@ -21,7 +21,6 @@ public final class BlockCodec: @unchecked Sendable {
     /// `process_vm_readv`/`writev`. When the pool is exhausted, heap buffers
     /// are used (correct, slower).
     private let pool: SharedBufferPool?
-    private let binding: SVABinding?
     public let poolBufferSize: Int
     /// Bytes of block buffers alive (cache, blocks in flight), pool or heap.
     let liveBytes = Atomic<Int>(0)
@@ -47,18 +46,11 @@ public final class BlockCodec: @unchecked Sendable {
         self.level = level
         self.poolBufferSize = poolBufferSize
         budgetBytes = poolBuffers > 0 ? poolBuffers * poolBufferSize : Int.max
-        // Registered buffers exist for the in-process device; a daemon
-        // reaches this process's buffers through its IOMMU emulation (copies).
-        if poolBuffers > 0, let local = device as? EmulatedZipDevice, let b = try? local.iommu.bind() {
-            binding = b
-            pool = try? SharedBufferPool(binding: b, bufferSize: poolBufferSize, count: poolBuffers)
-        } else {
-            binding = nil
-            pool = nil
-        }
+        // Registered buffers where the device offers them (the in-process
+        // device); a daemon reaches this process's buffers through its IOMMU
+        // emulation (copies).
+        pool = poolBuffers > 0 ? device.makeBufferPool(bufferSize: poolBufferSize, count: poolBuffers) : nil
     }
-
-    deinit { binding?.unbind() }
 
     /// A buffer of `size` bytes, from the registered pool when it fits and one is free.
     func takeBuffer(_ size: Int) -> BlockBuffer {

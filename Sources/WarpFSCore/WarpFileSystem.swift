@@ -35,8 +35,6 @@ public final class WarpFileSystem: @unchecked Sendable {
     public let options: MountOptions
     /// The accelerator the mount uses.
     public let device: any AcceleratorDevice
-    /// The in-process emulated device, when the mount owns one (not with `-o device=SOCKET`).
-    public let localDevice: EmulatedZipDevice?
     let codec: BlockCodec
     let inodes: InodeTable
     /// Stable node ids and reopening by them; nil where the backing file
@@ -58,30 +56,18 @@ public final class WarpFileSystem: @unchecked Sendable {
         guard fstat(fd, &st) == 0 else { let e = FSError.last("stat '\(backing)'"); close(fd); throw e }
         backingPath = backing
         self.options = options
-        if let socket = options.deviceSocket {
-            guard !options.faultInjection else {
-                close(fd)
-                throw FSError(EINVAL, "option 'fault_injection' drives the in-process device; it cannot be combined with 'device=\(socket)'")
-            }
-            do { device = try ReconnectingDevice(socket: socket) } catch {
-                close(fd)
-                throw FSError(EIO, "option 'device=\(socket)': \(error)")
-            }
-            localDevice = nil
-        } else {
-            var config = EmulatedDeviceConfiguration(engines: options.engines)
-            // Each file with I/O in flight holds up to two queues (compress and
-            // decompress) while it has requests in flight.
-            config.queues = options.queues
-            let local = EmulatedZipDevice(configuration: config)
-            device = local
-            localDevice = local
+        if options.faultInjection, let socket = options.deviceSocket {
+            close(fd)
+            throw FSError(EINVAL, "option 'fault_injection' drives the in-process device; it cannot be combined with 'device=\(socket)'")
+        }
+        do { device = try Accelerator.device(options) } catch {
+            close(fd)
+            throw error
         }
         // Registered buffers for the cache and the blocks in flight: the
         // engines reach them without copies. Sized to the memory budget.
-        codec = BlockCodec(device: device, algorithm: options.algorithm, level: options.level,
-                           poolBufferSize: options.blockSize, poolBuffers: max(64, options.memoryBudgetMiB << 20 / options.blockSize),
-                           space: SpaceAccount(fd: fd), timeoutMilliseconds: options.engineTimeoutSeconds * 1000)
+        codec = Accelerator.codec(on: device, options, poolBuffers: max(64, options.memoryBudgetMiB << 20 / options.blockSize),
+                                  space: SpaceAccount(fd: fd))
         inodes = InodeTable(rootFD: fd, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
         do {
             let handles = try StableHandles(rootFD: fd, readOnly: options.readOnly)
@@ -776,7 +762,7 @@ public final class WarpFileSystem: @unchecked Sendable {
     public static let faultAttribute = "user.warpfs.fault"
 
     private func controlFault(_ command: String) throws {
-        guard options.faultInjection, let device = localDevice else {
+        guard options.faultInjection, let device = device as? any FaultInjectingDevice else {
             throw FSError(EPERM, "\(WarpFileSystem.faultAttribute): fault injection is off (mount with -o fault_injection)")
         }
         let parts = command.split(separator: "=", maxSplits: 1).map(String.init)
@@ -796,11 +782,7 @@ public final class WarpFileSystem: @unchecked Sendable {
     }
 
     private var deviceReport: String {
-        let aside = "buffers set aside after time-outs=\(codec.quarantined.load(ordering: .relaxed))"
-        guard let local = localDevice else {
-            return "\(device.name) (served by warpdrived at \(options.deviceSocket ?? "?")): \(aside)\n"
-        }
-        return "\(local.name): \(local.totals), isolated=\(local.isIsolated ? 1 : 0), \(aside)\n"
+        "\(device.statusSummary), buffers set aside after time-outs=\(codec.quarantined.load(ordering: .relaxed))\n"
     }
 
     /// Attributes of backing objects that belong to the mount itself

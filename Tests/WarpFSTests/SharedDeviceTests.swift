@@ -60,6 +60,50 @@ import Testing
         }
     }
 
+    /// The daemon's request count from `warpfs devices --device SOCKET --json`.
+    static func daemonRequests(_ socket: String) -> UInt64? {
+        let j = runCommand([warpfsBinary, "devices", "--device", socket, "--json"]).output
+        let key = "\"totals\":{\"requests\":"
+        guard let part = j.split(separator: key, maxSplits: 1, omittingEmptySubsequences: false).dropFirst().first else { return nil }
+        return UInt64(part.prefix(while: { $0.isNumber }))
+    }
+
+    /// `compress`, `decompress` and `fsck` take the accelerator from the same
+    /// options as a mount: with `-o device=SOCKET` every block goes through
+    /// that daemon (its request count grows by at least the blocks), and the
+    /// files come back byte for byte; a socket nobody serves is an error
+    /// naming the option, and nothing is converted.
+    @Test func offlineToolsUseTheDeviceTheOptionsName() throws {
+        let d = try Daemon()
+        defer { d.close() }
+        let dir = makeTempDir()
+        defer { removeTree(dir) }
+        var r = Rng(91)
+        let content = r.text(1 << 20)       // 16 blocks of 64 KiB
+        try FileIO.write(dir + "/f", content)
+        let o = "device=" + d.socket
+        let start = try #require(Self.daemonRequests(d.socket))
+        let c = runCommand([warpfsBinary, "compress", "-o", o, dir + "/f"])
+        #expect(c.status == 0, "\(c.output)")
+        let afterCompress = try #require(Self.daemonRequests(d.socket))
+        #expect(afterCompress >= start + 16, "compress: \(start) -> \(afterCompress) requests")
+        let f = runCommand([warpfsBinary, "fsck", "-o", o, dir])
+        #expect(f.status == 0, "\(f.output)")
+        let afterFsck = try #require(Self.daemonRequests(d.socket))
+        #expect(afterFsck >= afterCompress + 16, "fsck: \(afterCompress) -> \(afterFsck) requests")
+        let x = runCommand([warpfsBinary, "decompress", "-o", o, dir + "/f"])
+        #expect(x.status == 0, "\(x.output)")
+        #expect(try FileIO.read(dir + "/f") == content)
+        #expect(try #require(Self.daemonRequests(d.socket)) >= afterFsck + 16)
+
+        let missing = dir + "/nobody.sock"
+        let bad = runCommand([warpfsBinary, "compress", "-o", "device=" + missing, dir + "/f"])
+        #expect(bad.status != 0 && bad.output.contains("device=" + missing), "\(bad.output)")
+        let badFsck = runCommand([warpfsBinary, "fsck", "-o", "device=" + missing, dir])
+        #expect(badFsck.status == 8 && badFsck.output.contains("device=" + missing), "\(badFsck.output)")
+        #expect(try FileIO.read(dir + "/f") == content)
+    }
+
     /// Two mounts and the example client use one daemon at the same time;
     /// the files read back, also through the in-process device afterwards.
     @Test func twoMountsAndAnExampleShareOneDaemon() throws {

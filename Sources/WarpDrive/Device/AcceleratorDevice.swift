@@ -15,11 +15,31 @@ public protocol AcceleratorDevice: AnyObject, Sendable {
     /// engines). Owners call it while they still hold the device; for a
     /// device served by another process it does nothing.
     func shutdown()
+    /// One line on the device's state for status reports.
+    var statusSummary: String { get }
+    /// A pool of buffers registered with the device (its engines reach them
+    /// without copies), or nil when the device offers none (a device in
+    /// another process reaches unregistered memory through its IOMMU).
+    func makeBufferPool(bufferSize: Int, count: Int) -> SharedBufferPool?
 }
 
 extension AcceleratorDevice {
     /// Nothing to stop: the device runs elsewhere.
     public func shutdown() {}
+    /// The device's name.
+    public var statusSummary: String { name }
+    /// No registered buffers.
+    public func makeBufferPool(bufferSize: Int, count: Int) -> SharedBufferPool? { nil }
+}
+
+/// A device that injects faults on request, for tests of callers' error
+/// paths: a capability callers ask for (`device as? any FaultInjectingDevice`),
+/// not a concrete type. The emulated device has it.
+public protocol FaultInjectingDevice: AcceleratorDevice {
+    /// The fault settings (engine error rate, not answering).
+    var faults: FaultInjection { get }
+    /// Fences every queue as a hardware reset does: requests in flight fail.
+    func reset()
 }
 
 /// The device side of one queue pair as its client reaches it: the uacce
@@ -80,7 +100,17 @@ final class LocalDeviceQueue: DeviceQueue, @unchecked Sendable {
     var lostError: WarpDriveError? { nil }
 }
 
-extension EmulatedZipDevice: AcceleratorDevice {
+extension EmulatedZipDevice: FaultInjectingDevice {
+    /// Totals and isolation, for status reports.
+    public var statusSummary: String { "\(name): \(totals), isolated=\(isIsolated ? 1 : 0)" }
+
+    /// Buffers registered with this process's address space: the engines
+    /// reach them through their own mapping, without copies.
+    public func makeBufferPool(bufferSize: Int, count: Int) -> SharedBufferPool? {
+        guard let binding = try? iommu.bind() else { return nil }
+        return try? SharedBufferPool(binding: binding, bufferSize: bufferSize, count: count)
+    }
+
     /// Opens a queue bound to this process.
     public func openDeviceQueue() throws -> any DeviceQueue { try openDeviceQueue(pid: getpid()) }
 

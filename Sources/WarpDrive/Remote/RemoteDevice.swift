@@ -256,4 +256,7 @@ public final class ReconnectingDevice: AcceleratorDevice, @unchecked Sendable {
     }
 
     public func openDeviceQueue() throws -> any DeviceQueue { try connection().openDeviceQueue() }
+
+    /// The device and where it is served, for status reports.
+    public var statusSummary: String { "\(name) (served by warpdrived at \(socketPath))" }
 }
