@@ -117,7 +117,12 @@ public final class FUSEServer: @unchecked Sendable {
 
     static func caller(_ req: fuse_req_t?) -> WarpFileSystem.Caller {
         let c = fuse_req_ctx(req)!.pointee
-        return WarpFileSystem.Caller(uid: c.uid, gid: c.gid, umask: c.umask, pid: c.pid)
+        return WarpFileSystem.Caller(uid: c.uid, gid: c.gid, pid: c.pid)
+    }
+
+    /// The mode to create a node with, from the mode and umask the kernel sent.
+    static func creationMode(_ req: fuse_req_t?, parent: fuse_ino_t, _ mode: mode_t) -> mode_t {
+        server(req).fs.creationMode(parent: parent, mode: mode, umask: fuse_req_ctx(req)!.pointee.umask)
     }
 
     /// The caller's supplementary groups (read by libfuse from /proc).
@@ -156,7 +161,7 @@ public final class FUSEServer: @unchecked Sendable {
         var ops = fuse_lowlevel_ops()
         ops.`init` = { userdata, conn in
             let s = Unmanaged<FUSEServer>.fromOpaque(userdata!).takeUnretainedValue()
-            wf_init_conn(conn, s.writebackCache ? 1 : 0, 0, 1 << 20, s.fs.exportSupport ? 1 : 0)
+            wf_init_conn(conn, s.writebackCache ? 1 : 0, 1 << 20, s.fs.exportSupport ? 1 : 0)
             let acl = wf_init_acl(conn, s.fs.options.posixACL ? 1 : 0)
             s.fs.kernelGranted(posixACL: acl & 1 != 0, dontMask: acl & 2 != 0)
         }
@@ -203,13 +208,13 @@ public final class FUSEServer: @unchecked Sendable {
         }
         ops.mknod = { req, parent, name, mode, rdev in
             let s = FUSEServer.server(req)
-            let mode = s.fs.creationMode(parent: parent, mode: mode, umask: FUSEServer.caller(req).umask)
+            let mode = FUSEServer.creationMode(req, parent: parent, mode)
             do { FUSEServer.replyEntry(req, try s.fs.mknod(parent: parent, name: FUSEServer.name(name), mode: mode, rdev: rdev, caller: FUSEServer.caller(req)), s.fs.attributeTimeout) }
             catch { FUSEServer.fail(req, error) }
         }
         ops.mkdir = { req, parent, name, mode in
             let s = FUSEServer.server(req)
-            let mode = s.fs.creationMode(parent: parent, mode: mode, umask: FUSEServer.caller(req).umask)
+            let mode = FUSEServer.creationMode(req, parent: parent, mode)
             do { FUSEServer.replyEntry(req, try s.fs.mkdir(parent: parent, name: FUSEServer.name(name), mode: mode, caller: FUSEServer.caller(req)), s.fs.attributeTimeout) }
             catch { FUSEServer.fail(req, error) }
         }
@@ -248,7 +253,7 @@ public final class FUSEServer: @unchecked Sendable {
         }
         ops.create = { req, parent, name, mode, fi in
             let s = FUSEServer.server(req)
-            let mode = s.fs.creationMode(parent: parent, mode: mode, umask: FUSEServer.caller(req).umask)
+            let mode = FUSEServer.creationMode(req, parent: parent, mode)
             do {
                 let (e, h) = try s.fs.create(parent: parent, name: FUSEServer.name(name), mode: mode, flags: fi!.pointee.flags, caller: FUSEServer.caller(req))
                 fi!.pointee.fh = UInt64(UInt(bitPattern: h))
@@ -385,7 +390,6 @@ public final class FUSEServer: @unchecked Sendable {
                         looked = en
                         p = entryParam(en, s.fs.attributeTimeout)
                     } catch {
-                        index -= 0
                         continue  // vanished since opendir
                     }
                 }

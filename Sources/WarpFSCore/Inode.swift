@@ -60,7 +60,6 @@ final class OpenHandle: @unchecked Sendable {
     var dir: OpaquePointer?
     /// Entries read so far (offset cookie = index) for directory handles.
     var dirEntries: [(name: String, ino: UInt64, type: UInt8)]?
-    var writeError: FSError?
     /// The opener is root: its writes may use root-reserved backing space.
     var privileged = true
 

@@ -46,13 +46,6 @@ extension WarpFileSystem {
         return timespec(tv_sec: Int(raw[0]), tv_nsec: Int(raw[1]))
     }
 
-    /// The ctime the mount shows for `node` now (the record, or the backing ctime).
-    func shownChangeTime(_ node: Inode) -> timespec? {
-        var st = stat()
-        guard fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
-        return recordedChangeTime(node, st) ?? st.st_ctim
-    }
-
     /// Records `ctime` as the change time of `node`, valid for its current
     /// backing mtime, and remembers the backing ctime this write leaves.
     func recordChangeTime(_ node: Inode, _ ctime: timespec) {

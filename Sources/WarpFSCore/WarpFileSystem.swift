@@ -20,15 +20,14 @@ public final class WarpFileSystem: @unchecked Sendable {
         public var attributes: stat
     }
 
-    /// The caller of a request (for ownership of new files).
+    /// The caller of a request: owner of the nodes it creates, and whose
+    /// credentials decide what it may keep (set-ID bits, control attributes).
     public struct Caller: Sendable {
         public var uid: uid_t
         public var gid: gid_t
-        public var umask: mode_t
         /// The calling thread (0: unknown), for its groups and capabilities.
-        public var pid: pid_t = 0
-        public init(uid: uid_t, gid: gid_t, umask: mode_t) { self.uid = uid; self.gid = gid; self.umask = umask }
-        public init(uid: uid_t, gid: gid_t, umask: mode_t, pid: pid_t) { self.uid = uid; self.gid = gid; self.umask = umask; self.pid = pid }
+        public var pid: pid_t
+        public init(uid: uid_t, gid: gid_t, pid: pid_t = 0) { self.uid = uid; self.gid = gid; self.pid = pid }
     }
 
     public let backingPath: String
@@ -808,12 +807,12 @@ public final class WarpFileSystem: @unchecked Sendable {
     /// change time on files): not shown through the mount, not readable or
     /// writable through it, so no copy made through the mount (`cp -a`)
     /// carries them and nobody changes them under the mount.
-    private func isMountPrivate(_ id: UInt64, _ name: String) -> Bool {
+    private func isMountPrivate(_ name: String) -> Bool {
         name.hasPrefix("trusted.warpfs.")
     }
 
     public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32, caller: Caller) throws {
-        if isMountPrivate(id, name) { throw FSError(EPERM, "\(name) belongs to the mount") }
+        if isMountPrivate(name) { throw FSError(EPERM, "\(name) belongs to the mount") }
         if id == 1 && name == WarpFileSystem.faultAttribute {
             guard mayControl(caller) else {
                 throw FSError(EPERM, "\(WarpFileSystem.faultAttribute): uid \(caller.uid) may not inject faults (only root and uid \(mounter))")
@@ -838,7 +837,7 @@ public final class WarpFileSystem: @unchecked Sendable {
             buf.copyBytes(from: text)
             return text.count
         }
-        if isMountPrivate(id, name) { throw FSError(ENODATA) }
+        if isMountPrivate(name) { throw FSError(ENODATA) }
         let node = try inode(id)
         try refuseACLIfOff(name)
         let path = xattrPath(node)
@@ -859,7 +858,7 @@ public final class WarpFileSystem: @unchecked Sendable {
         let acls = aclsEnforced
         // Any node may carry the mount's own attributes: always filtered.
         return try filteredList(node, into: buf) {
-            (acls || !PosixACL.isACL($0)) && (trusted || !$0.hasPrefix("trusted.")) && !isMountPrivate(id, $0)
+            (acls || !PosixACL.isACL($0)) && (trusted || !$0.hasPrefix("trusted.")) && !isMountPrivate($0)
         }
     }
 
@@ -888,7 +887,7 @@ public final class WarpFileSystem: @unchecked Sendable {
     }
 
     public func removexattr(_ id: UInt64, name: String) throws {
-        if isMountPrivate(id, name) { throw FSError(EPERM, "\(name) belongs to the mount") }
+        if isMountPrivate(name) { throw FSError(EPERM, "\(name) belongs to the mount") }
         let node = try inode(id)
         try writable()
         try refuseACLIfOff(name)
