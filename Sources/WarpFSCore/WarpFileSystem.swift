@@ -926,9 +926,9 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
     }
 
-    /// Stops the accelerator.
+    /// Stops the accelerator, after the unmount: the server has stored
+    /// every buffered block (`flushAll`) before it unmounted.
     public func shutdown() {
-        flushAll()
         device.shutdown()
     }
 }
