@@ -871,9 +871,17 @@ public final class WarpFileSystem: @unchecked Sendable {
         while true {
             let size = try sys("listxattr \(displayName(node))") { CWarpSys.listxattr(node.procPath, nil, 0) }
             all = [UInt8](repeating: 0, count: size)
-            let n = all.withUnsafeMutableBytes { CWarpSys.listxattr(node.procPath, $0.baseAddress?.assumingMemoryBound(to: CChar.self), size) }
-            if n >= 0 { all.removeSubrange(n...); break }
-            if errno != ERANGE && errno != EINTR { throw FSError.last("listxattr \(displayName(node))") }
+            do {
+                let n = try all.withUnsafeMutableBytes { list in
+                    try sys("listxattr \(displayName(node))") {
+                        CWarpSys.listxattr(node.procPath, list.baseAddress?.assumingMemoryBound(to: CChar.self), size)
+                    }
+                }
+                all.removeSubrange(n...)
+                break
+            } catch let e as FSError where e.errno == ERANGE {
+                continue  // the list grew since its size was asked
+            }
         }
         var kept: [UInt8] = []
         for name in all.split(separator: 0) where keep(String(decoding: name, as: UTF8.self)) {
