@@ -33,7 +33,7 @@ public enum AccessTimePolicy: String, Sendable, Equatable {
 extension WarpFileSystem {
     static let changeTimeAttribute = "trusted.warpfs.ctime"
 
-    var keepsChangeTimes: Bool { geteuid() == 0 }
+    var keepsChangeTimes: Bool { runsAsRoot }
 
     /// The ctime to report for `node` whose backing stat is `st`, when the
     /// record applies.

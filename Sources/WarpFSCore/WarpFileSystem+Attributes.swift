@@ -71,20 +71,7 @@ extension WarpFileSystem {
                 fchownat(node.fd, "", ch.uid ?? uid_t.max, ch.gid ?? gid_t.max, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW)
             }
         }
-        if let size = ch.size {
-            guard node.isRegular else { throw FSError(EISDIR) }
-            try node.lock.withLock { (_) throws in
-                switch try content(node) {
-                case .compressed(let f):
-                    try f.truncate(to: size)
-                    try f.flush()
-                case .plain(let fd):
-                    _ = try sys("truncate \(displayName(node))") { ftruncate(fd, off_t(size)) }
-                }
-                if node.openHandles == 0 { node.content = nil }
-            }
-            try dropSetIDBits(node, caller: caller)
-        }
+        if let size = ch.size { try setSize(node, size, caller: caller) }
         if ch.atime != nil || ch.mtime != nil {
             // Store buffered data first so the times set here are the last word.
             if node.isRegular { try flushContent(node) }

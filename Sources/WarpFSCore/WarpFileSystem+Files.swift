@@ -7,7 +7,7 @@ import CWarpSys
 // the inode's lock, and the handles' I/O.
 extension WarpFileSystem {
     /// The shared content of a regular file; loads it if needed. Lock held.
-    func content(_ node: Inode) throws -> FileContent {
+    private func content(_ node: Inode) throws -> FileContent {
         if let c = node.content { return c }
         var fd = openBacking(node, O_RDWR)
         if fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY) { fd = openBacking(node, O_RDONLY) }
@@ -33,6 +33,30 @@ extension WarpFileSystem {
         }
     }
 
+    /// Sets the length of `node`'s content `c` (lock held): a container
+    /// stores what the cut changed, a plain file is truncated in place.
+    private func truncate(_ c: FileContent, of node: Inode, to size: UInt64) throws {
+        switch c {
+        case .compressed(let f):
+            try f.truncate(to: size)
+            try f.flush()
+        case .plain(let fd):
+            _ = try sys("truncate \(displayName(node))") { ftruncate(fd, off_t(size)) }
+        }
+    }
+
+    /// SETATTR of the size of `node` by `caller`; as a write, the change
+    /// drops set-ID bits. A file nobody has open is not kept loaded.
+    func setSize(_ node: Inode, _ size: UInt64, caller: Caller?) throws {
+        guard node.isRegular else { throw FSError(EISDIR) }
+        try node.lock.withLock { (_) throws in
+            try truncate(content(node), of: node, to: size)
+            if node.openHandles == 0 { node.content = nil }
+        }
+        try dropSetIDBits(node, caller: caller)
+    }
+
+    /// Stores `node`'s buffered blocks (before times are set over them).
     func flushContent(_ node: Inode) throws {
         try node.lock.withLock { (_) throws in
             if case .compressed(let f)? = node.content { try f.flush() }
@@ -52,16 +76,13 @@ extension WarpFileSystem {
             let c = try content(node)
             node.openHandles += 1
             if flags & O_TRUNC != 0 {
-                switch c {
-                case .compressed(let f): try f.truncate(to: 0); try f.flush()
-                case .plain(let fd): _ = try sys("truncate") { ftruncate(fd, 0) }
-                }
+                try truncate(c, of: node, to: 0)
                 // The kernel sends no SETATTR for an atomic O_TRUNC.
                 try dropSetIDBits(node, caller: caller)
             }
         }
         let h = OpenHandle(inode: node, flags: flags)
-        h.privileged = caller.map { $0.uid == 0 } ?? isRoot
+        h.privileged = caller.map { $0.uid == 0 } ?? runsAsRoot
         return Unmanaged.passRetained(h).toOpaque()
     }
 

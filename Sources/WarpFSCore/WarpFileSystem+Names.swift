@@ -76,7 +76,7 @@ extension WarpFileSystem {
     private func settle(_ fd: Int32, parent: Inode, mode: mode_t, caller: Caller) throws {
         var st = stat()
         _ = try sys("stat new node") { fstatat(fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
-        if isRoot && (caller.uid != 0 || caller.gid != 0) {
+        if runsAsRoot && (caller.uid != 0 || caller.gid != 0) {
             var dir = stat()
             _ = try sys("stat \(displayName(parent))") { fstatat(parent.fd, "", &dir, Int32(WD_AT_EMPTY_PATH)) }
             let gid = dir.st_mode & S_ISGID != 0 ? gid_t.max : caller.gid

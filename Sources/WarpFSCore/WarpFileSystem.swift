@@ -42,7 +42,7 @@ public final class WarpFileSystem: @unchecked Sendable {
     let stableHandles: StableHandles?
     /// Drops the kernel's cached attributes of a node (set by the adapter).
     public var invalidateAttributes: ((UInt64) -> Void)?
-    let isRoot = geteuid() == 0
+    let runsAsRoot = geteuid() == 0
     /// The user who mounted: this process's real uid (see `mayControl`).
     let mounter = getuid()
     /// What the kernel agreed to at FUSE init about POSIX ACLs (`WarpFileSystem+Xattrs.swift`).
