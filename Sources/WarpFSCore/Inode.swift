@@ -145,13 +145,16 @@ final class InodeTable: @unchecked Sendable {
     /// Drops `n` kernel lookups; the inode goes when none remain (its
     /// content stays alive while handles hold it).
     func forget(_ id: UInt64, _ n: UInt64) {
-        state.withLock { s in
-            guard id != 1, let node = s.byID[id] else { return }
+        // The dropped inode comes out of the lock: if this was its last
+        // reference, its descriptor is closed and its content (which may
+        // wait for blocks in flight) released without the table locked.
+        _ = state.withLock { s -> Inode? in
+            guard id != 1, let node = s.byID[id] else { return nil }
             node.lookups = node.lookups > n ? node.lookups - n : 0
-            if node.lookups == 0 {
-                s.byID[id] = nil
-                if s.byKey[Key(dev: node.dev, ino: node.ino)] === node { s.byKey[Key(dev: node.dev, ino: node.ino)] = nil }
-            }
+            guard node.lookups == 0 else { return nil }
+            s.byID[id] = nil
+            if s.byKey[Key(dev: node.dev, ino: node.ino)] === node { s.byKey[Key(dev: node.dev, ino: node.ino)] = nil }
+            return node
         }
     }
 
