@@ -29,19 +29,44 @@ public final class WarpFileSystem: @unchecked Sendable {
         public init(uid: uid_t, gid: gid_t, pid: pid_t = 0) { self.uid = uid; self.gid = gid; self.pid = pid }
     }
 
+    // MARK: State
+    //
+    // Requests run on many threads at once. The fields here are set in
+    // `init` and not changed after, except `invalidateAttributes` (set once
+    // by the adapter before the loop runs) and `aclState` (atomic, written
+    // at FUSE init). What changes lives behind these locks, in this order
+    // (one may be taken while holding those before it, never the reverse):
+    //
+    //   1. `Inode.lock`, a file's content lock: its content, open handles,
+    //      cached size. Held across the file's I/O, accelerator waits
+    //      included. Never two at once: no thread waits for an inode's lock
+    //      while holding another's (`reclaimMemory` only tries them).
+    //   2. WarpDrive's locks, taken by that I/O through `codec`'s streams:
+    //      a session's queue list, then the per-queue lock (`Queue.lock`:
+    //      ring indices, pending requests), then the device's
+    //      (docs/warpdrive.md).
+    //   3. Leaves, held for a few instructions or one system call, with
+    //      nothing taken or waited for under them: `inodes`' lock (node ids,
+    //      backing keys, every inode's kernel lookup count), `codec`'s idle
+    //      streams, its `SpaceAccount`, the registered buffers' free list.
+
     public let backingPath: String
     public let options: MountOptions
     /// The accelerator the mount uses.
     public let device: any AcceleratorDevice
     /// The in-process emulated device, when the mount owns one (not with `-o device=SOCKET`).
     public let localDevice: EmulatedZipDevice?
+    /// Blocks to and from the accelerator: streams, registered buffers, backing space.
     let codec: BlockCodec
+    /// Node ids to inodes (its own lock, a leaf); each inode's content under its lock.
     let inodes: InodeTable
     /// Stable node ids and reopening by them; nil where the backing file
     /// system does not allow it (then the mount offers no export support).
     let stableHandles: StableHandles?
-    /// Drops the kernel's cached attributes of a node (set by the adapter).
+    /// Drops the kernel's cached attributes of a node (set by the adapter
+    /// before the loop runs; called under the node's lock, it takes none).
     public var invalidateAttributes: ((UInt64) -> Void)?
+    /// This process is root: it gives new nodes to their callers.
     let runsAsRoot = geteuid() == 0
     /// The user who mounted: this process's real uid (see `mayControl`).
     let mounter = getuid()
