@@ -1,11 +1,4 @@
-#define _GNU_SOURCE
 #include "CFuse.h"
-#include <errno.h>
-#include <fcntl.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 int wf_session_loop_mt(struct fuse_session *se, int clone_fd, unsigned max_idle_threads) {
     struct fuse_loop_config cfg;
@@ -15,16 +8,11 @@ int wf_session_loop_mt(struct fuse_session *se, int clone_fd, unsigned max_idle_
 }
 
 
-void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, unsigned max_write, int export_support) {
+void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, unsigned max_write, int export_support) {
     if (writeback_cache && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
         conn->want |= FUSE_CAP_WRITEBACK_CACHE;
     else
         conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
-    if (splice) {
-        if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
-        if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
-        if (conn->capable & FUSE_CAP_SPLICE_READ) conn->want |= FUSE_CAP_SPLICE_READ;
-    }
     if (export_support && (conn->capable & FUSE_CAP_EXPORT_SUPPORT))
         conn->want |= FUSE_CAP_EXPORT_SUPPORT;
     else
@@ -56,20 +44,4 @@ int wf_init_acl(struct fuse_conn_info *conn, int on) {
 }
 
 void wf_fi_set_keep_cache(struct fuse_file_info *fi, int on) { fi->keep_cache = on ? 1 : 0; }
-void wf_fi_set_direct_io(struct fuse_file_info *fi, int on) { fi->direct_io = on ? 1 : 0; }
-void wf_fi_set_parallel_direct_writes(struct fuse_file_info *fi, int on) {
-#if FUSE_USE_VERSION >= 35 && defined(FUSE_CAP_PARALLEL_DIROPS)
-    (void)fi; (void)on;
-#endif
-}
-int wf_fi_flush(const struct fuse_file_info *fi) { return fi->flush; }
 int wf_fi_writepage(const struct fuse_file_info *fi) { return fi->writepage; }
-
-static int log_fd = 2;
-static void log_func(enum fuse_log_level level, const char *fmt, va_list ap) {
-    (void)level;
-    char buf[1024];
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    if (n > 0) { if (n > (int)sizeof buf - 1) n = sizeof buf - 1; (void)!write(log_fd, buf, (size_t)n); }
-}
-void wf_log_to_fd(int fd) { log_fd = fd; fuse_set_log_func(log_func); }

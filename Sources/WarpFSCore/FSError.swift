@@ -33,7 +33,9 @@ public struct FSError: Error, CustomStringConvertible, Sendable {
     public var description: String { message.isEmpty ? String(cString: strerror(errno)) : message }
 }
 
-/// Retries a system call on EINTR; throws FSError on -1.
+/// Runs a system call, again while it fails with EINTR; throws FSError
+/// (errno, `what`) when it fails otherwise. The one EINTR loop of the file
+/// system: other calls that may be interrupted go through it.
 @inline(__always)
 func sys<T: BinaryInteger>(_ what: @autoclosure () -> String, _ call: () -> T) throws -> T {
     while true {
@@ -48,11 +50,7 @@ func sys<T: BinaryInteger>(_ what: @autoclosure () -> String, _ call: () -> T) t
 func preadFully(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ count: Int, _ offset: Int, _ what: @autoclosure () -> String) throws -> Int {
     var done = 0
     while done < count {
-        let n = pread(fd, buf + done, count - done, off_t(offset + done))
-        if n < 0 {
-            if Glibc.errno == EINTR { continue }
-            throw FSError.last(what())
-        }
+        let n = try sys(what()) { pread(fd, buf + done, count - done, off_t(offset + done)) }
         if n == 0 { break }
         done += n
     }
@@ -63,11 +61,6 @@ func preadFully(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ count: Int, _ off
 func pwriteFully(_ fd: Int32, _ buf: UnsafeRawPointer, _ count: Int, _ offset: Int, _ what: @autoclosure () -> String) throws {
     var done = 0
     while done < count {
-        let n = pwrite(fd, buf + done, count - done, off_t(offset + done))
-        if n < 0 {
-            if Glibc.errno == EINTR { continue }
-            throw FSError.last(what())
-        }
-        done += n
+        done += try sys(what()) { pwrite(fd, buf + done, count - done, off_t(offset + done)) }
     }
 }

@@ -24,10 +24,14 @@ final class Inode: @unchecked Sendable {
     let dev: UInt64
     let ino: UInt64
     let type: mode_t
-    /// Kernel lookup count; guarded by the inode table lock.
+    /// Kernel lookup count. Guarded by the inode table's lock (`InodeTable`).
     var lookups: UInt64 = 0
 
-    /// Serialises content operations on this file.
+    /// The file's content lock: serialises content operations on this file
+    /// and is held across them, waits for the accelerator included. First
+    /// in the lock order (docs/ARCHITECTURE.md, "Threads and locks"): taken
+    /// before WarpDrive's locks, never while holding another inode's lock
+    /// or the inode table's.
     let lock = Mutex(())
     // Guarded by lock:
     var content: FileContent?
@@ -35,7 +39,9 @@ final class Inode: @unchecked Sendable {
     /// Logical size of a compressed file whose content is not loaded (cache for getattr).
     var cachedSize: UInt64?
     /// The backing ctime the last write of the change-time record left
-    /// (see `recordChangeTime`); nil when unknown in this mount.
+    /// (see `recordChangeTime`); nil when unknown in this mount. Under the
+    /// lock where maintenance and reads write it; `setattr` and `attributes`
+    /// read and write it without.
     var changeTimeMark: timespec?
 
     init(nodeID: UInt64, generation: UInt64, fd: Int32, dev: UInt64, ino: UInt64, type: mode_t) {
@@ -56,11 +62,12 @@ final class Inode: @unchecked Sendable {
 final class OpenHandle: @unchecked Sendable {
     let inode: Inode
     let flags: Int32
-    /// Directory stream for directory handles.
+    /// Directory stream for directory handles. `dir` and `dirEntries` need
+    /// no lock: the kernel sends one READDIR at a time per open directory
+    /// (the open file's position lock), and RELEASEDIR after the last.
     var dir: OpaquePointer?
     /// Entries read so far (offset cookie = index) for directory handles.
     var dirEntries: [(name: String, ino: UInt64, type: UInt8)]?
-    var writeError: FSError?
     /// The opener is root: its writes may use root-reserved backing space.
     var privileged = true
 
@@ -84,6 +91,10 @@ final class InodeTable: @unchecked Sendable {
         var transient: UInt64 = 0
     }
     struct Key: Hashable { let dev: UInt64; let ino: UInt64 }
+    /// The inode table's lock: guards `State` and every inode's `lookups`.
+    /// Last in the lock order (a leaf): held only for dictionary work,
+    /// nothing else is taken or waited for under it; an inode the table
+    /// drops is released after the unlock (see `forget`).
     private let state = Mutex(State())
     let root: Inode
 
@@ -146,13 +157,16 @@ final class InodeTable: @unchecked Sendable {
     /// Drops `n` kernel lookups; the inode goes when none remain (its
     /// content stays alive while handles hold it).
     func forget(_ id: UInt64, _ n: UInt64) {
-        state.withLock { s in
-            guard id != 1, let node = s.byID[id] else { return }
+        // The dropped inode comes out of the lock: if this was its last
+        // reference, its descriptor is closed and its content (which may
+        // wait for blocks in flight) released without the table locked.
+        _ = state.withLock { s -> Inode? in
+            guard id != 1, let node = s.byID[id] else { return nil }
             node.lookups = node.lookups > n ? node.lookups - n : 0
-            if node.lookups == 0 {
-                s.byID[id] = nil
-                if s.byKey[Key(dev: node.dev, ino: node.ino)] === node { s.byKey[Key(dev: node.dev, ino: node.ino)] = nil }
-            }
+            guard node.lookups == 0 else { return nil }
+            s.byID[id] = nil
+            if s.byKey[Key(dev: node.dev, ino: node.ino)] === node { s.byKey[Key(dev: node.dev, ino: node.ino)] = nil }
+            return node
         }
     }
 

@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CWarpSys
 
 /// A POSIX ACL as Linux keeps it in the `system.posix_acl_access` and
 /// `system.posix_acl_default` extended attributes: a little-endian 4-byte
@@ -87,90 +86,5 @@ public struct PosixACL: Equatable, Sendable {
         }
         group &= mask ?? groupObj ?? 7
         return mode & ~0o777 | mode_t(owner << 6 | group << 3 | other)
-    }
-}
-
-extension WarpFileSystem {
-    /// What the kernel granted at FUSE init (bits of `aclState`).
-    private static let aclsOn: UInt8 = 1, umaskHere: UInt8 = 2
-
-    /// Called by the FUSE adapter at init with what the kernel granted:
-    /// `posixACL` (the kernel enforces ACLs, FUSE_CAP_POSIX_ACL) and
-    /// `dontMask` (the kernel leaves the umask to us, FUSE_CAP_DONT_MASK).
-    public func kernelGranted(posixACL: Bool, dontMask: Bool) {
-        aclState.store((posixACL ? Self.aclsOn : 0) | (dontMask ? Self.umaskHere : 0), ordering: .releasing)
-        guard options.posixACL else { return }
-        guard posixACL else {
-            Log.warning("the kernel offers FUSE no POSIX ACL support: ACLs are off on this mount (setting one fails with EOPNOTSUPP)")
-            return
-        }
-        var probe = [UInt8](repeating: 0, count: 1)
-        if CWarpSys.getxattr(inodes.root.procPath, PosixACL.accessName, &probe, 0) < 0 && errno == EOPNOTSUPP {
-            Log.info("the backing file system at \(backingPath) keeps no POSIX ACLs: none apply, and setting one fails with EOPNOTSUPP")
-        }
-    }
-
-    /// Whether ACLs are enforced on this mount: asked for (not `-o noacl`)
-    /// and granted by the kernel.
-    public var aclsEnforced: Bool { aclState.load(ordering: .acquiring) & Self.aclsOn != 0 }
-
-    /// ACL attributes on a mount without ACLs: EOPNOTSUPP, as ext4 mounted
-    /// `noacl` answers (stored, they would have no effect).
-    func refuseACLIfOff(_ name: String) throws {
-        if PosixACL.isACL(name) && !aclsEnforced {
-            throw FSError(EOPNOTSUPP, "\(name): POSIX ACLs are off on this mount")
-        }
-    }
-
-    /// The mode to create a node with, from the mode and umask the kernel
-    /// sent. With FUSE_CAP_DONT_MASK the kernel no longer applies the umask:
-    /// as ext4 (`posix_acl_create`), a parent with a default ACL sets the
-    /// permission bits from that ACL and `mode` and the umask is ignored;
-    /// otherwise the umask applies. Without it, `mode` is already masked.
-    /// The backing file system then creates the node with this mode and
-    /// copies the default ACL itself (to the access ACL, and for a directory
-    /// to its default ACL too), giving the same bits.
-    public func creationMode(parent: UInt64, mode: mode_t, umask: mode_t) -> mode_t {
-        guard aclState.load(ordering: .acquiring) & Self.umaskHere != 0 else { return mode }
-        if mode & S_IFMT != S_IFLNK, let p = inodes.get(parent), let acl = defaultACL(p) {
-            return acl.creationMode(mode)
-        }
-        return mode & ~(umask & 0o777)
-    }
-
-    /// After `caller` set an access ACL: a caller neither in the node's
-    /// group nor root makes it lose the set-group-ID bit, as on ext4
-    /// (posix_acl_update_mode). The kernel would tell us with
-    /// FUSE_SETXATTR_ACL_KILL_SGID, which libfuse 3.14 cannot negotiate,
-    /// and the backing file system sees only WarpFS, which is root. Root
-    /// stands for CAP_FSETID, which the request does not carry.
-    public func accessACLWasSet(_ id: UInt64, caller: Caller, groups: [gid_t]) {
-        guard aclsEnforced, caller.uid != 0, let node = inodes.get(id) else { return }
-        var st = stat()
-        guard fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_ISGID != 0,
-              st.st_gid != caller.gid, !groups.contains(st.st_gid) else { return }
-        if fchmodat(AT_FDCWD, node.procPath, st.st_mode & 0o7777 & ~S_ISGID, 0) != 0 {
-            Log.warning("\(displayName(node)): dropping set-group-ID after an ACL change: \(String(cString: strerror(errno)))")
-        }
-    }
-
-    /// A directory's default ACL, nil when it has none (or the backing file
-    /// system keeps none).
-    func defaultACL(_ dir: Inode) -> PosixACL? {
-        guard dir.isDirectory else { return nil }
-        var buf = [UInt8](repeating: 0, count: 4096)
-        var n = CWarpSys.getxattr(dir.procPath, PosixACL.defaultName, &buf, buf.count)
-        if n < 0 && errno == ERANGE {
-            let size = CWarpSys.getxattr(dir.procPath, PosixACL.defaultName, nil, 0)
-            guard size > 0 else { return nil }
-            buf = [UInt8](repeating: 0, count: size)
-            n = CWarpSys.getxattr(dir.procPath, PosixACL.defaultName, &buf, buf.count)
-        }
-        guard n > 0 else { return nil }
-        guard let acl = buf.withUnsafeBytes({ PosixACL(xattr: UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) else {
-            Log.warning("\(displayName(dir)): \(PosixACL.defaultName) is not a version 2 ACL; new nodes in it get the umask")
-            return nil
-        }
-        return acl
     }
 }

@@ -33,7 +33,7 @@ public enum AccessTimePolicy: String, Sendable, Equatable {
 extension WarpFileSystem {
     static let changeTimeAttribute = "trusted.warpfs.ctime"
 
-    var keepsChangeTimes: Bool { geteuid() == 0 }
+    var keepsChangeTimes: Bool { runsAsRoot }
 
     /// The ctime to report for `node` whose backing stat is `st`, when the
     /// record applies.
@@ -44,13 +44,6 @@ extension WarpFileSystem {
         let n = raw.withUnsafeMutableBytes { CWarpSys.getxattr(node.procPath, WarpFileSystem.changeTimeAttribute, $0.baseAddress, $0.count) }
         guard n == 32, raw[2] == Int64(st.st_mtim.tv_sec), raw[3] == Int64(st.st_mtim.tv_nsec) else { return nil }
         return timespec(tv_sec: Int(raw[0]), tv_nsec: Int(raw[1]))
-    }
-
-    /// The ctime the mount shows for `node` now (the record, or the backing ctime).
-    func shownChangeTime(_ node: Inode) -> timespec? {
-        var st = stat()
-        guard fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
-        return recordedChangeTime(node, st) ?? st.st_ctim
     }
 
     /// Records `ctime` as the change time of `node`, valid for its current

@@ -14,7 +14,7 @@ int wf_session_loop_mt(struct fuse_session *se, int clone_fd, unsigned max_idle_
 
 /* Sets the capability bits WarpFS wants on init. export_support: the file
    system can find a node from its id alone (LOOKUP "." after FORGET). */
-void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, unsigned max_write, int export_support);
+void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, unsigned max_write, int export_support);
 
 /* POSIX ACLs: with on, asks for FUSE_CAP_POSIX_ACL (the kernel enforces
    ACLs, read through getxattr) and FUSE_CAP_DONT_MASK (the kernel sends the
@@ -22,15 +22,9 @@ void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, int splice, 
    asks for neither. Returns what was granted: 1 POSIX_ACL, 2 DONT_MASK. */
 int wf_init_acl(struct fuse_conn_info *conn, int on);
 
-/* fuse_file_info bitfields, which Swift cannot set. */
+/* fuse_file_info bitfields, which Swift cannot reach. */
 void wf_fi_set_keep_cache(struct fuse_file_info *fi, int on);
-void wf_fi_set_direct_io(struct fuse_file_info *fi, int on);
-void wf_fi_set_parallel_direct_writes(struct fuse_file_info *fi, int on);
-int wf_fi_flush(const struct fuse_file_info *fi);
 /* Whether a write is the kernel's write-back of cached pages (FUSE_WRITE_CACHE). */
 int wf_fi_writepage(const struct fuse_file_info *fi);
-
-/* fuse_log goes to the given fd (stderr or a log file). */
-void wf_log_to_fd(int fd);
 
 #endif

@@ -1,0 +1,254 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+
+// Open regular files: the shared content (container or plain file) under
+// the inode's lock, and the handles' I/O.
+extension WarpFileSystem {
+    /// The shared content of a regular file; loads it if needed. Lock held.
+    private func content(_ node: Inode) throws -> FileContent {
+        if let c = node.content { return c }
+        var fd = openBacking(node, O_RDWR)
+        if fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY) { fd = openBacking(node, O_RDONLY) }
+        guard fd >= 0 else { throw FSError.last("open \(displayName(node))") }
+        let name = displayName(node)
+        do {
+            let c: FileContent
+            switch try CompressedFile.kind(fd: fd, name: name) {
+            case .plain: c = .plain(fd)
+            case .compressed:
+                let f = try CompressedFile.open(fd: fd, name: name, codec: codec)
+                f.cacheLimit = options.cacheBlocksPerFile
+                f.readahead = max(2, min(32, options.cacheBlocksPerFile / 2))
+                c = .compressed(f)
+            }
+            node.content = c
+            node.cachedSize = nil
+            return c
+        } catch {
+            close(fd)
+            Log.error("\(error)")
+            throw error
+        }
+    }
+
+    /// Sets the length of `node`'s content `c` (lock held): a container
+    /// stores what the cut changed, a plain file is truncated in place.
+    private func truncate(_ c: FileContent, of node: Inode, to size: UInt64) throws {
+        switch c {
+        case .compressed(let f):
+            try f.truncate(to: size)
+            try f.flush()
+        case .plain(let fd):
+            _ = try sys("truncate \(displayName(node))") { ftruncate(fd, off_t(size)) }
+        }
+    }
+
+    /// SETATTR of the size of `node` by `caller`; as a write, the change
+    /// drops set-ID bits. A file nobody has open is not kept loaded.
+    func setSize(_ node: Inode, _ size: UInt64, caller: Caller?) throws {
+        guard node.isRegular else { throw FSError(EISDIR) }
+        try node.lock.withLock { (_) throws in
+            try truncate(content(node), of: node, to: size)
+            if node.openHandles == 0 { node.content = nil }
+        }
+        try dropSetIDBits(node, caller: caller)
+    }
+
+    /// Stores `node`'s buffered blocks (before times are set over them).
+    func flushContent(_ node: Inode) throws {
+        try node.lock.withLock { (_) throws in
+            if case .compressed(let f)? = node.content { try f.flush() }
+        }
+    }
+
+    /// Opens a file; the handle is an opaque pointer the adapter keeps in `fh`.
+    /// `caller`: who opens it (nil: this process). Writes through the handle
+    /// may use root-reserved backing space only when that is root: with the
+    /// writeback cache the kernel sends every write as uid 0 (seen on 6.18,
+    /// also when the user's own fsync or close triggers it), so the opener
+    /// is the writer the file system can know.
+    public func open(_ id: UInt64, flags: Int32, caller: Caller? = nil) throws -> UnsafeMutableRawPointer {
+        let node = try inode(id)
+        if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { try writable() }
+        try node.lock.withLock { (_) throws in
+            let c = try content(node)
+            node.openHandles += 1
+            if flags & O_TRUNC != 0 {
+                try truncate(c, of: node, to: 0)
+                // The kernel sends no SETATTR for an atomic O_TRUNC.
+                try dropSetIDBits(node, caller: caller)
+            }
+        }
+        let h = OpenHandle(inode: node, flags: flags)
+        h.privileged = caller.map { $0.uid == 0 } ?? runsAsRoot
+        return Unmanaged.passRetained(h).toOpaque()
+    }
+
+    static func handle(_ fh: UnsafeMutableRawPointer) -> OpenHandle { Unmanaged<OpenHandle>.fromOpaque(fh).takeUnretainedValue() }
+
+    public func read(_ fh: UnsafeMutableRawPointer, offset: UInt64, count: Int, into buf: UnsafeMutableRawPointer) throws -> Int {
+        let h = Self.handle(fh)
+        return try h.inode.lock.withLock { (_) throws -> Int in
+            switch try content(h.inode) {
+            case .compressed(let f):
+                let n: Int
+                do { n = try f.read(offset: offset, count: count, into: buf) } catch { Log.error("\(error)"); throw error }
+                touchAccessTime(h.inode)
+                return n
+            case .plain(let fd):
+                let n = try preadFully(fd, buf, count, Int(offset), "read")
+                touchAccessTime(h.inode)
+                return n
+            }
+        }
+    }
+
+    /// `caller`: the writer, when the request comes from it (not the
+    /// kernel's write-back of cached pages): its write drops set-ID bits.
+    public func write(_ fh: UnsafeMutableRawPointer, offset: UInt64, count: Int, from buf: UnsafeRawPointer, caller: Caller? = nil) throws -> Int {
+        let h = Self.handle(fh)
+        try writable()
+        try dropSetIDBits(h.inode, caller: caller)
+        return try h.inode.lock.withLock { (_) throws -> Int in
+            switch try content(h.inode) {
+            case .compressed(let f):
+                do {
+                    // With the writeback cache the kernel places O_APPEND writes itself.
+                    let appendHere = h.append && !options.writebackCache
+                    try f.write(offset: appendHere ? f.size : offset, count: count, from: buf, privileged: h.privileged)
+                } catch {
+                    FSError.log(error)
+                    throw error
+                }
+            case .plain(let fd):
+                var off = Int(offset)
+                if h.append && !options.writebackCache { var st = stat(); fstat(fd, &st); off = Int(st.st_size) }
+                try pwriteFully(fd, buf, count, off, "write")
+            }
+            return count
+        }
+    }
+
+    /// `close()` of one descriptor: stores buffered blocks; errors reach close().
+    public func flush(_ fh: UnsafeMutableRawPointer) throws {
+        let h = Self.handle(fh)
+        try h.inode.lock.withLock { (_) throws in
+            if case .compressed(let f)? = h.inode.content {
+                do { try f.flush() } catch { FSError.log(error); throw error }
+                // Without the writeback cache the kernel shows the times the
+                // file system reports and caches them: what this store changed
+                // must not wait for the cache to expire.
+                if !options.writebackCache { invalidateAttributes?(h.inode.nodeID) }
+            }
+        }
+    }
+
+    /// Last reference to a handle: when the file has no handle left, its
+    /// content is stored, superseded block copies released, and memory freed.
+    public func release(_ fh: UnsafeMutableRawPointer) {
+        let um = Unmanaged<OpenHandle>.fromOpaque(fh)
+        let h = um.takeUnretainedValue()
+        defer { um.release() }
+        h.inode.lock.withLock { _ in
+            h.inode.openHandles -= 1
+            guard h.inode.openHandles == 0, let c = h.inode.content else { return }
+            switch c {
+            case .compressed(let f):
+                do {
+                    try f.flush()
+                    if f.hasStaleCopies { try preservingTimes(h.inode, f.fd) { () throws in try f.sync() } }
+                } catch {
+                    // Keep the content (and its unstored blocks) in memory: the
+                    // next open, fsync or the unmount retries; nothing is dropped.
+                    // Blocks that can never be stored were given up already:
+                    // with nothing left to retry, the memory goes.
+                    if f.hasUnstoredBlocks {
+                        Log.error("\(f.name): storing on close failed, kept in memory for a retry: \(error)")
+                        return
+                    }
+                    FSError.log(error)
+                }
+                h.inode.cachedSize = f.size
+            case .plain(let fd):
+                close(fd)
+            }
+            h.inode.content = nil
+        }
+    }
+
+    /// Runs maintenance that must not change the file's times (punching
+    /// superseded copies updates mtime on the backing file system): atime
+    /// and mtime are put back, and the ctime shown is recorded. Callers
+    /// store buffered data first (`flush`): that is a change of the file.
+    /// Under the inode's lock, as access-time updates are, so neither undoes
+    /// the other.
+    func preservingTimes(_ node: Inode, _ fd: Int32, _ body: () throws -> Void) throws {
+        var st = stat()
+        fstat(fd, &st)
+        let ctime = recordedChangeTime(node, st) ?? st.st_ctim
+        try body()
+        var times = [st.st_atim, st.st_mtim]
+        futimens(fd, &times)
+        recordChangeTime(node, ctime)
+    }
+
+    public func fsync(_ fh: UnsafeMutableRawPointer, dataOnly: Bool) throws {
+        let h = Self.handle(fh)
+        try h.inode.lock.withLock { (_) throws in
+            switch try content(h.inode) {
+            case .compressed(let f):
+                do {
+                    try f.flush()
+                    try preservingTimes(h.inode, f.fd) { () throws in try f.sync() }
+                } catch { FSError.log(error); throw error }
+            case .plain(let fd):
+                _ = try sys("fsync") { dataOnly ? fdatasync(fd) : Glibc.fsync(fd) }
+            }
+            // A container's sync stores data and size (fdatasync); fsync also
+            // promises the rest of the metadata: times (restored just now), mode, owner.
+            if !dataOnly, case .compressed(let f)? = h.inode.content { _ = try sys("fsync \(f.name)") { Glibc.fsync(f.fd) } }
+        }
+    }
+
+    /// `caller`: who allocates; as a write, the change drops set-ID bits.
+    public func fallocate(_ fh: UnsafeMutableRawPointer, mode: Int32, offset: UInt64, length: UInt64, caller: Caller? = nil) throws {
+        let h = Self.handle(fh)
+        try writable()
+        try dropSetIDBits(h.inode, caller: caller)
+        try h.inode.lock.withLock { (_) throws in
+            switch try content(h.inode) {
+            case .compressed(let f):
+                // Allocation reserves backing space for a later write of the
+                // range or fails with ENOSPC (docs/FORMAT.md, "Allocation").
+                switch mode {
+                case 0, FALLOC_FL_KEEP_SIZE:
+                    try f.allocate(offset: offset, length: length, keepSize: mode != 0, privileged: h.privileged)
+                case FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
+                    try f.zeroRange(offset: offset, length: length)
+                case FALLOC_FL_ZERO_RANGE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE:
+                    try f.allocate(offset: offset, length: length, keepSize: mode != FALLOC_FL_ZERO_RANGE, privileged: h.privileged)
+                    try f.zeroRange(offset: offset, length: length, keepingAllocations: true)
+                default:
+                    throw FSError(EOPNOTSUPP)
+                }
+            case .plain(let fd):
+                _ = try sys("fallocate") { wd_fallocate(fd, mode, Int64(offset), Int64(length)) }
+            }
+        }
+    }
+
+    public func lseek(_ fh: UnsafeMutableRawPointer, offset: UInt64, whence: Int32) throws -> UInt64 {
+        let h = Self.handle(fh)
+        return try h.inode.lock.withLock { (_) throws -> UInt64 in
+            switch try content(h.inode) {
+            case .compressed(let f):
+                guard whence == Int32(WD_SEEK_DATA) || whence == Int32(WD_SEEK_HOLE) else { throw FSError(EINVAL) }
+                return try f.seek(offset, data: whence == Int32(WD_SEEK_DATA))
+            case .plain(let fd):
+                return UInt64(try sys("lseek") { Glibc.lseek(fd, off_t(offset), whence) })
+            }
+        }
+    }
+}
