@@ -5,13 +5,18 @@ import ArgumentParser
 import BenchSupport
 import CWarpSys
 
-/// The data the workloads write: a pattern of 8 MiB, repeated.
+/// The data the workloads write, repeated when shorter than the
+/// sequential file: an 8 MiB synthetic pattern, or up to --size MiB of a
+/// file, of a directory's files, or of the system corpus.
 struct BenchData {
     let bytes: [UInt8]
     let description: String
 
-    static func make(_ spec: String) throws -> BenchData {
-        let n = 8 << 20
+    /// The directories of the system corpus, in this order, each sorted by name.
+    static let systemTrees = ["usr/share/doc", "usr/share/man", "usr/lib"]
+
+    static func make(_ spec: String, sizeMiB: Int, work: String) throws -> BenchData {
+        let n = 8 << 20, limit = max(1, sizeMiB) << 20
         var rng = XorShift(seed: 0x9E3779B97F4A7C15)
         func next() -> UInt64 { rng.next() }
         func randomFraction(_ r: Double) -> [UInt8] {
@@ -30,33 +35,73 @@ struct BenchData {
         case "incompressible": return BenchData(bytes: randomFraction(1.0), description: "random bytes")
         case "2:1": return BenchData(bytes: randomFraction(0.5), description: "half random 512-byte runs, half zeros")
         case "4:1": return BenchData(bytes: randomFraction(0.25), description: "a quarter random 512-byte runs, the rest zeros")
+        case "system":
+            let (path, note) = try systemCorpus(bytes: limit, work: work)
+            let out = try read(path, limit: limit)
+            return BenchData(bytes: out, description: "tar of /\(systemTrees.joined(separator: ", /")) cut to \(fmt(Double(out.count) / 1048576, 1)) MiB, \(note) \(path)")
         default:
             guard isDirectory(spec) || access(spec, R_OK) == 0 else {
-                throw ValidationError("--data '\(spec)': expected incompressible, 2:1, 4:1, zeros or a readable path")
+                throw ValidationError("--data '\(spec)': expected incompressible, 2:1, 4:1, zeros, system or a readable path")
             }
-            var out: [UInt8] = []
-            var buf = [UInt8](repeating: 0, count: 1 << 20)
-            var stack = [spec]
-            while let p = stack.popLast(), out.count < n {
-                var st = stat()
-                guard stat(p, &st) == 0 else { continue }
-                if st.st_mode & S_IFMT == S_IFDIR {
-                    guard let names = directoryNames(p) else { continue }
-                    stack += names.map { p + "/" + $0 }.sorted(by: >)
-                } else if st.st_mode & S_IFMT == S_IFREG {
-                    let fd = open(p, O_RDONLY)
-                    guard fd >= 0 else { continue }
-                    while out.count < n {
-                        let r = read(fd, &buf, min(buf.count, n - out.count))
-                        if r <= 0 { break }
-                        out += buf[0..<r]
-                    }
-                    close(fd)
-                }
-            }
-            guard !out.isEmpty else { throw ValidationError("--data '\(spec)': no readable data") }
-            return BenchData(bytes: out, description: "files of \(spec), \(out.count >> 20) MiB pattern")
+            let out = try read(spec, limit: limit)
+            return BenchData(bytes: out, description: "files of \(spec), \(fmt(Double(out.count) / 1048576, 1)) MiB pattern")
         }
+    }
+
+    /// Up to `limit` bytes of the file at `path`, or of the regular files
+    /// under it (depth first, names sorted).
+    static func read(_ path: String, limit: Int) throws -> [UInt8] {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        var stack = [path]
+        while let p = stack.popLast(), out.count < limit {
+            var st = stat()
+            guard stat(p, &st) == 0 else { continue }
+            if st.st_mode & S_IFMT == S_IFDIR {
+                guard let names = directoryNames(p) else { continue }
+                stack += names.map { p + "/" + $0 }.sorted(by: >)
+            } else if st.st_mode & S_IFMT == S_IFREG {
+                let fd = open(p, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { continue }
+                if out.isEmpty { out.reserveCapacity(min(limit, Int(st.st_size))) }
+                while out.count < limit {
+                    let r = Glibc.read(fd, &buf, min(buf.count, limit - out.count))
+                    if r <= 0 { break }
+                    out += buf[0..<r]
+                }
+                close(fd)
+            }
+        }
+        guard !out.isEmpty else { throw ValidationError("--data '\(path)': no readable data") }
+        return out
+    }
+
+    /// The system corpus: `tar` of `systemTrees` (names sorted, owners and
+    /// times zeroed, so the same installed files give the same bytes) cut
+    /// to `bytes`, built once under `work` and reused. Returns its path
+    /// and whether it was built or reused.
+    static func systemCorpus(bytes: Int, work: String) throws -> (String, String) {
+        let path = work + "/warpfs-bench-system-\(bytes >> 20)MiB.tar"
+        if access(path, R_OK) == 0 { return (path, "reused") }
+        guard let tar = findProgram("tar") else { throw ValidationError("--data system: tar not found (Debian package tar)") }
+        let part = path + ".part-\(getpid())"
+        let id = Cleanup.shared.add { unlink(part) }
+        defer { Cleanup.shared.run(id) }
+        progress("building \(path) (tar of /\(systemTrees.joined(separator: ", /")), first \(bytes >> 20) MiB)")
+        let quoted = { (s: String) in "'" + s.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''") + "'" }
+        let script = "\(quoted(tar)) --sort=name --format=gnu --owner=0 --group=0 --numeric-owner --mtime=@0 "
+            + "--ignore-failed-read --warning=none -cf - -C / \(systemTrees.joined(separator: " ")) 2>/dev/null "
+            + "| head -c \(bytes) > \(quoted(part))"
+        let r = runCapturing("/bin/sh", ["-c", script])
+        progress("")
+        var st = stat()
+        guard r.succeeded, stat(part, &st) == 0, st.st_size > 0 else {
+            throw ValidationError("--data system: building \(path) failed: \(r.lastLine)")
+        }
+        guard rename(part, path) == 0 else {
+            throw ValidationError("--data system: cannot rename to \(path): \(String(cString: strerror(errno)))")
+        }
+        return (path, "built")
     }
 }
 
@@ -78,6 +123,8 @@ enum Workload: String, CaseIterable {
 
     var title: String { rawValue }
     var unit: String { self == .seqWrite || self == .seqRead ? "MB/s" : self == .smallFiles ? "files/s" : "IOPS" }
+    /// The figure of a run this workload is judged by (MB/s, IOPS or files/s).
+    func figure(_ m: Measurement) -> Double { unit == "MB/s" ? m.mbps : m.iops }
 
     func run(on t: BenchTarget, pattern: BenchData, sizeMiB: Int, randomOps: Int, files: Int) throws -> Measurement {
         let path = t.dir + "/seq"
@@ -90,41 +137,47 @@ enum Workload: String, CaseIterable {
         case .seqWrite:
             let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
             guard fd >= 0 else { throw ValidationError("\(t.name): cannot create \(path)") }
+            defer { close(fd) }
             var off = 0
             while off < size {
+                try Cleanup.shared.checkInterrupted()
                 let s = wd_now_ns()
                 let n = pattern.bytes.withUnsafeBytes { b in pwrite(fd, b.baseAddress! + (off % b.count), min(1 << 20, b.count - off % b.count), off_t(off)) }
-                guard n > 0 else { close(fd); throw ValidationError("\(t.name): write failed: errno \(errno)") }
+                guard n > 0 else { throw ValidationError("\(t.name): write failed: \(String(cString: strerror(errno)))") }
                 lat.append(Double(wd_now_ns() - s) / 1000)
                 off += n
             }
             fsync(fd)
-            close(fd)
             m.mbps = Double(size) / (Double(wd_now_ns() - t0) / 1e9) / 1e6
         case .seqRead:
             try t.makeCold()
             let c0 = t.cpuSeconds, r0 = wd_now_ns()
             let fd = open(path, O_RDONLY)
+            guard fd >= 0 else { throw ValidationError("\(t.name): cannot open \(path)") }
+            defer { close(fd) }
             var buf = [UInt8](repeating: 0, count: 1 << 20)
             var total = 0
             while true {
+                try Cleanup.shared.checkInterrupted()
                 let s = wd_now_ns()
                 let n = read(fd, &buf, buf.count)
                 if n <= 0 { break }
                 lat.append(Double(wd_now_ns() - s) / 1000)
                 total += n
             }
-            close(fd)
             m.mbps = Double(total) / (Double(wd_now_ns() - r0) / 1e9) / 1e6
             m.cpuSeconds = t.cpuSeconds - c0
         case .randRead, .randWrite:
             let fd = open(path, self == .randRead ? O_RDONLY : O_RDWR)
+            guard fd >= 0 else { throw ValidationError("\(t.name): cannot open \(path)") }
+            defer { close(fd) }
             var buf = [UInt8](repeating: 0, count: 4096)
-            if self == .randRead { while read(fd, &buf, 4096) > 0 {} }   // warm
+            if self == .randRead { while read(fd, &buf, 4096) > 0 { try Cleanup.shared.checkInterrupted() } }   // warm
             var x = XorShift(seed: 12345)
             let blocks = UInt64(max(1, size / 4096))
             let r0 = wd_now_ns()
             for i in 0..<randomOps {
+                try Cleanup.shared.checkInterrupted()
                 let off = off_t((x.next() % blocks) * 4096)
                 let s = wd_now_ns()
                 if self == .randRead {
@@ -135,13 +188,13 @@ enum Workload: String, CaseIterable {
                 lat.append(Double(wd_now_ns() - s) / 1000)
             }
             if self == .randWrite { fsync(fd) }
-            close(fd)
             m.iops = Double(randomOps) / (Double(wd_now_ns() - r0) / 1e9)
         case .smallFiles:
             let d = t.dir + "/small"
             mkdir(d, 0o755)
             var buf = [UInt8](repeating: 0, count: 16384)
             for i in 0..<files {
+                try Cleanup.shared.checkInterrupted()
                 let s = wd_now_ns()
                 let p = d + "/f\(i)"
                 let fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
