@@ -11,6 +11,8 @@ extension BenchCommandTests {
     static let btrfsWorks = getuid() == 0
         && ["/usr/sbin/mkfs.btrfs", "/sbin/mkfs.btrfs", "/usr/bin/mkfs.btrfs"].contains(where: { (p: String) in access(p, X_OK) == 0 })
 
+    static let compsizeFound = ["/usr/sbin/compsize", "/usr/bin/compsize"].contains(where: { (p: String) in access(p, X_OK) == 0 })
+
     @Test(.enabled(if: btrfsWorks, "needs root and mkfs.btrfs (Debian package btrfs-progs)"))
     func btrfsTargetsJoinWithFiguresAndCompression() throws {
         let dir = makeTempDir("anchor-test")
@@ -34,6 +36,11 @@ extension BenchCommandTests {
             let ratio = number(after: "\"compression_ratio\": ", in: described)
             #expect(ratio != nil && ratio!.isFinite && ratio! > 1, "\(described)")
             #expect(number(after: "\"allocated_bytes\": ", in: described).map { $0 > 0 } == true, "\(described)")
+            // And the file's data extents alone, when compsize (btrfs-compsize) is there.
+            if BenchCommandTests.compsizeFound {
+                let dataOnly = number(after: "\"data_only_compression_ratio\": ", in: described)
+                #expect(dataOnly != nil && dataOnly!.isFinite && dataOnly! > 1, "\(described)")
+            }
             // WarpFS over it, per workload.
             #expect(json.contains("\"\(target)\": {\"sequential write 1 MiB\": "), "\(json)")
         }
