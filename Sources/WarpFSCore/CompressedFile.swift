@@ -195,33 +195,20 @@ public final class CompressedFile {
     /// A file with the magic but no valid header copy is an error (EIO),
     /// never silently shown as plain bytes.
     public static func kind(fd: Int32, name: String) throws -> Kind {
-        var buf = [UInt8](repeating: 0, count: 1024)
-        let n = try buf.withUnsafeMutableBytes { (b) throws -> Int in
-            try preadFully(fd, b.baseAddress!, 1024, 0, "read header of \(name)")
-        }
-        return try buf.withUnsafeBytes { (b) throws -> Kind in
-            let got = UnsafeRawBufferPointer(rebasing: b[0..<n])
-            guard FileHeader.hasMagic(got) || secondCopyVouches(got) else { return .plain }
-            do {
-                return .compressed(try FileHeader.decodeNewest(got).header)
-            } catch {
-                throw FSError(EIO, "\(name): damaged WarpFS header (\(error))")
-            }
+        switch try headerCopies(fd: fd, name: name).kind {
+        case .plain: return .plain
+        case .container(let h, _): return .compressed(h)
+        case .damaged(let error): throw FSError(EIO, "\(name): damaged WarpFS header (\(error))")
         }
     }
 
-    /// Whether a file whose first 8 bytes are not the magic is still a
-    /// container with a damaged copy A: copy B is a valid header and the
-    /// first 8 bytes differ from the magic in at most 2 bits (a flipped bit
-    /// must not show a container's bytes as a plain file, while a plain
-    /// file that merely embeds a container at offset 512, like a tar
-    /// archive of a backing file, stays plain).
-    static func secondCopyVouches(_ first: UnsafeRawBufferPointer) -> Bool {
-        guard first.count >= 1024,
-              (try? FileHeader.decode(UnsafeRawBufferPointer(rebasing: first[512..<1024]))) != nil else { return false }
-        var differing = 0
-        for (i, m) in FileHeader.magic.enumerated() { differing += (first[i] ^ m).nonzeroBitCount }
-        return differing <= 2
+    /// The header copies at the start of the file open at `fd`.
+    static func headerCopies(fd: Int32, name: String) throws -> HeaderCopies {
+        var buf = [UInt8](repeating: 0, count: HeaderCopies.span)
+        let n = try buf.withUnsafeMutableBytes { (b) throws -> Int in
+            try preadFully(fd, b.baseAddress!, b.count, 0, "read header of \(name)")
+        }
+        return buf.withUnsafeBytes { HeaderCopies(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
     }
 
     /// Creates an empty container in the (empty) file at `fd`.
@@ -234,15 +221,9 @@ public final class CompressedFile {
 
     /// Opens the container at `fd` and rebuilds the block index from the slot headers.
     public static func open(fd: Int32, name: String, codec: BlockCodec) throws -> CompressedFile {
-        var buf = [UInt8](repeating: 0, count: 1024)
-        let n = try buf.withUnsafeMutableBytes { (b) throws -> Int in
-            try preadFully(fd, b.baseAddress!, 1024, 0, "read header of \(name)")
-        }
-        let decoded: (header: FileHeader, copy: Int)
-        do {
-            decoded = try buf.withUnsafeBytes { b in try FileHeader.decodeNewest(UnsafeRawBufferPointer(rebasing: b[0..<n])) }
-        } catch {
-            throw FSError(EIO, "\(name): damaged WarpFS header (\(error))")
+        let copies = try headerCopies(fd: fd, name: name)
+        guard let decoded = copies.newest else {
+            throw FSError(EIO, "\(name): damaged WarpFS header (\(copies.firstError))")
         }
         let f = CompressedFile(fd: fd, name: name, codec: codec, header: decoded.header, copy: decoded.copy)
         try f.loadIndex()
@@ -270,46 +251,40 @@ public final class CompressedFile {
             let n = try table.withUnsafeMutableBytes { b in
                 try preadFully(fd, b.baseAddress!, b.count, off, "read slot headers of \(name)")
             }
+            let slots = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<n]), group: group, blockSize: layout.blockSize) }
             var newestInGroup: UInt64 = 0
-            table.withUnsafeBytes { b in
-                for k in 0..<BlockLayout.blocksPerGroup where first + k < count {
-                    for s in 0..<2 {
-                        let at = (k * 2 + s) * BlockLayout.slotHeaderSize
-                        guard at + BlockLayout.slotHeaderSize <= n else { continue }
-                        let h = SlotHeader.decode(UnsafeRawBufferPointer(rebasing: b[at..<(at + BlockLayout.slotHeaderSize)]),
-                                                  block: first + k, blockSize: layout.blockSize)
-                        var e = entries[first + k]
-                        e.set(s, h)
-                        entries[first + k] = e
-                        if let h {
-                            maxGen = max(maxGen, h.generation)
-                            // Placement resumes after the newest payload of the group.
-                            if h.generation >= newestInGroup, !h.pageRange.isEmpty {
-                                newestInGroup = h.generation
-                                groupCursor[group] = h.pageRange.upperBound
-                            }
+            for k in 0..<BlockLayout.blocksPerGroup where first + k < count {
+                var e = Entry()
+                for s in 0..<2 {
+                    let h = slots.header(block: first + k, s)
+                    e.set(s, h)
+                    if let h {
+                        maxGen = max(maxGen, h.generation)
+                        // Placement resumes after the newest payload of the group.
+                        if h.generation >= newestInGroup, !h.pageRange.isEmpty {
+                            newestInGroup = h.generation
+                            groupCursor[group] = h.pageRange.upperBound
                         }
                     }
-                    var e = entries[first + k]
-                    switch (e.slot.0, e.slot.1) {
-                    case (nil, nil): e.current = nil
-                    case (_?, nil): e.current = 0
-                    case (nil, _?): e.current = 1
-                    case (let a?, let b?): e.current = a.generation >= b.generation ? 0 : 1; changedSinceSync.insert(first + k)
-                    }
-                    // Two versions: a crash came between a write and the sync that
-                    // drops the older one. The newer may be torn (its payload not
-                    // written, or written after its header); then the older, the
-                    // last durable version, is the block's content.
-                    if let cur = e.current, let other = e.header(1 - cur), !payloadIntact(block: first + k, slot: cur, header: e.header(cur)!),
-                       payloadIntact(block: first + k, slot: 1 - cur, header: other) {
-                        Log.error("\(name): block \(first + k): the newest version (generation \(e.header(cur)!.generation)) is torn; "
-                            + "using the previous one (generation \(other.generation))")
-                        e.current = 1 - cur      // the torn copy is dropped with the stale ones below
-                    }
-                    e.durable = e.current
-                    entries[first + k] = e
                 }
+                switch (e.slot.0, e.slot.1) {
+                case (nil, nil): e.current = nil
+                case (_?, nil): e.current = 0
+                case (nil, _?): e.current = 1
+                case (let a?, let b?): e.current = a.generation >= b.generation ? 0 : 1; changedSinceSync.insert(first + k)
+                }
+                // Two versions: a crash came between a write and the sync that
+                // drops the older one. The newer may be torn (its payload not
+                // written, or written after its header); then the older, the
+                // last durable version, is the block's content.
+                if let cur = e.current, let other = e.header(1 - cur), !payloadIntact(block: first + k, slot: cur, header: e.header(cur)!),
+                   payloadIntact(block: first + k, slot: 1 - cur, header: other) {
+                    Log.error("\(name): block \(first + k): the newest version (generation \(e.header(cur)!.generation)) is torn; "
+                        + "using the previous one (generation \(other.generation))")
+                    e.current = 1 - cur      // the torn copy is dropped with the stale ones below
+                }
+                e.durable = e.current
+                entries[first + k] = e
             }
             group += 1
         }
@@ -347,17 +322,14 @@ public final class CompressedFile {
         let n = try table.withUnsafeMutableBytes { b in
             try preadFully(fd, b.baseAddress!, b.count, layout.tableOffset(group: g), "read slot headers of \(name)")
         }
+        let slots = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<n]), group: g, blockSize: layout.blockSize) }
         let inUse = pagesInUse(group: g, except: (-1, -1))
         let base = layout.regionOffset(group: g)
-        for k in 0..<BlockLayout.blocksPerGroup where g * BlockLayout.blocksPerGroup + k >= count {
+        for b in slots.blocks where b >= count {
             for s in 0..<2 {
-                let at = (k * 2 + s) * BlockLayout.slotHeaderSize
-                guard at + BlockLayout.slotHeaderSize <= n else { continue }
-                let b = g * BlockLayout.blocksPerGroup + k
-                guard let h = table.withUnsafeBytes({ SlotHeader.decode(UnsafeRawBufferPointer(rebasing: $0[at..<(at + BlockLayout.slotHeaderSize)]),
-                                                                        block: b, blockSize: layout.blockSize) }) else { continue }
+                guard let h = slots.header(block: b, s) else { continue }
                 try writeSlotHeader(nil, block: b, slot: s)
-                for run in subtracting(h.pageRange, inUse) {
+                for run in h.pageRange.subtracting(inUse) {
                     punch(base + run.lowerBound * BlockLayout.pageSize, run.count * BlockLayout.pageSize)
                 }
                 cleared = true
@@ -380,20 +352,19 @@ public final class CompressedFile {
     private func readPayload(block b: Int, slot: Int, header h: SlotHeader, into buf: UnsafeMutableRawBufferPointer) throws -> FSError? {
         let n = try preadFully(fd, buf.baseAddress!, h.storedLength, layout.payloadOffset(block: b, slot: slot, header: h),
                                "read \(name) block \(b)")
-        guard n == h.storedLength else { return FSError(EIO, "\(name): block \(b) is truncated (\(n) of \(h.storedLength) bytes)") }
-        let crc = crc32Checksum(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
-        guard crc == h.payloadChecksum else {
-            return FSError(EIO, "\(name): block \(b) fails its checksum (stored 0x\(String(h.payloadChecksum, radix: 16)), "
-                + "read 0x\(String(crc, radix: 16))): the backing file is damaged")
+        switch h.damage(ofPayload: UnsafeRawBufferPointer(buf), read: n) {
+        case nil: return nil
+        case .truncated(let n): return FSError(EIO, "\(name): block \(b) is truncated (\(n) of \(h.storedLength) bytes)")
+        case .checksum(let stored, let read):
+            return FSError(EIO, "\(name): block \(b) fails its checksum (stored 0x\(String(stored, radix: 16)), "
+                + "read 0x\(String(read, radix: 16))): the backing file is damaged")
         }
-        return nil
     }
 
     // MARK: Pipeline plumbing
 
-    private var algorithm: CompressionAlgorithm {
-        header.encoding == .zlib ? .zlib : header.encoding == .gzip ? .gzip : .deflate
-    }
+    /// The stream format of the file's compressed blocks (a header's encoding is always a compressed one).
+    private var algorithm: CompressionAlgorithm { header.encoding.algorithm ?? .deflate }
 
     private func compressStream() throws -> BlockStream {
         if let s = compressor { return s }
@@ -661,7 +632,7 @@ public final class CompressedFile {
                 continue
             }
             let payload = UnsafeRawBufferPointer(rebasing: payloadBuffer.bytes[0..<h.storedLength])
-            let c = CachedBlock(codec.takeBuffer(layout.blockSize), zeroed: h.encoding != .deflate && h.encoding != .zlib && h.encoding != .gzip)
+            let c = CachedBlock(codec.takeBuffer(layout.blockSize), zeroed: h.encoding.algorithm == nil)
             switch h.encoding {
             case .zero:
                 clock += 1; c.lastUse = clock
@@ -677,8 +648,7 @@ public final class CompressedFile {
                 loading[b] = tag
             case .deflate, .zlib, .gzip:
                 // A block in another encoding than the file's: decode it on its own.
-                let alg: CompressionAlgorithm = h.encoding == .zlib ? .zlib : h.encoding == .gzip ? .gzip : .deflate
-                switch codec.decompressOne(alg, payload, into: c.data) {
+                switch codec.decompressOne(h.encoding.algorithm!, payload, into: c.data) {
                 case .success(let n) where n == layout.blockSize: cache[b] = c
                 case .success(let n): loadErrors[b] = FSError(EIO, "\(name): block \(b) decompresses to \(n) bytes")
                 case .failure(let e): loadErrors[b] = FSError(EIO, "\(name): block \(b) cannot be decompressed: \(e)")
@@ -1173,21 +1143,7 @@ public final class CompressedFile {
         let g = b / BlockLayout.blocksPerGroup
         let used = pagesInUse(group: g, except: (b, slot)).filter { $0.overlaps(r) } + (keeping.isEmpty ? [] : [keeping])
         let base = layout.regionOffset(group: g)
-        for run in subtracting(r, used) { punch(base + run.lowerBound * BlockLayout.pageSize, run.count * BlockLayout.pageSize) }
-    }
-
-    /// The runs of `r` that none of `used` covers.
-    private func subtracting(_ r: Range<Int>, _ used: [Range<Int>]) -> [Range<Int>] {
-        var out: [Range<Int>] = []
-        var page = r.lowerBound
-        while page < r.upperBound {
-            if used.contains(where: { $0.contains(page) }) { page += 1; continue }
-            var end = page + 1
-            while end < r.upperBound && !used.contains(where: { $0.contains(end) }) { end += 1 }
-            out.append(page..<end)
-            page = end
-        }
-        return out
+        for run in r.subtracting(used) { punch(base + run.lowerBound * BlockLayout.pageSize, run.count * BlockLayout.pageSize) }
     }
 
     private func writeSlotHeader(_ h: SlotHeader?, block b: Int, slot: Int) throws {
