@@ -107,15 +107,10 @@ public final class CompressedFile {
     var readahead = 32
 
     // The asynchronous pipeline (see docs/ARCHITECTURE.md).
-    private enum Job {
-        case compress(block: Int, source: CachedBlock, output: BlockBuffer, rawLength: Int, attempt: Int)
-        case decompress(block: Int, target: CachedBlock, payload: BlockBuffer, attempt: Int)
-    }
-    private var compressor: BlockStream?
-    private var decompressor: BlockStream?
-    private var compressJobs: [Int: Job] = [:]      // by tag
-    private var decompressJobs: [Int: Job] = [:]    // by tag
-    private var loading: [Int: Int] = [:]           // block -> decompress tag
+    private var compressor: BlockStream<CompressJob>?
+    private var decompressor: BlockStream<LoadJob>?
+    /// Blocks being decompressed (their jobs are in `decompressor`'s table).
+    private var loading = Set<Int>()
     private var loadErrors: [Int: FSError] = [:]    // block -> why it could not be read
     /// First error of write-back not yet reported (to write, flush or fsync).
     private var writeError: FSError?
@@ -366,67 +361,55 @@ public final class CompressedFile {
     /// The stream format of the file's compressed blocks (a header's encoding is always a compressed one).
     private var algorithm: CompressionAlgorithm { header.encoding.algorithm ?? .deflate }
 
-    private func compressStream() throws -> BlockStream {
+    private func compressStream() throws -> BlockStream<CompressJob> {
         if let s = compressor { return s }
         do {
-            let s = try codec.stream(.compress, algorithm: algorithm, capacity: writeDepth)
+            let s = try codec.stream(.compress, algorithm: algorithm, capacity: writeDepth, of: CompressJob.self)
             compressor = s
             return s
         } catch { throw FSError(EIO, "\(name): no accelerator queue for compression: \(error)") }
     }
 
-    private func decompressStream() throws -> BlockStream {
+    private func decompressStream() throws -> BlockStream<LoadJob> {
         if let s = decompressor { return s }
         do {
-            let s = try codec.stream(.decompress, algorithm: algorithm, capacity: max(readahead, 8) * 2)
+            let s = try codec.stream(.decompress, algorithm: algorithm, capacity: max(readahead, 8) * 2, of: LoadJob.self)
             decompressor = s
             return s
         } catch { throw FSError(EIO, "\(name): no accelerator queue for decompression: \(error)") }
     }
 
-    /// Tries per request before its error reaches the application.
-    static let attempts = 3
-
-    /// Failures of the device rather than of the data: worth another try.
-    static func retryable(_ e: WarpDriveError) -> Bool {
-        switch e {
-        case .engineError, .deviceReset, .timedOut, .queueFull, .pageFault, .system: return true
-        default: return false
+    /// Sends `job`'s request on `s`. A failure to send goes through the
+    /// retry policy as a failed completion does (after a reset the session
+    /// opens a fresh queue for the next try).
+    private func send<J: PipelineJob>(_ job: J, on s: BlockStream<J>) throws {
+        var job = job
+        while true {
+            do { return try s.submit(job) } catch let e as WarpDriveError where codec.retry.retry(after: e, &job.tries, now: wd_now_ns()) {}
         }
     }
 
-    /// Submits, trying again when the queue was found reset (the session
-    /// opens a fresh one for the next attempt).
-    private func submit(_ s: BlockStream, _ src: UnsafeRawBufferPointer, _ dst: UnsafeMutableRawBufferPointer) throws -> Int {
-        var attempt = 1
-        while true {
-            do { return try s.submit(src, dst) } catch let e as WarpDriveError where CompressedFile.retryable(e) && attempt < CompressedFile.attempts {
-                attempt += 1
-            }
-        }
+    /// After a failed try of `job` (reaped from `s`): sends it again when
+    /// the retry policy allows; true when it is on its way. After a time-out
+    /// the device may still write the old output buffer: it is set aside.
+    private func retried<J: PipelineJob>(_ job: J, after e: WarpDriveError, on s: BlockStream<J>) -> Bool {
+        var job = job
+        guard codec.retry.retry(after: e, &job.tries, now: wd_now_ns()) else { return false }
+        if case .timedOut = e { job.replaceOutput(codec, blockSize: layout.blockSize) }
+        do { try send(job, on: s) } catch { return false }
+        // One line per try a failure used up, and one for the first reset:
+        // a device that keeps resetting does not fill the log.
+        if case .deviceReset = e, job.tries.resets > 1 { return true }
+        Log.error("\(name): block \(job.block): \(J.what) failed (\(e)); retrying")
+        return true
     }
 
     /// Stores finished compressions; waits for at least `minimum`.
     private func reapCompressions(minimum: Int) {
         guard let s = compressor, s.inFlight > 0 else { return }
-        // Take every finished job out before handling any: a retry below
-        // reuses a freed tag, which must not meet a result of this batch.
-        let batch = s.reap(minimum: minimum).map { (job: compressJobs.removeValue(forKey: $0.tag), result: $0.result) }
-        for (job, result) in batch {
-            guard case .compress(let b, let source, var outputBuffer, let rawLength, let attempt)? = job else { continue }
-            if case .failure(let e) = result, CompressedFile.retryable(e), attempt < CompressedFile.attempts - 1 {
-                // An engine error, a reset or a time-out: the data is fine, try again
-                // (the session replaces a failed queue). After a time-out the
-                // device may still write the old output buffer: it is set aside.
-                if case .timedOut = e { codec.quarantine(outputBuffer); outputBuffer = codec.takeBuffer(layout.blockSize) }
-                do {
-                    let t = try submit(s, UnsafeRawBufferPointer(source.data), outputBuffer.bytes)
-                    compressJobs[t] = .compress(block: b, source: source, output: outputBuffer, rawLength: rawLength, attempt: attempt + 1)
-                    Log.error("\(name): block \(b): compression failed (\(e)); retrying")
-                    continue
-                } catch {}
-            }
-            let output = outputBuffer.bytes
+        for (job, result) in s.reap(minimum: minimum) {
+            if case .failure(let e) = result, retried(job, after: e, on: s) { continue }
+            let b = job.block, source = job.source, output = job.output.bytes, rawLength = job.rawLength
             source.busy = false
             do {
                 switch result {
@@ -506,20 +489,11 @@ public final class CompressedFile {
     /// Caches finished decompressions; waits for at least `minimum`.
     private func reapDecompressions(minimum: Int) {
         guard let s = decompressor, s.inFlight > 0 else { return }
-        let batch = s.reap(minimum: minimum).map { (tag: $0.tag, job: decompressJobs.removeValue(forKey: $0.tag), result: $0.result) }
-        for (tag, job, result) in batch {
-            guard case .decompress(let b, var target, let payload, let attempt)? = job else { continue }
-            if loading[b] == tag { loading[b] = nil }
-            if case .failure(let e) = result, CompressedFile.retryable(e), attempt < CompressedFile.attempts - 1 {
-                if case .timedOut = e { codec.quarantine(target); target = CachedBlock(codec.takeBuffer(layout.blockSize), zeroed: false) }
-                do {
-                    let t = try submit(s, UnsafeRawBufferPointer(payload.bytes), target.data)
-                    decompressJobs[t] = .decompress(block: b, target: target, payload: payload, attempt: attempt + 1)
-                    loading[b] = t
-                    Log.error("\(name): block \(b): decompression failed (\(e)); retrying")
-                    continue
-                } catch {}
-            }
+        for (job, result) in s.reap(minimum: minimum) {
+            let b = job.block
+            loading.remove(b)
+            if case .failure(let e) = result, retried(job, after: e, on: s) { loading.insert(b); continue }
+            let target = job.target
             switch result {
             case .success(let n) where n == layout.blockSize:
                 // Fresh in the LRU order: read-ahead blocks must not be the
@@ -538,7 +512,7 @@ public final class CompressedFile {
     /// Waits until block `b` is neither being compressed nor loaded.
     private func settle(_ b: Int) {
         while let c = cache[b], c.busy { reapCompressions(minimum: 1) }
-        while loading[b] != nil { reapDecompressions(minimum: 1) }
+        while loading.contains(b) { reapDecompressions(minimum: 1) }
     }
 
     /// Waits for every compression in flight (their results stored).
@@ -605,7 +579,7 @@ public final class CompressedFile {
     /// payloads span (packed together when the blocks were written in order).
     private func hintBacking(_ range: ClosedRange<Int>) {
         var spans: [Int: (lo: Int, hi: Int)] = [:]
-        for b in range where b < entries.count && cache[b] == nil && loading[b] == nil {
+        for b in range where b < entries.count && cache[b] == nil && !loading.contains(b) {
             guard let h = entries[b].newest, let slot = entries[b].current, h.storedLength > 0 else { continue }
             let at = layout.payloadOffset(block: b, slot: slot, header: h)
             let g = b / BlockLayout.blocksPerGroup
@@ -623,7 +597,7 @@ public final class CompressedFile {
             hintBacking(max(range.lowerBound, hintedUpTo + 1)...range.upperBound)
             hintedUpTo = range.upperBound
         }
-        for b in range where b < entries.count && cache[b] == nil && loading[b] == nil && !entries[b].isHole {
+        for b in range where b < entries.count && cache[b] == nil && !loading.contains(b) && !entries[b].isHole {
             if decompressor?.isFull ?? false { break }
             guard let h = entries[b].newest, let slot = entries[b].current else { continue }
             let payloadBuffer = codec.takeBuffer(h.storedLength)
@@ -643,9 +617,8 @@ public final class CompressedFile {
                 cache[b] = c
             case _ where h.encoding == header.encoding:
                 let s = try decompressStream()
-                let tag = try submit(s, payload, c.data)
-                decompressJobs[tag] = .decompress(block: b, target: c, payload: payloadBuffer, attempt: 0)
-                loading[b] = tag
+                try send(LoadJob(block: b, target: c, payload: payloadBuffer, tries: RetryPolicy.Record(firstSent: wd_now_ns())), on: s)
+                loading.insert(b)
             case .deflate, .zlib, .gzip:
                 // A block in another encoding than the file's: decode it on its own.
                 switch codec.decompressOne(h.encoding.algorithm!, payload, into: c.data) {
@@ -660,11 +633,11 @@ public final class CompressedFile {
     /// The cached block `b`, loading it (or starting it empty) when absent.
     private func cached(_ b: Int, load: Bool) throws -> CachedBlock {
         clock += 1
-        while loading[b] != nil { reapDecompressions(minimum: 1) }
+        while loading.contains(b) { reapDecompressions(minimum: 1) }
         if let c = cache[b] { c.lastUse = clock; return c }
         if load && b < entries.count && !entries[b].isHole {
             if loadErrors[b] == nil { try startLoads(b...b) }
-            while loading[b] != nil { reapDecompressions(minimum: 1) }
+            while loading.contains(b) { reapDecompressions(minimum: 1) }
             if let e = loadErrors.removeValue(forKey: b) {
                 Log.error(e.description)
                 throw e
@@ -795,8 +768,7 @@ public final class CompressedFile {
         let out = codec.takeBuffer(layout.blockSize)
         c.busy = true
         do {
-            let tag = try submit(s, UnsafeRawBufferPointer(c.data), out.bytes)
-            compressJobs[tag] = .compress(block: b, source: c, output: out, rawLength: len, attempt: 0)
+            try send(CompressJob(block: b, source: c, output: out, rawLength: len, tries: RetryPolicy.Record(firstSent: wd_now_ns())), on: s)
         } catch {
             c.busy = false
             c.dirty = true
@@ -1221,5 +1193,53 @@ public final class CompressedFile {
         var b = start
         while b < entries.count && !isHole(b) { b += 1 }
         return b < entries.count ? max(offset, UInt64(b) * bs) : size
+    }
+}
+
+/// A block request of the pipeline: which block, what the retry policy
+/// knows of it, and how to replace its output buffer after a time-out.
+protocol PipelineJob: BlockRequest {
+    /// What the engine does, for messages ("compression").
+    static var what: String { get }
+    var block: Int { get }
+    var tries: RetryPolicy.Record { get set }
+    /// Sets the output buffer aside for good (the device may still write
+    /// it after a time-out) and takes a fresh one.
+    mutating func replaceOutput(_ codec: BlockCodec, blockSize: Int)
+}
+
+/// A dirty block being compressed: `source` is busy (its bytes must not
+/// change) until the job is reaped.
+struct CompressJob: PipelineJob {
+    static let what = "compression"
+    let block: Int
+    let source: CachedBlock
+    var output: BlockBuffer
+    /// Bytes of the block up to its last nonzero byte (what a raw store keeps).
+    let rawLength: Int
+    var tries: RetryPolicy.Record
+
+    var engineInput: UnsafeRawBufferPointer { UnsafeRawBufferPointer(source.data) }
+    var engineOutput: UnsafeMutableRawBufferPointer { output.bytes }
+    mutating func replaceOutput(_ codec: BlockCodec, blockSize: Int) {
+        codec.quarantine(output)
+        output = codec.takeBuffer(blockSize)
+    }
+}
+
+/// A stored block being decompressed into `target`, which joins the cache
+/// when the job is reaped whole.
+struct LoadJob: PipelineJob {
+    static let what = "decompression"
+    let block: Int
+    var target: CachedBlock
+    let payload: BlockBuffer
+    var tries: RetryPolicy.Record
+
+    var engineInput: UnsafeRawBufferPointer { UnsafeRawBufferPointer(payload.bytes) }
+    var engineOutput: UnsafeMutableRawBufferPointer { target.data }
+    mutating func replaceOutput(_ codec: BlockCodec, blockSize: Int) {
+        codec.quarantine(target)
+        target = CachedBlock(codec.takeBuffer(blockSize), zeroed: false)
     }
 }

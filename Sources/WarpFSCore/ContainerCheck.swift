@@ -366,46 +366,47 @@ public final class ContainerCheck {
             if let algorithm = h.encoding.algorithm { jobs.append((i, buf, algorithm)) }
         }
         // Decompression, as the file system does it: through a stream per algorithm.
+        struct Decompression: BlockRequest {
+            let index: Int
+            let payload: BlockBuffer
+            let output: BlockBuffer
+            var engineInput: UnsafeRawBufferPointer { UnsafeRawBufferPointer(payload.bytes) }
+            var engineOutput: UnsafeMutableRawBufferPointer { output.bytes }
+        }
         for algorithm in CompressionAlgorithm.allCases {
             let mine = jobs.filter { $0.algorithm == algorithm }
             guard !mine.isEmpty else { continue }
-            let stream: BlockStream
+            let stream: BlockStream<Decompression>
             do { stream = try codec.stream(.decompress, algorithm: algorithm, capacity: 2 * BlockLayout.blocksPerGroup) } catch {
                 throw FSError(EIO, "\(name): no accelerator queue for decompression: \(error)")
             }
             defer { codec.recycle(stream) }
-            var byTag: [Int: Int] = [:]
-            var outputs: [BlockBuffer] = []
             // A failure of the accelerator is no verdict on a block: finish
-            // what is in flight (its buffers must outlive it), then stop.
+            // what is in flight (the stream holds its buffers), then stop.
             var deviceFailure: FSError?
             for job in mine where deviceFailure == nil {
-                let out = codec.takeBuffer(layout.blockSize)
-                outputs.append(out)
                 do {
-                    byTag[try stream.submit(UnsafeRawBufferPointer(job.payload.bytes), out.bytes)] = job.index
+                    try stream.submit(Decompression(index: job.index, payload: job.payload, output: codec.takeBuffer(layout.blockSize)))
                 } catch {
                     deviceFailure = FSError(EIO, "\(name): block \(list[job.index].block) could not be sent for decompression (\(error)); nothing was changed")
                 }
             }
             while stream.inFlight > 0 {
-                for (tag, r) in stream.reap(minimum: stream.inFlight) {
-                    guard let i = byTag[tag] else { continue }
+                for (job, r) in stream.reap(minimum: stream.inFlight) {
+                    let i = job.index
                     switch r {
                     case .success(let n) where n == layout.blockSize: break
                     case .success(let n): list[i].damage = "decompresses to \(n) bytes, not \(layout.blockSize)"
                     case .failure(.destinationTooSmall): list[i].damage = "decompresses to more than \(layout.blockSize) bytes"
-                    case .failure(let e) where CompressedFile.retryable(e):
+                    case .failure(let e) where RetryPolicy.isDeviceFailure(e):
                         deviceFailure = deviceFailure
                             ?? FSError(EIO, "\(name): block \(list[i].block): the accelerator failed while checking it (\(e)); nothing was changed")
                     case .failure(let e): list[i].damage = "cannot be decompressed (\(e))"
                     }
                 }
             }
-            withExtendedLifetime(outputs) {}
             if let deviceFailure { throw deviceFailure }
         }
-        withExtendedLifetime(jobs) {}
     }
 
     /// Carries out the repair steps: header copies first, then slot headers
