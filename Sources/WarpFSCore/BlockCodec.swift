@@ -10,6 +10,12 @@ import WarpFSFormat
 /// gets asynchronous `BlockStream`s on the codec's device, and block buffers
 /// come from a pool registered with the device's IOMMU. No zlib call here or
 /// anywhere in the file system compresses: only the accelerator does.
+///
+/// Concurrency: one codec serves every file of a mount, from any thread.
+/// Its mutable state is `idleStreams` (a leaf lock: taken under a file's
+/// lock, nothing else is locked while it is held, and streams it lets go
+/// of are closed after it is released), the atomics `liveBytes` and
+/// `quarantined`, and the pool's free list (the pool's own leaf lock).
 public final class BlockCodec: @unchecked Sendable {
     /// The accelerator: the in-process emulated device, or a `warpdrived` daemon.
     public let device: any AcceleratorDevice
@@ -136,6 +142,11 @@ protocol BlockRequest {
 /// reap them as they finish, each job with its result. The stream's table
 /// is the only record of what is in flight (callers keep none beside it):
 /// up to `capacity` requests.
+///
+/// Concurrency: owned by one file at a time (parked in the codec's pool,
+/// by nobody), whose lock guards every field here. The session's
+/// completion handler runs on the owner's thread, inside `submit` and
+/// `reap`, and writes only `results`.
 final class BlockStream<Job: BlockRequest>: @unchecked Sendable {
     let session: CompressionSession
     let capacity: Int

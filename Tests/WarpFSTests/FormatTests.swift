@@ -4,7 +4,7 @@ import WarpDrive
 @testable import WarpFSCore
 @testable import WarpFSFormat
 
-/// The container format's encoders and decoders, and the raw-storage heuristic.
+/// The container format's encoders and decoders, and its read side (classification, slot tables, payload checks, page runs).
 @Suite struct FormatTests {
     @Test func checksumIsCRC32C() {
         let check = Array("123456789".utf8)
@@ -200,18 +200,5 @@ import WarpDrive
         #expect(BlockEncoding.raw.algorithm == nil)
         #expect(BlockEncoding.zero.algorithm == nil)
         #expect(BlockEncoding.allCases.filter { $0.algorithm != nil }.count == CompressionAlgorithm.allCases.count)
-    }
-
-    @Test func randomBytesAreStoredRawWithoutCompressing() {
-        var x: UInt64 = 99
-        let random = (0..<65536).map { _ -> UInt8 in x ^= x >> 12; x ^= x << 25; x ^= x >> 27; return UInt8(truncatingIfNeeded: x &* 0x2545F4914F6CDD1D >> 32) }
-        let text = Array(String(repeating: "the quick brown fox jumps over the lazy dog ", count: 1500).utf8.prefix(65536))
-        let repeated = Array((0..<64).flatMap { _ in random.prefix(1024) })
-        let halfZero = Array(random.prefix(32768)) + [UInt8](repeating: 0, count: 32768)
-        #expect(random.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
-        #expect(!text.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
-        #expect(!repeated.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
-        #expect(!halfZero.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
-        #expect(![UInt8](repeating: 0, count: 65536).withUnsafeBytes { CompressedFile.looksIncompressible($0) })
     }
 }
