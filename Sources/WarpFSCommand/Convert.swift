@@ -36,7 +36,7 @@ struct Converter {
         self.toCompressed = toCompressed
         self.options = options
         let device = EmulatedZipDevice(configuration: EmulatedDeviceConfiguration(engines: options.engines))
-        codec = BlockCodec(device: device, algorithm: options.algorithm, level: options.level)
+        codec = BlockCodec(device: device, level: options.level)
     }
 
     /// One directory being walked: its descriptor, how messages call it,

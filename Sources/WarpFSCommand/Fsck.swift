@@ -103,7 +103,7 @@ struct Fsck: ParsableCommand {
         // Stop the engines while this thread still holds the device: an engine
         // thread that dropped the last reference would free it under itself.
         defer { device.shutdown() }
-        let codec = BlockCodec(device: device, algorithm: .deflate, level: 1, poolBufferSize: 64 << 10, poolBuffers: 128)
+        let codec = BlockCodec(device: device, level: 1, poolBufferSize: 64 << 10, poolBuffers: 128)
         let checker = ContainerCheck(codec: codec)
         let bar = ProgressBar(total: walk.totalBytes, enabled: progress == "always" || (progress == "auto" && isatty(2) != 0))
         checker.progress = { bar.advance($0) }

@@ -19,7 +19,7 @@ import WarpFSFormat
 public final class BlockCodec: @unchecked Sendable {
     /// The accelerator: the in-process emulated device, or a `warpdrived` daemon.
     public let device: any AcceleratorDevice
-    public let algorithm: CompressionAlgorithm
+    /// Compression level of new blocks (each file's header names its encoding).
     public let level: Int
 
     /// Block buffers in shared memory registered with the device's IOMMU:
@@ -45,14 +45,13 @@ public final class BlockCodec: @unchecked Sendable {
     /// Whether block buffers exceed the memory budget.
     public var overBudget: Bool { liveBytes.load(ordering: .relaxed) > budgetBytes }
 
-    public init(device: any AcceleratorDevice, algorithm: CompressionAlgorithm, level: Int,
+    public init(device: any AcceleratorDevice, level: Int,
                 poolBufferSize: Int = 64 << 10, poolBuffers: Int = 0, space: SpaceAccount? = nil,
                 timeoutMilliseconds: Int = 10_000) {
         self.device = device
         self.timeoutMilliseconds = timeoutMilliseconds
         retry = RetryPolicy(timeoutMilliseconds: timeoutMilliseconds)
         self.space = space
-        self.algorithm = algorithm
         self.level = level
         self.poolBufferSize = poolBufferSize
         budgetBytes = poolBuffers > 0 ? poolBuffers * poolBufferSize : Int.max

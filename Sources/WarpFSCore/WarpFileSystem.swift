@@ -79,7 +79,7 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
         // Registered buffers for the cache and the blocks in flight: the
         // engines reach them without copies. Sized to the memory budget.
-        codec = BlockCodec(device: device, algorithm: options.algorithm, level: options.level,
+        codec = BlockCodec(device: device, level: options.level,
                            poolBufferSize: options.blockSize, poolBuffers: max(64, options.memoryBudgetMiB << 20 / options.blockSize),
                            space: SpaceAccount(fd: fd), timeoutMilliseconds: options.engineTimeoutSeconds * 1000)
         inodes = InodeTable(rootFD: fd, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
