@@ -26,9 +26,8 @@ extension CompressedFile {
         let range = Int(offset / bs)..<Int((end - 1) / bs + 1)
         if let account = codec.space {
             let cost = layout.blockSize + BlockLayout.tablePageSize
-            var count = range.count
-            count -= allocated.count(in: range)
-            count -= cache.filter { range.contains($0.key) && $0.value.reservation != nil && !isAllocated($0.key) }.count
+            let count = range.count - allocated.count(in: range)
+                - cache.filter { range.contains($0.key) && $0.value.reservation != nil && !isAllocated($0.key) }.count
             if count > 0 {
                 let (bytes, tooMany) = cost.multipliedReportingOverflow(by: count)
                 guard !tooMany, account.reserve(bytes, privileged: privileged) else {
