@@ -38,13 +38,13 @@ public enum Accelerator {
         return configuration
     }
 
-    /// The codec over `device` with the options' algorithm, level and
-    /// request time-out. `poolBuffers` registered buffers of the block size
+    /// The codec over `device` with the options' level and request
+    /// time-out (the algorithm is each file's: its encoding). `poolBuffers` registered buffers of the block size
     /// (0: none, heap buffers only); `space` accounts for dirty blocks (the
     /// mount; nil offline).
     public static func codec(on device: any AcceleratorDevice, _ options: MountOptions,
                              poolBuffers: Int = 0, space: SpaceAccount? = nil) -> BlockCodec {
-        BlockCodec(device: device, algorithm: options.algorithm, level: options.level,
+        BlockCodec(device: device, level: options.level,
                    poolBufferSize: options.blockSize, poolBuffers: poolBuffers, space: space,
                    timeoutMilliseconds: options.engineTimeoutSeconds * 1000)
     }

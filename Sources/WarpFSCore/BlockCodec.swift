@@ -10,10 +10,16 @@ import WarpFSFormat
 /// gets asynchronous `BlockStream`s on the codec's device, and block buffers
 /// come from a pool registered with the device's IOMMU. No zlib call here or
 /// anywhere in the file system compresses: only the accelerator does.
+///
+/// Concurrency: one codec serves every file of a mount, from any thread.
+/// Its mutable state is `idleStreams` (a leaf lock: taken under a file's
+/// lock, nothing else is locked while it is held, and streams it lets go
+/// of are closed after it is released), the atomics `liveBytes` and
+/// `quarantined`, and the pool's free list (the pool's own leaf lock).
 public final class BlockCodec: @unchecked Sendable {
     /// The accelerator: the in-process emulated device, or a `warpdrived` daemon.
     public let device: any AcceleratorDevice
-    public let algorithm: CompressionAlgorithm
+    /// Compression level of new blocks (each file's header names its encoding).
     public let level: Int
 
     /// Block buffers in shared memory registered with the device's IOMMU:
@@ -32,17 +38,19 @@ public final class BlockCodec: @unchecked Sendable {
     public let space: SpaceAccount?
     /// How long a request may wait for the device before it fails.
     public let timeoutMilliseconds: Int
+    /// When a failed request is sent again (bounded by the time-out).
+    let retry: RetryPolicy
 
     /// Whether block buffers exceed the memory budget.
     public var overBudget: Bool { liveBytes.load(ordering: .relaxed) > budgetBytes }
 
-    public init(device: any AcceleratorDevice, algorithm: CompressionAlgorithm, level: Int,
+    public init(device: any AcceleratorDevice, level: Int,
                 poolBufferSize: Int = 64 << 10, poolBuffers: Int = 0, space: SpaceAccount? = nil,
                 timeoutMilliseconds: Int = 10_000) {
         self.device = device
         self.timeoutMilliseconds = timeoutMilliseconds
+        retry = RetryPolicy(timeoutMilliseconds: timeoutMilliseconds)
         self.space = space
-        self.algorithm = algorithm
         self.level = level
         self.poolBufferSize = poolBufferSize
         budgetBytes = poolBuffers > 0 ? poolBuffers * poolBufferSize : Int.max
@@ -61,7 +69,9 @@ public final class BlockCodec: @unchecked Sendable {
         return BlockBuffer(bytes: .allocate(byteCount: max(size, 1), alignment: 4096), pool: nil, index: -1, codec: self)
     }
 
-    private let idleStreams = Mutex<[String: [BlockStream]]>([:])
+    /// Drained streams kept for reuse, by `BlockStream.poolKey` (every one
+    /// under a key is a `BlockStream` of the job type the key names).
+    private let idleStreams = Mutex<[StreamKey: [AnyObject]]>([:])
     /// Buffers set aside after time-outs (see `quarantine`).
     let quarantined = Atomic<Int>(0)
 
@@ -77,10 +87,14 @@ public final class BlockCodec: @unchecked Sendable {
     /// encoding differs from its file's).
     func decompressOne(_ algorithm: CompressionAlgorithm, _ src: UnsafeRawBufferPointer,
                        into dst: UnsafeMutableRawBufferPointer) -> Result<Int, WarpDriveError> {
+        struct One: BlockRequest {
+            let engineInput: UnsafeRawBufferPointer
+            let engineOutput: UnsafeMutableRawBufferPointer
+        }
         do {
-            let s = try stream(.decompress, algorithm: algorithm, capacity: 1)
+            let s = try stream(.decompress, algorithm: algorithm, capacity: 1, of: One.self)
             defer { recycle(s) }
-            _ = try s.submit(src, dst)
+            try s.submit(One(engineInput: src, engineOutput: dst))
             return s.reap(minimum: 1).first?.result ?? .failure(.noDevice("no completion"))
         } catch {
             return .failure(error as? WarpDriveError ?? .noDevice("\(error)"))
@@ -88,97 +102,129 @@ public final class BlockCodec: @unchecked Sendable {
     }
 }
 
+/// What makes streams interchangeable: one parked by a file may serve another.
+struct StreamKey: Hashable, Sendable {
+    let direction: Direction
+    let algorithm: CompressionAlgorithm
+    let capacity: Int
+    /// The stream's job type.
+    let job: ObjectIdentifier
+}
+
+/// Where a stream's session leaves each result, by tag (written on the
+/// reaping thread, inside the stream's own calls).
+private struct CompletionSlots: @unchecked Sendable {
+    let done: UnsafeMutablePointer<Result<Int, WarpDriveError>?>
+    var handler: CompressionSession.CompletionHandler { { [self] tag, r in done[Int(tag)] = r } }
+}
+
+/// A request a `BlockStream` carries: the caller's record of one block's
+/// trip through an engine, naming the buffers the engine reads and writes.
+/// The stream holds it (and so its buffers) until the request is reaped.
+protocol BlockRequest {
+    /// What the engine reads.
+    var engineInput: UnsafeRawBufferPointer { get }
+    /// Where the engine writes.
+    var engineOutput: UnsafeMutableRawBufferPointer { get }
+}
+
 /// An asynchronous stream of block requests in one direction, owned by one
-/// file (its owner serialises calls): submit many, reap them as they finish.
-/// Up to `capacity` requests are in flight.
-final class BlockStream: @unchecked Sendable {
-    private struct Table: @unchecked Sendable {
-        let done: UnsafeMutablePointer<Result<Int, WarpDriveError>?>
-    }
+/// file (its owner serialises calls): submit many, each with its job, and
+/// reap them as they finish, each job with its result. The stream's table
+/// is the only record of what is in flight (callers keep none beside it):
+/// up to `capacity` requests.
+///
+/// Concurrency: owned by one file at a time (parked in the codec's pool,
+/// by nobody), whose lock guards every field here. The session's
+/// completion handler runs on the owner's thread, inside `submit` and
+/// `reap`, and writes only `results`.
+final class BlockStream<Job: BlockRequest>: @unchecked Sendable {
     let session: CompressionSession
     let capacity: Int
-    private let table: Table
+    /// Which idle streams this one may stand in for (`BlockCodec.recycle`).
+    let poolKey: StreamKey
+    private let results: CompletionSlots
+    /// By tag: the job of each request in flight, and its submission number
+    /// (results are returned in submission order, so blocks written in order
+    /// are stored, and placed, in order).
+    private var jobs: [(job: Job, sequence: UInt64)?]
     private var freeTags: [Int]
-    /// Tags submitted and not yet reaped (so reaping does not search `freeTags`).
-    private var pending: [Bool]
-    /// Submission sequence number per tag: results are returned in submission
-    /// order, so blocks written in order are stored (and placed) in order.
-    private var sequence: [UInt64]
     private var nextSequence: UInt64 = 0
     private(set) var inFlight = 0
 
     init(device: any AcceleratorDevice, algorithm: CompressionAlgorithm, direction: Direction, level: Int, capacity: Int,
-         timeoutMilliseconds: Int) throws {
+         timeoutMilliseconds: Int, poolKey: StreamKey) throws {
         self.capacity = capacity
+        self.poolKey = poolKey
         let done = UnsafeMutablePointer<Result<Int, WarpDriveError>?>.allocate(capacity: capacity)
         done.initialize(repeating: nil, count: capacity)
-        let table = Table(done: done)
-        self.table = table
+        let results = CompletionSlots(done: done)
+        self.results = results
         freeTags = Array((0..<capacity).reversed())
-        pending = Array(repeating: false, count: capacity)
-        sequence = Array(repeating: 0, count: capacity)
+        jobs = Array(repeating: nil, count: capacity)
         var c = SessionConfiguration(algorithm: algorithm, direction: direction, level: level)
         c.timeoutMilliseconds = timeoutMilliseconds
         // Readers wait for one particular block: wake on each completion.
         // Write-back waits for room: one wake-up per several completions
         // (a drained queue interrupts anyway).
         c.interruptThreshold = direction == .decompress ? 1 : max(1, capacity / 4)
-        session = try CompressionSession(device: device, configuration: c) { tag, r in table.done[Int(tag)] = r }
+        session = try CompressionSession(device: device, configuration: c, completionHandler: results.handler)
     }
 
     deinit {
         session.close()
-        table.done.deinitialize(count: capacity)
-        table.done.deallocate()
+        results.done.deinitialize(count: capacity)
+        results.done.deallocate()
     }
 
     var isFull: Bool { freeTags.isEmpty }
 
-    /// Submits a request; returns its tag. Requires `!isFull`.
-    func submit(_ src: UnsafeRawBufferPointer, _ dst: UnsafeMutableRawBufferPointer) throws -> Int {
+    /// Submits `job`'s request. Requires `!isFull`.
+    func submit(_ job: Job) throws {
         let tag = freeTags.removeLast()
-        table.done[tag] = nil
+        results.done[tag] = nil
         do {
-            try session.submit(src, into: dst, tag: UInt64(tag))
+            try session.submit(job.engineInput, into: job.engineOutput, tag: UInt64(tag))
         } catch {
             freeTags.append(tag)
             throw error
         }
         inFlight += 1
-        pending[tag] = true
-        sequence[tag] = nextSequence
+        jobs[tag] = (job, nextSequence)
         nextSequence += 1
-        return tag
     }
 
     /// Reaps finished requests (waiting for at least `minimum`) and returns
-    /// them; their tags become free.
-    func reap(minimum: Int) -> [(tag: Int, result: Result<Int, WarpDriveError>)] {
-        var out: [(tag: Int, result: Result<Int, WarpDriveError>)] = []
+    /// their jobs with their results, in submission order. Every one is out
+    /// of the table (its tag free) before any is returned, so a job sent
+    /// again while the caller goes through the batch never meets a result
+    /// of this batch.
+    func reap(minimum: Int) -> [(job: Job, result: Result<Int, WarpDriveError>)] {
+        var out: [(job: Job, result: Result<Int, WarpDriveError>, sequence: UInt64)] = []
         var waitError: WarpDriveError?
         do { try session.poll(minimum: min(minimum, inFlight)) } catch {
             waitError = error as? WarpDriveError ?? .noDevice("\(error)")
         }
-        for tag in 0..<capacity where pending[tag] {
-            if let r = table.done[tag] {
-                out.append((tag, r))
-                table.done[tag] = nil
-                release(tag)
-            }
+        for tag in 0..<capacity {
+            guard let r = results.done[tag], let entry = jobs[tag] else { continue }
+            out.append((entry.job, r, entry.sequence))
+            results.done[tag] = nil
+            release(tag)
         }
         // A queue that failed without delivering (should not happen): fail what is left.
         if let waitError, out.count < minimum {
-            for tag in 0..<capacity where pending[tag] {
-                out.append((tag, .failure(waitError)))
+            for tag in 0..<capacity {
+                guard let entry = jobs[tag] else { continue }
+                out.append((entry.job, .failure(waitError), entry.sequence))
                 release(tag)
             }
         }
-        if out.count > 1 { out.sort { sequence[$0.tag] < sequence[$1.tag] } }
-        return out
+        if out.count > 1 { out.sort { $0.sequence < $1.sequence } }
+        return out.map { ($0.job, $0.result) }
     }
 
     private func release(_ tag: Int) {
-        pending[tag] = false
+        jobs[tag] = nil
         freeTags.append(tag)
         inFlight -= 1
     }
@@ -192,16 +238,17 @@ extension BlockCodec {
     /// When the device has no queue left, idle streams of every kind are
     /// closed (their queues freed) and the call waits, up to the engine
     /// time-out, for a queue to come back.
-    func stream(_ direction: Direction, algorithm: CompressionAlgorithm, capacity: Int) throws -> BlockStream {
-        let key = "\(direction.rawValue)/\(algorithm.rawValue)/\(capacity)"
+    func stream<Job>(_ direction: Direction, algorithm: CompressionAlgorithm, capacity: Int, of: Job.Type = Job.self) throws -> BlockStream<Job> {
+        let key = StreamKey(direction: direction, algorithm: algorithm, capacity: capacity, job: ObjectIdentifier(Job.self))
         let deadline = wd_now_ns() + UInt64(timeoutMilliseconds) * 1_000_000
         while true {
-            if let s = idleStreams.withLock({ $0[key]?.popLast() }) { return s }
+            // The key names the job type: what is parked under it is a BlockStream<Job>.
+            if let s = idleStreams.withLock({ $0[key]?.popLast() }) { return s as! BlockStream<Job> }
             do {
                 return try BlockStream(device: device, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
-                                       timeoutMilliseconds: timeoutMilliseconds)
+                                       timeoutMilliseconds: timeoutMilliseconds, poolKey: key)
             } catch WarpDriveError.busy(let d) {
-                let parked = idleStreams.withLock { idle -> [BlockStream] in
+                let parked = idleStreams.withLock { idle -> [AnyObject] in
                     defer { idle = [:] }
                     return idle.values.flatMap { $0 }
                 }
@@ -213,12 +260,10 @@ extension BlockCodec {
     }
 
     /// Takes back a drained stream for reuse by another file (16 kept per kind).
-    func recycle(_ s: BlockStream) {
+    func recycle<Job>(_ s: BlockStream<Job>) {
         guard s.inFlight == 0 else { return }
-        let c = s.session.configuration
-        let key = "\(c.direction.rawValue)/\(c.algorithm.rawValue)/\(s.capacity)"
         idleStreams.withLock { idle in
-            if idle[key, default: []].count < 16 { idle[key, default: []].append(s) }
+            if idle[s.poolKey, default: []].count < 16 { idle[s.poolKey, default: []].append(s) }
         }
     }
 }

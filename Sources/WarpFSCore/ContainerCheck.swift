@@ -121,51 +121,32 @@ public final class ContainerCheck {
             steps.append(s)
         }
 
-        // Header copies.
-        var first = [UInt8](repeating: 0, count: 2 * FileHeader.size)
+        // Header copies, classified as the file system does it: the magic,
+        // or a near-magic with a valid copy B (copy A's magic lost a bit;
+        // repaired below).
+        var first = [UInt8](repeating: 0, count: HeaderCopies.span)
         let n = try first.withUnsafeMutableBytes { try preadFully(fd, $0.baseAddress!, $0.count, 0, "read header of \(name)") }
         progress?(n)
-        // The file system's own classification: the magic, or a near-magic
-        // with a valid copy B (copy A's magic lost a bit; repaired below).
-        let magic = first.withUnsafeBytes { b -> Bool in
-            let got = UnsafeRawBufferPointer(rebasing: b[0..<n])
-            return FileHeader.hasMagic(got) || CompressedFile.secondCopyVouches(got)
-        }
-        guard magic else { return result }
+        let copies = first.withUnsafeBytes { HeaderCopies(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        guard copies.hasContainerMagic else { return result }
         result.isContainer = true
-        let copies: [Result<FileHeader, FileHeader.DecodeError>] = FileHeader.copyOffsets.map { off in
-            guard n >= off + FileHeader.size else { return .failure(.notAHeader) }
-            return first.withUnsafeBytes { b in
-                Result { () throws(FileHeader.DecodeError) -> FileHeader in
-                    try FileHeader.decode(UnsafeRawBufferPointer(rebasing: b[off..<(off + FileHeader.size)]))
-                }
-            }
-        }
         let copyName = ["A", "B"]
-        func why(_ r: Result<FileHeader, FileHeader.DecodeError>) -> String {
-            switch r {
-            case .success: return "valid"
-            case .failure(.notAHeader): return "no header"
-            case .failure(.badChecksum): return "bad checksum"
-            case .failure(.unsupported(let s)): return s
+        func why(_ c: HeaderCopies.Copy) -> String {
+            switch c {
+            case .valid: return "valid"
+            case .unwritten: return FileHeader.DecodeError.notAHeader.reason
+            case .invalid(let e): return e.reason
             }
         }
-        var best: (header: FileHeader, copy: Int)?
-        for (i, c) in copies.enumerated() {
-            if case .success(let h) = c, best == nil || h.generation > best!.header.generation { best = (h, i) }
-        }
-        guard let (header, good) = best else {
-            add(.header, nil, "no valid header copy (A: \(why(copies[0])), B: \(why(copies[1]))); the file cannot be read")
+        guard let (header, good) = copies.newest else {
+            add(.header, nil, "no valid header copy (A: \(why(copies.copies[0])), B: \(why(copies.copies[1]))); the file cannot be read")
             return result
         }
-        for (i, c) in copies.enumerated() where i != good {
-            if case .success = c { continue }
-            // A copy never written yet (all zeros, or past the end of a short
-            // file) is not damage: a file only written once has copy A alone.
-            let mine = FileHeader.copyOffsets[i]
-            if first[min(mine, n)..<min(mine + FileHeader.size, n)].allSatisfy({ $0 == 0 }) { continue }
+        // A copy never written yet is not damage: a file only written once has copy A alone.
+        for (i, c) in copies.copies.enumerated() where i != good {
+            guard case .invalid(let e) = c else { continue }
             let off = FileHeader.copyOffsets[good]
-            add(.headerCopy, nil, "header copy \(copyName[i]) is damaged (\(why(c))); copy \(copyName[good]) (generation \(header.generation)) is valid",
+            add(.headerCopy, nil, "header copy \(copyName[i]) is damaged (\(e.reason)); copy \(copyName[good]) (generation \(header.generation)) is valid",
                 fix: "copy \(copyName[i]) rewritten from copy \(copyName[good])",
                 [.writeHeaderCopy(copy: i, bytes: Array(first[off..<(off + FileHeader.size)]))])
         }
@@ -188,19 +169,14 @@ public final class ContainerCheck {
             if d >= off + BlockLayout.tableSize { g = max(g + 1, layout.group(containing: d)); continue }
             let got = try table.withUnsafeMutableBytes { try preadFully(fd, $0.baseAddress!, $0.count, off, "read slot headers of \(name)") }
             progress?(got)
-            if got < table.count { for i in got..<table.count { table[i] = 0 } }
+            let decoded = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<got]), group: g, blockSize: bs) }
             var found: [Slot] = []
-            table.withUnsafeBytes { t in
-                for k in 0..<BlockLayout.blocksPerGroup {
-                    let b = g * BlockLayout.blocksPerGroup + k
-                    for s in 0..<2 {
-                        let at = (k * 2 + s) * BlockLayout.slotHeaderSize
-                        let raw = UnsafeRawBufferPointer(rebasing: t[at..<(at + BlockLayout.slotHeaderSize)])
-                        if let h = SlotHeader.decode(raw, block: b, blockSize: bs) {
-                            found.append(Slot(block: b, slot: s, header: h))
-                        } else if raw.contains(where: { $0 != 0 }) {
-                            garbage[b, default: []].append(s)
-                        }
+            for b in decoded.blocks {
+                for s in 0..<2 {
+                    switch decoded.slot(block: b, s) {
+                    case .valid(let h): found.append(Slot(block: b, slot: s, header: h))
+                    case .damaged: garbage[b, default: []].append(s)
+                    case .empty: break
                     }
                 }
             }
@@ -259,7 +235,7 @@ public final class ContainerCheck {
         for (group, b, s, message, fix, kind) in dropMessages {
             let slot = slots[group]!.first { $0.block == b && $0.slot == s }!
             let others = kept[group, default: []].map(\.pages).filter { !$0.isEmpty }
-            let free = subtract(slot.pages, others)
+            let free = slot.pages.subtracting(others)
             var note = ""
             if free.reduce(0, { $0 + $1.count }) < slot.pages.count {
                 note = "; its pages are shared with another valid slot (only the unshared ones are released)"
@@ -335,7 +311,7 @@ public final class ContainerCheck {
             let first = group * BlockLayout.blocksPerGroup
             let base = layout.regionOffset(group: group)
             for extent in allocated[group]! {
-                for run in subtract(extent, used) {
+                for run in extent.subtracting(used) {
                     let off = base + run.lowerBound * BlockLayout.pageSize
                     let what = "group \(group) (blocks \(first)-\(first + BlockLayout.blocksPerGroup - 1)): \(run.count) allocated "
                         + "page\(run.count == 1 ? "" : "s") (pages \(run.lowerBound)..<\(run.upperBound), offset \(off)) that no valid slot refers to"
@@ -382,60 +358,55 @@ public final class ContainerCheck {
                 list[i].torn = true
                 continue
             }
-            let crc = crc32Checksum(UnsafeRawBufferPointer(buf.bytes))
-            guard crc == h.payloadChecksum else {
-                list[i].damage = "fails its checksum (stored 0x\(String(h.payloadChecksum, radix: 16)), read 0x\(String(crc, radix: 16)))"
+            if case .checksum(let stored, let read)? = h.damage(ofPayload: UnsafeRawBufferPointer(buf.bytes), read: n) {
+                list[i].damage = "fails its checksum (stored 0x\(String(stored, radix: 16)), read 0x\(String(read, radix: 16)))"
                 list[i].torn = true
                 continue
             }
-            switch h.encoding {
-            case .deflate: jobs.append((i, buf, .deflate))
-            case .zlib: jobs.append((i, buf, .zlib))
-            case .gzip: jobs.append((i, buf, .gzip))
-            case .raw, .zero: break
-            }
+            if let algorithm = h.encoding.algorithm { jobs.append((i, buf, algorithm)) }
         }
         // Decompression, as the file system does it: through a stream per algorithm.
+        struct Decompression: BlockRequest {
+            let index: Int
+            let payload: BlockBuffer
+            let output: BlockBuffer
+            var engineInput: UnsafeRawBufferPointer { UnsafeRawBufferPointer(payload.bytes) }
+            var engineOutput: UnsafeMutableRawBufferPointer { output.bytes }
+        }
         for algorithm in CompressionAlgorithm.allCases {
             let mine = jobs.filter { $0.algorithm == algorithm }
             guard !mine.isEmpty else { continue }
-            let stream: BlockStream
+            let stream: BlockStream<Decompression>
             do { stream = try codec.stream(.decompress, algorithm: algorithm, capacity: 2 * BlockLayout.blocksPerGroup) } catch {
                 throw FSError(EIO, "\(name): no accelerator queue for decompression: \(error)")
             }
             defer { codec.recycle(stream) }
-            var byTag: [Int: Int] = [:]
-            var outputs: [BlockBuffer] = []
             // A failure of the accelerator is no verdict on a block: finish
-            // what is in flight (its buffers must outlive it), then stop.
+            // what is in flight (the stream holds its buffers), then stop.
             var deviceFailure: FSError?
             for job in mine where deviceFailure == nil {
-                let out = codec.takeBuffer(layout.blockSize)
-                outputs.append(out)
                 do {
-                    byTag[try stream.submit(UnsafeRawBufferPointer(job.payload.bytes), out.bytes)] = job.index
+                    try stream.submit(Decompression(index: job.index, payload: job.payload, output: codec.takeBuffer(layout.blockSize)))
                 } catch {
                     deviceFailure = FSError(EIO, "\(name): block \(list[job.index].block) could not be sent for decompression (\(error)); nothing was changed")
                 }
             }
             while stream.inFlight > 0 {
-                for (tag, r) in stream.reap(minimum: stream.inFlight) {
-                    guard let i = byTag[tag] else { continue }
+                for (job, r) in stream.reap(minimum: stream.inFlight) {
+                    let i = job.index
                     switch r {
                     case .success(let n) where n == layout.blockSize: break
                     case .success(let n): list[i].damage = "decompresses to \(n) bytes, not \(layout.blockSize)"
                     case .failure(.destinationTooSmall): list[i].damage = "decompresses to more than \(layout.blockSize) bytes"
-                    case .failure(let e) where CompressedFile.retryable(e):
+                    case .failure(let e) where RetryPolicy.isDeviceFailure(e):
                         deviceFailure = deviceFailure
                             ?? FSError(EIO, "\(name): block \(list[i].block): the accelerator failed while checking it (\(e)); nothing was changed")
                     case .failure(let e): list[i].damage = "cannot be decompressed (\(e))"
                     }
                 }
             }
-            withExtendedLifetime(outputs) {}
             if let deviceFailure { throw deviceFailure }
         }
-        withExtendedLifetime(jobs) {}
     }
 
     /// Carries out the repair steps: header copies first, then slot headers
@@ -505,18 +476,5 @@ public final class ContainerCheck {
         for i in result.problems.indices where !steps[i].isEmpty {
             if let e = failed[i] { result.problems[i].repairError = e } else { result.problems[i].repaired = true }
         }
-    }
-
-    /// `range` minus the union of `others`, as sorted runs.
-    private func subtract(_ range: Range<Int>, _ others: [Range<Int>]) -> [Range<Int>] {
-        var out: [Range<Int>] = []
-        var at = range.lowerBound
-        for r in others.sorted(by: { $0.lowerBound < $1.lowerBound }) where r.upperBound > at && r.lowerBound < range.upperBound {
-            if r.lowerBound > at { out.append(at..<r.lowerBound) }
-            at = max(at, r.upperBound)
-            if at >= range.upperBound { break }
-        }
-        if at < range.upperBound { out.append(at..<range.upperBound) }
-        return out
     }
 }

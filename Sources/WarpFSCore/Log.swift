@@ -5,7 +5,7 @@ import Glibc
 /// Where WarpFS writes its messages: standard error (the mount's log, or
 /// the terminal with `-f`). Each line is prefixed with the time and level.
 public enum Log {
-    public enum Level: String, Sendable { case error = "ERROR", warning = "WARN", info = "INFO", debug = "DEBUG" }
+    public enum Level: String, Sendable { case error = "ERROR", warning = "WARN", info = "INFO" }
 
     /// Writes one line to fd 2.
     public static func write(_ level: Level, _ message: String) {

@@ -56,7 +56,7 @@ public struct MountOptions: Sendable, Equatable {
 
     /// The encoding the format records for the algorithm.
     public var encoding: BlockEncoding {
-        switch algorithm { case .deflate: .deflate; case .zlib: .zlib; case .gzip: .gzip }
+        BlockEncoding(algorithm)
     }
 
     /// Parses `-o` options (comma separated `key=value` or flags). Unknown

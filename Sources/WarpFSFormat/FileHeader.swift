@@ -100,19 +100,11 @@ public struct FileHeader: Sendable, Equatable {
     }
 
     /// Picks the valid copy with the higher generation from the first 1024
-    /// bytes of a file. `notAHeader` when neither copy has the magic.
+    /// bytes of a file (`HeaderCopies`, without its magic test). Throws
+    /// `notAHeader` when neither copy has the magic.
     public static func decodeNewest(_ bytes: UnsafeRawBufferPointer) throws(DecodeError) -> (header: FileHeader, copy: Int) {
-        var best: (FileHeader, Int)?
-        var firstError: DecodeError = .notAHeader
-        for (i, off) in copyOffsets.enumerated() where bytes.count >= off + size {
-            do {
-                let h = try decode(UnsafeRawBufferPointer(rebasing: bytes[off..<(off + size)]))
-                if best == nil || h.generation > best!.0.generation { best = (h, i) }
-            } catch {
-                if firstError == .notAHeader { firstError = error }
-            }
-        }
-        if let best { return best }
-        throw firstError
+        let copies = HeaderCopies(bytes)
+        if let newest = copies.newest { return newest }
+        throw copies.firstError
     }
 }

@@ -124,6 +124,28 @@ import Testing
         }
     }
 
+    /// Resets in quick succession, more than a request has tries: a reset
+    /// is the device's event and costs a request no try, so the writer
+    /// still sees no error (the retry policy's bound is attempts x
+    /// engine_timeout, far away here).
+    @Test func resetsInQuickSuccessionCostNoTries() throws {
+        try withMount(options: "fault_injection") { m in
+            var r = Rng(44)
+            let data = r.text(8 << 20)
+            let path = m.path("quick")
+            let result = Atomic<Int32>(-1)
+            let writer = startThread { result.store(AcceleratorFaultTests.writeAndSync(path, data), ordering: .relaxed) }
+            for _ in 0..<40 {
+                usleep(2_000)
+                #expect(AcceleratorFaultTests.fault(m, "reset") == 0)
+            }
+            pthread_join(writer, nil)
+            #expect(result.load(ordering: .relaxed) == 0)
+            try m.remount()
+            #expect(try FileIO.read(m.path("quick")) == data)
+        }
+    }
+
     /// Two queues for the whole mount and four writers: files wait for a
     /// queue instead of failing.
     @Test func writersShareTooFewQueues() throws {

@@ -1,9 +1,10 @@
 import CWarpSys
 import Testing
+import WarpDrive
 @testable import WarpFSCore
 @testable import WarpFSFormat
 
-/// The container format's encoders and decoders, and the raw-storage heuristic.
+/// The container format's encoders and decoders, and its read side (classification, slot tables, payload checks, page runs).
 @Suite struct FormatTests {
     @Test func checksumIsCRC32C() {
         let check = Array("123456789".utf8)
@@ -99,25 +100,105 @@ import Testing
         var flipped = page
         for (i, m) in FileHeader.magic.enumerated() { flipped[i] = m }
         flipped[3] ^= 0x04
-        #expect(flipped.withUnsafeBytes { CompressedFile.secondCopyVouches($0) })
+        #expect(flipped.withUnsafeBytes { HeaderCopies.secondCopyVouches($0) })
         var tar = page
         for (i, c) in "backing/some-file.txt".utf8.enumerated() { tar[i] = c }
-        #expect(!tar.withUnsafeBytes { CompressedFile.secondCopyVouches($0) })
+        #expect(!tar.withUnsafeBytes { HeaderCopies.secondCopyVouches($0) })
         var damagedB = flipped
         damagedB[600] ^= 1
-        #expect(!damagedB.withUnsafeBytes { CompressedFile.secondCopyVouches($0) })
+        #expect(!damagedB.withUnsafeBytes { HeaderCopies.secondCopyVouches($0) })
     }
 
-    @Test func randomBytesAreStoredRawWithoutCompressing() {
-        var x: UInt64 = 99
-        let random = (0..<65536).map { _ -> UInt8 in x ^= x >> 12; x ^= x << 25; x ^= x >> 27; return UInt8(truncatingIfNeeded: x &* 0x2545F4914F6CDD1D >> 32) }
-        let text = Array(String(repeating: "the quick brown fox jumps over the lazy dog ", count: 1500).utf8.prefix(65536))
-        let repeated = Array((0..<64).flatMap { _ in random.prefix(1024) })
-        let halfZero = Array(random.prefix(32768)) + [UInt8](repeating: 0, count: 32768)
-        #expect(random.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
-        #expect(!text.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
-        #expect(!repeated.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
-        #expect(!halfZero.withUnsafeBytes { CompressedFile.looksIncompressible($0) })
-        #expect(![UInt8](repeating: 0, count: 65536).withUnsafeBytes { CompressedFile.looksIncompressible($0) })
+    /// The one classification: plain, container (newest valid copy), or
+    /// damaged; a copy never written is not damage.
+    @Test func headerCopiesClassifyTheFile() {
+        func page(_ a: FileHeader?, _ b: FileHeader?) -> [UInt8] {
+            var p = [UInt8](repeating: 0, count: HeaderCopies.span)
+            p.withUnsafeMutableBytes { raw in
+                a?.encode(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<512]))
+                b?.encode(into: UnsafeMutableRawBufferPointer(rebasing: raw[512..<1024]))
+            }
+            return p
+        }
+        let old = FileHeader(blockSize: 65536, encoding: .zlib, level: 1, generation: 4, logicalSize: 10)
+        let new = FileHeader(blockSize: 65536, encoding: .zlib, level: 1, generation: 5, logicalSize: 20)
+        func copies(_ p: [UInt8], _ n: Int? = nil) -> HeaderCopies { p.withUnsafeBytes { HeaderCopies(UnsafeRawBufferPointer(rebasing: $0[0..<(n ?? p.count)])) } }
+
+        #expect(copies(Array("just some text\n".utf8)).kind == .plain)
+        #expect(copies([]).kind == .plain)
+        let once = copies(page(old, nil))
+        #expect(once.kind == .container(old, copy: 0))
+        #expect(once.copies == [.valid(old), .unwritten])
+        #expect(copies(page(old, nil), 600).copies == [.valid(old), .unwritten])       // a short file
+        #expect(copies(page(old, new)).kind == .container(new, copy: 1))
+        var tornB = page(old, new)
+        tornB[700] ^= 1
+        #expect(copies(tornB).kind == .container(old, copy: 0))
+        #expect(copies(tornB).copies[1] == .invalid(.badChecksum))
+        // The magic with no valid copy: damaged, never plain.
+        var both = tornB
+        both[100] ^= 1
+        #expect(copies(both).kind == .damaged(.badChecksum))
+        #expect(FileHeader.DecodeError.badChecksum.reason == "bad checksum")
+        // Copy A's magic lost a bit, copy B is valid: still a container.
+        var flipped = page(old, new)
+        flipped[1] ^= 0x10
+        #expect(copies(flipped).kind == .container(new, copy: 1))
+        #expect(copies(flipped).copies[0] == .invalid(.notAHeader))
+    }
+
+    /// One group's table: empty, valid and damaged slots, and a table cut short.
+    @Test func slotTableDecodesAGroup() {
+        var table = [UInt8](repeating: 0, count: BlockLayout.tableSize)
+        let h = SlotHeader(encoding: .deflate, block: 17, generation: 3, storedLength: 5000, payloadChecksum: 9, page: 2)
+        let wrongBlock = SlotHeader(encoding: .raw, block: 18, generation: 4, storedLength: 100, payloadChecksum: 1)
+        table.withUnsafeMutableBytes { t in
+            h.encode(into: UnsafeMutableRawBufferPointer(rebasing: t[(1 * 2 + 1) * 32..<(1 * 2 + 2) * 32]))       // block 17, slot 1
+            wrongBlock.encode(into: UnsafeMutableRawBufferPointer(rebasing: t[(5 * 2) * 32..<(5 * 2 + 1) * 32])) // at block 21's slot 0
+        }
+        table[(9 * 2 + 1) * 32 + 3] = 0xAA                                                                    // block 25, slot 1
+        let t = table.withUnsafeBytes { SlotTable($0, group: 1, blockSize: 65536) }
+        #expect(t.blocks == 16..<32)
+        #expect(t.slot(block: 17, 1) == .valid(h))
+        #expect(t.header(block: 17, 1) == h)
+        #expect(t.slot(block: 17, 0) == .empty)
+        #expect(t.slot(block: 21, 0) == .damaged)         // a header for another block is no header here
+        #expect(t.slot(block: 25, 1) == .damaged)
+        #expect(t.slot(block: 16, 0) == .empty)
+        let short = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<(2 * 2 * 32)]), group: 1, blockSize: 65536) }
+        #expect(short.header(block: 17, 1) == h)
+        #expect(short.slot(block: 25, 1) == .empty)       // past the end of what was read
+    }
+
+    @Test func payloadDamageIsTruncationOrChecksum() {
+        let payload: [UInt8] = Array(repeating: 7, count: 100)
+        let crc = payload.withUnsafeBytes { crc32Checksum($0) }
+        let h = SlotHeader(encoding: .raw, block: 1, generation: 1, storedLength: 100, payloadChecksum: crc)
+        payload.withUnsafeBytes { b in
+            #expect(h.damage(ofPayload: b, read: 100) == nil)
+            #expect(h.damage(ofPayload: b, read: 60) == .truncated(read: 60))
+        }
+        var bad = payload
+        bad[50] = 8
+        let badCRC = bad.withUnsafeBytes { crc32Checksum($0) }
+        #expect(bad.withUnsafeBytes { h.damage(ofPayload: $0, read: 100) } == .checksum(stored: crc, read: badCRC))
+    }
+
+    @Test func pageRunsSubtractCoveredPages() {
+        #expect((0..<10).subtracting([]) == [0..<10])
+        #expect((0..<10).subtracting([2..<4, 6..<7]) == [0..<2, 4..<6, 7..<10])
+        #expect((0..<10).subtracting([6..<7, 2..<4]) == [0..<2, 4..<6, 7..<10])       // any order
+        #expect((0..<10).subtracting([3..<5, 4..<8]) == [0..<3, 8..<10])              // overlapping covers
+        #expect((5..<10).subtracting([0..<6, 9..<20]) == [6..<9])                     // covers past both ends
+        #expect((5..<10).subtracting([0..<20]) == [])
+        #expect((5..<10).subtracting([7..<7]) == [5..<10])                            // an empty cover is nothing
+        #expect((5..<5).subtracting([0..<3]) == [])
+    }
+
+    @Test func everyEncodingHasOneAlgorithm() {
+        for a in CompressionAlgorithm.allCases { #expect(BlockEncoding(a).algorithm == a) }
+        #expect(BlockEncoding.raw.algorithm == nil)
+        #expect(BlockEncoding.zero.algorithm == nil)
+        #expect(BlockEncoding.allCases.filter { $0.algorithm != nil }.count == CompressionAlgorithm.allCases.count)
     }
 }
