@@ -106,7 +106,7 @@ let package = Package(
         // What both test targets use: processes, real unprivileged users.
         .target(
             name: "TestSupport",
-            dependencies: ["CWarpSys"],
+            dependencies: ["CWarpSys", "BenchSupport"],
             path: "Tests/TestSupport"
         ),
         .testTarget(
