@@ -25,6 +25,16 @@ let package = Package(
             name: "CWarpSys",
             linkerSettings: [.linkedLibrary("z")]
         ),
+        // The codec libraries of the emulated ZIP device's engines (Debian:
+        // libisal-dev, libdeflate-dev, libzstd-dev, liblz4-dev), with small
+        // inline helpers for the macros Swift cannot import.
+        .target(
+            name: "CWarpCodecs",
+            linkerSettings: [
+                .linkedLibrary("isal"), .linkedLibrary("deflate"),
+                .linkedLibrary("zstd"), .linkedLibrary("lz4"),
+            ]
+        ),
         // libfuse3's low-level API with its macros and bitfields as functions.
         .target(
             name: "CFuse",
@@ -34,7 +44,7 @@ let package = Package(
         // IOMMU emulation, the emulated ZIP device, and the client sessions.
         .target(
             name: "WarpDrive",
-            dependencies: ["CWarpSys"]
+            dependencies: ["CWarpSys", "CWarpCodecs"]
         ),
         // warpdrived's server: the emulated device shared over a Unix socket;
         // and the status report's rendering (`warpdrived --info`, `warpfs devices`).
@@ -76,7 +86,7 @@ let package = Package(
         .executableTarget(
             name: "WarpDriveBench",
             dependencies: [
-                "WarpDrive", "CWarpSys",
+                "WarpDrive", "CWarpSys", "CWarpCodecs",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -105,7 +115,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WarpDriveTests",
-            dependencies: ["WarpDrive", "CWarpSys", "TestSupport"]
+            dependencies: ["WarpDrive", "CWarpSys", "CWarpCodecs", "TestSupport"]
         ),
         .testTarget(
             name: "WarpFSTests",

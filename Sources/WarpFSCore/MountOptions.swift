@@ -56,7 +56,12 @@ public struct MountOptions: Sendable, Equatable {
 
     /// The encoding the format records for the algorithm.
     public var encoding: BlockEncoding {
-        switch algorithm { case .deflate: .deflate; case .zlib: .zlib; case .gzip: .gzip }
+        switch algorithm {
+        case .deflate: .deflate
+        case .zlib: .zlib
+        case .gzip: .gzip
+        case .zstd, .lz4: preconditionFailure("the container format has no encoding for \(algorithm) yet")
+        }
     }
 
     /// Parses `-o` options (comma separated `key=value` or flags). Unknown
@@ -83,7 +88,7 @@ public struct MountOptions: Sendable, Equatable {
                 blockSize = n
             case "algorithm", "compression":
                 let v = try need()
-                guard let a = CompressionAlgorithm(rawValue: v) else {
+                guard let a = CompressionAlgorithm(rawValue: v), [.deflate, .zlib, .gzip].contains(a) else {
                     throw FSError(EINVAL, "option 'algorithm=\(v)': expected deflate, zlib or gzip")
                 }
                 algorithm = a
