@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "WarpDrive", targets: ["WarpDrive"]),
         .library(name: "WarpFSCore", targets: ["WarpFSCore"]),
         .executable(name: "warpdrive-bench", targets: ["WarpDriveBench"]),
+        .executable(name: "warpdrive-codec-bench", targets: ["WarpDriveCodecBench"]),
         .executable(name: "warpdrive-hello", targets: ["WarpDriveHello"]),
         .executable(name: "warpdrive-load", targets: ["WarpDriveLoad"]),
         .executable(name: "warpdrived", targets: ["warpdrived"]),
@@ -86,9 +87,15 @@ let package = Package(
         .executableTarget(
             name: "WarpDriveBench",
             dependencies: [
-                "WarpDrive", "CWarpSys", "CWarpCodecs",
+                "WarpDrive", "CWarpSys",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        // Every codec of the emulated device through the queue against the
+        // same library called directly.
+        .executableTarget(
+            name: "WarpDriveCodecBench",
+            dependencies: ["WarpDrive", "CWarpSys", "CWarpCodecs"]
         ),
         .executableTarget(
             name: "WarpDriveHello",
