@@ -34,6 +34,8 @@ struct CodecBenchSettings: Sendable {
     var trials = 5
     /// Codec names to run (see `CodecBench.all`); empty: all.
     var only: [String] = []
+    /// Directions to run.
+    var directions: [Direction] = [.compress, .decompress]
     /// Folders whose files make the corpus, in order.
     var sources = ["/usr/share/doc", "/usr/share/man", "/usr/lib/x86_64-linux-gnu"]
 }
@@ -92,10 +94,10 @@ func runCodecBench(_ s: CodecBenchSettings) throws {
              + "\(s.trials) alternating trials of \(s.seconds) s, medians")
     codecOut(codecPad("codec", 8) + codecPad("direction", 11) + codecPad("library call", 30) + codecLpad("in flight", 10)
              + codecLpad("direct MB/s", 12) + codecLpad("queue MB/s", 11) + codecLpad("queue/direct", 13)
-             + codecLpad("range", 13) + codecLpad("ratio", 7))
+             + codecLpad("range", 13) + codecLpad("ratio", 7) + codecLpad("cpu s/GB d/q", 14))
     for c in cases {
         let streams = try CodecStreams(c, corpus)
-        for direction in [Direction.compress, .decompress] {
+        for direction in s.directions {
             let direct = CodecDirectRunner(c, corpus, streams, threads: s.engines)
             try direct.verify(direction)
             for n in s.inflight {
@@ -107,11 +109,17 @@ func runCodecBench(_ s: CodecBenchSettings) throws {
                 defer { runner.close() }
                 try runner.run(seconds: nil, verify: true)
                 _ = direct.run(direction, seconds: min(0.1, s.seconds))
-                var d: [Double] = [], q: [Double] = [], ratios: [Double] = []
+                var d: [Double] = [], q: [Double] = [], ratios: [Double] = [], dc: [Double] = [], qc: [Double] = []
                 for _ in 0..<s.trials {
-                    let dm = direct.run(direction, seconds: s.seconds)
-                    let qm = try runner.run(seconds: s.seconds, verify: false)
+                    let c0 = wd_process_cpu_ns()
+                    let (dm, db) = direct.run(direction, seconds: s.seconds)
+                    let c1 = wd_process_cpu_ns()
+                    let (qm, qb) = try runner.run(seconds: s.seconds, verify: false)
+                    let c2 = wd_process_cpu_ns()
                     d.append(dm); q.append(qm); ratios.append(qm / dm)
+                    // CPU seconds per GB of uncompressed data: insensitive to other load on the machine.
+                    dc.append(Double(c1 - c0) / Double(db))
+                    qc.append(Double(c2 - c1) / Double(qb))
                 }
                 let dmed = codecMedian(d), qmed = codecMedian(q)
                 codecOut(codecPad(c.name, 8) + codecPad(direction == .compress ? "compress" : "decompress", 11)
@@ -119,7 +127,8 @@ func runCodecBench(_ s: CodecBenchSettings) throws {
                          + codecLpad(codecFmt(dmed, 0), 12) + codecLpad(codecFmt(qmed, 0), 11)
                          + codecLpad(codecFmt(qmed / dmed, 3), 13)
                          + codecLpad(codecFmt(ratios.min()!, 3) + "-" + codecFmt(ratios.max()!, 3), 13)
-                         + codecLpad(codecFmt(streams.ratio, 3), 7))
+                         + codecLpad(codecFmt(streams.ratio, 3), 7)
+                         + codecLpad(codecFmt(codecMedian(dc), 2) + "/" + codecFmt(codecMedian(qc), 2), 14))
             }
         }
     }
@@ -352,8 +361,9 @@ final class CodecDirectRunner: @unchecked Sendable {
         }
     }
 
-    /// MB/s of uncompressed data over `seconds`.
-    func run(_ d: Direction, seconds: Double) -> Double {
+    /// MB/s of uncompressed data over `seconds`, and the bytes.
+    @discardableResult
+    func run(_ d: Direction, seconds: Double) -> (Double, Int) {
         let flag = CodecStopFlag()
         let t = contexts.count, count = corpus.count, compress = d == .compress
         let t0 = wd_now_ns()
@@ -381,7 +391,8 @@ final class CodecDirectRunner: @unchecked Sendable {
         usleep(UInt32(seconds * 1_000_000))
         flag.stop.store(true, ordering: .relaxed)
         for h in handles { pthread_join(h, nil) }
-        return Double(flag.bytes.load(ordering: .relaxed)) / (Double(wd_now_ns() - t0) / 1e9) / 1e6
+        let bytes = flag.bytes.load(ordering: .relaxed)
+        return (Double(bytes) / (Double(wd_now_ns() - t0) / 1e9) / 1e6, bytes)
     }
 }
 
@@ -503,9 +514,9 @@ final class CodecQueueRunner {
         }
     }
 
-    /// Runs for `seconds` (or once over every block when nil); MB/s.
+    /// Runs for `seconds` (or once over every block when nil); MB/s and bytes.
     @discardableResult
-    func run(seconds: Double?, verify: Bool) throws -> Double {
+    func run(seconds: Double?, verify: Bool) throws -> (Double, Int) {
         let n = inflight, count = corpus.count
         var next = 0, submitted = 0, completed = 0
         let t0 = wd_now_ns()
@@ -528,7 +539,8 @@ final class CodecQueueRunner {
                 if more() { try submit(doneTags[i]) }
             }
         }
-        return Double(completed * corpus.blockSize) / (Double(wd_now_ns() - t0) / 1e9) / 1e6
+        let bytes = completed * corpus.blockSize
+        return (Double(bytes) / (Double(wd_now_ns() - t0) / 1e9) / 1e6, bytes)
     }
 }
 

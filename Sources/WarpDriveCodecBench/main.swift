@@ -3,10 +3,11 @@
 //
 //   swift build -c release --product warpdrive-codec-bench
 //   .build/release/warpdrive-codec-bench [--corpus-mib 128] [--engines 2] [--inflight 4,16]
-//       [--seconds 1] [--trials 5] [--only isal-1,zstd-1,...]
+//       [--seconds 1] [--trials 5] [--only isal-1,zstd-1,...] [--directions compress,decompress]
 #if canImport(Glibc)
 import Glibc
 #endif
+import WarpDrive
 
 func warn(_ s: String) {
     let line = s + "\n"
@@ -29,9 +30,10 @@ while let a = args.popFirst() {
     case "--trials": settings.trials = Int(value(a)) ?? 5
     case "--only": settings.only = list(value(a))
     case "--sources": settings.sources = list(value(a))
+    case "--directions": settings.directions = list(value(a)).map { $0.hasPrefix("d") ? .decompress : .compress }
     default:
         warn("usage: warpdrive-codec-bench [--corpus-mib N] [--engines E] [--inflight N,...] [--seconds S] [--trials T] "
-             + "[--only \(CodecBench.all.map(\.name).joined(separator: ","))] [--sources DIR,...]")
+             + "[--only \(CodecBench.all.map(\.name).joined(separator: ","))] [--sources DIR,...] [--directions compress,decompress]")
         exit(a == "--help" || a == "-h" ? 0 : 64)
     }
 }
