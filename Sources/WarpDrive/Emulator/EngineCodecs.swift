@@ -71,7 +71,7 @@ final class EngineCodecs {
     /// client writes their header and trailer).
     func compress(_ type: ZipSQE.RequestType, level: Int, windowBits: Int, _ input: UnsafeRawPointer, _ inLen: Int,
                   _ output: UnsafeMutableRawPointer, _ outCap: Int) -> Result {
-        let produced: Int?
+        let produced: Int
         switch type {
         case .deflate, .zlib, .gzip:
             switch deflateEngine {
@@ -87,13 +87,20 @@ final class EngineCodecs {
         case .lz4:
             produced = lz4Compress(level: level, input, inLen, output, outCap)
         }
-        guard let produced else { return Result(status: .destinationTooSmall) }
+        if produced == Self.doesNotFit { return Result(status: .destinationTooSmall) }
+        if produced < 0 { return Result(status: .engineError) }
         return Result(status: produced > inLen ? .negativeCompression : .ok, consumed: inLen, produced: produced)
     }
 
-    /// zlib's deflate; nil when the output does not fit.
+    /// What a compressor returns when the output does not fit the destination.
+    static let doesNotFit = -1
+    /// What a compressor returns when its library failed otherwise (out of
+    /// memory, say): the request fails with an engine error, the engine lives on.
+    static let libraryFailed = -2
+
+    /// zlib's deflate: bytes written, or `doesNotFit`.
     private func zlibDeflate(level: Int, windowBits: Int, _ input: UnsafeRawPointer, _ inLen: Int,
-                             _ output: UnsafeMutableRawPointer, _ outCap: Int) -> Int? {
+                             _ output: UnsafeMutableRawPointer, _ outCap: Int) -> Int {
         let key = level << 4 | windowBits
         let s: UnsafeMutablePointer<z_stream>
         if let existing = zlibDeflaters[key] {
@@ -102,8 +109,10 @@ final class EngineCodecs {
         } else {
             s = .allocate(capacity: 1)
             s.initialize(to: z_stream())
-            let rc = wd_deflate_init2(s, Int32(level), -Int32(windowBits), 8, Z_DEFAULT_STRATEGY)
-            precondition(rc == Z_OK, "deflateInit2 failed: \(rc)")
+            guard wd_deflate_init2(s, Int32(level), -Int32(windowBits), 8, Z_DEFAULT_STRATEGY) == Z_OK else {
+                s.deallocate()
+                return Self.libraryFailed
+            }
             zlibDeflaters[key] = s
         }
         s.pointee.next_in = UnsafeMutablePointer(mutating: input.assumingMemoryBound(to: UInt8.self))
@@ -111,13 +120,13 @@ final class EngineCodecs {
         s.pointee.next_out = output.assumingMemoryBound(to: UInt8.self)
         s.pointee.avail_out = UInt32(outCap)
         let rc = deflate(s, Z_FINISH)
-        return rc == Z_STREAM_END ? outCap - Int(s.pointee.avail_out) : nil
+        return rc == Z_STREAM_END ? outCap - Int(s.pointee.avail_out) : Self.doesNotFit
     }
 
     /// ISA-L's stateless deflate at level 1...3 with a window of at most
-    /// 2^windowBits; nil when the output does not fit.
+    /// 2^windowBits: bytes written, `doesNotFit` or `libraryFailed`.
     private func isalDeflate(level: Int, windowBits: Int, _ input: UnsafeRawPointer, _ inLen: Int,
-                             _ output: UnsafeMutableRawPointer, _ outCap: Int) -> Int? {
+                             _ output: UnsafeMutableRawPointer, _ outCap: Int) -> Int {
         let s: UnsafeMutablePointer<isal_zstream>
         if let existing = isalStream {
             s = existing
@@ -145,26 +154,23 @@ final class EngineCodecs {
         if rc == wd_isal_comp_ok() && s.pointee.avail_in == 0 { return Int(s.pointee.total_out) }
         // STATELESS_OVERFLOW: not even stored blocks fit. Other codes mean a
         // bad parameter, which the levels and windows checked before rule out.
-        precondition(rc == wd_isal_stateless_overflow(), "isal_deflate_stateless failed: \(rc)")
-        return nil
+        return rc == wd_isal_stateless_overflow() ? Self.doesNotFit : Self.libraryFailed
     }
 
-    /// One zstd frame; nil when the output does not fit.
+    /// One zstd frame: bytes written, `doesNotFit` or `libraryFailed`.
     private func zstdCompress(level: Int, _ input: UnsafeRawPointer, _ inLen: Int,
-                              _ output: UnsafeMutableRawPointer, _ outCap: Int) -> Int? {
+                              _ output: UnsafeMutableRawPointer, _ outCap: Int) -> Int {
         if zstdC == nil { zstdC = ZSTD_createCCtx() }
+        guard zstdC != nil else { return Self.libraryFailed }
         let r = ZSTD_compressCCtx(zstdC, output, outCap, input, inLen, Int32(level))
-        if ZSTD_isError(r) != 0 {
-            precondition(wd_zstd_error_is_dst_too_small(r) != 0,
-                         "ZSTD_compressCCtx failed: \(String(cString: ZSTD_getErrorName(r)))")
-            return nil
-        }
+        if ZSTD_isError(r) != 0 { return wd_zstd_error_is_dst_too_small(r) != 0 ? Self.doesNotFit : Self.libraryFailed }
         return r
     }
 
-    /// One lz4 block: the fast compressor at levels 1 and 2, HC at 3...12; nil when the output does not fit.
+    /// One lz4 block: the fast compressor at levels 1 and 2, HC at 3...12;
+    /// bytes written or `doesNotFit` (lz4's only failure).
     private func lz4Compress(level: Int, _ input: UnsafeRawPointer, _ inLen: Int,
-                             _ output: UnsafeMutableRawPointer, _ outCap: Int) -> Int? {
+                             _ output: UnsafeMutableRawPointer, _ outCap: Int) -> Int {
         let src = input.assumingMemoryBound(to: CChar.self)
         let dst = output.assumingMemoryBound(to: CChar.self)
         let cap = Int32(min(outCap, Int(Int32.max)))
@@ -176,7 +182,7 @@ final class EngineCodecs {
             if lz4HCState == nil { lz4HCState = .allocate(byteCount: Int(LZ4_sizeofStateHC()), alignment: 16) }
             n = LZ4_compress_HC_extStateHC(lz4HCState, src, dst, Int32(inLen), cap, Int32(level))
         }
-        return n <= 0 ? nil : Int(n)
+        return n <= 0 ? Self.doesNotFit : Int(n)
     }
 
     // MARK: Decompression
@@ -208,8 +214,10 @@ final class EngineCodecs {
         } else {
             s = .allocate(capacity: 1)
             s.initialize(to: z_stream())
-            let rc = wd_inflate_init2(s, -15)
-            precondition(rc == Z_OK, "inflateInit2 failed: \(rc)")
+            guard wd_inflate_init2(s, -15) == Z_OK else {
+                s.deallocate()
+                return Result(status: .engineError)
+            }
             zlibInflater = s
         }
         s.pointee.next_in = UnsafeMutablePointer(mutating: input.assumingMemoryBound(to: UInt8.self))
@@ -237,7 +245,7 @@ final class EngineCodecs {
     private func libdeflateDecompress(_ input: UnsafeRawPointer, _ inLen: Int, _ output: UnsafeMutableRawPointer,
                                       _ outCap: Int) -> Result {
         if libdeflateDecompressor == nil {
-            guard let d = libdeflate_alloc_decompressor() else { fatalError("libdeflate_alloc_decompressor failed") }
+            guard let d = libdeflate_alloc_decompressor() else { return Result(status: .engineError) }
             libdeflateDecompressor = d
         }
         var used = 0, written = 0
@@ -255,6 +263,7 @@ final class EngineCodecs {
     private func zstdDecompress(_ input: UnsafeRawPointer, _ inLen: Int, _ output: UnsafeMutableRawPointer,
                                 _ outCap: Int) -> Result {
         if zstdD == nil { zstdD = ZSTD_createDCtx() }
+        guard zstdD != nil else { return Result(status: .engineError) }
         let r = ZSTD_decompressDCtx(zstdD, output, outCap, input, inLen)
         if ZSTD_isError(r) != 0 {
             return Result(status: wd_zstd_error_is_dst_too_small(r) != 0 ? .destinationTooSmall : .corruptInput)
