@@ -36,6 +36,8 @@ struct CodecBenchSettings: Sendable {
     var only: [String] = []
     /// Directions to run.
     var directions: [Direction] = [.compress, .decompress]
+    /// The device's engine idle spin in µs (nil: the device's default).
+    var idleSpinMicroseconds: Int? = nil
     /// Folders whose files make the corpus, in order.
     var sources = ["/usr/share/doc", "/usr/share/man", "/usr/lib/x86_64-linux-gnu"]
 }
@@ -103,6 +105,7 @@ func runCodecBench(_ s: CodecBenchSettings) throws {
             for n in s.inflight {
                 var cfg = EmulatedDeviceConfiguration(engines: s.engines)
                 cfg.deflateEngine = c.deflateEngine
+                if let spin = s.idleSpinMicroseconds { cfg.idleSpinMicroseconds = spin }
                 let device = EmulatedZipDevice(configuration: cfg)
                 defer { device.shutdown() }
                 let runner = try CodecQueueRunner(c, corpus, streams, direction: direction, inflight: n, device: device)

@@ -30,10 +30,11 @@ while let a = args.popFirst() {
     case "--trials": settings.trials = Int(value(a)) ?? 5
     case "--only": settings.only = list(value(a))
     case "--sources": settings.sources = list(value(a))
+    case "--idle-spin": settings.idleSpinMicroseconds = Int(value(a))
     case "--directions": settings.directions = list(value(a)).map { $0.hasPrefix("d") ? .decompress : .compress }
     default:
         warn("usage: warpdrive-codec-bench [--corpus-mib N] [--engines E] [--inflight N,...] [--seconds S] [--trials T] "
-             + "[--only \(CodecBench.all.map(\.name).joined(separator: ","))] [--sources DIR,...] [--directions compress,decompress]")
+             + "[--only \(CodecBench.all.map(\.name).joined(separator: ","))] [--sources DIR,...] [--directions compress,decompress] [--idle-spin US]")
         exit(a == "--help" || a == "-h" ? 0 : 64)
     }
 }
