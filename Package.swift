@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "WarpDrive", targets: ["WarpDrive"]),
         .library(name: "WarpFSCore", targets: ["WarpFSCore"]),
         .executable(name: "warpdrive-bench", targets: ["WarpDriveBench"]),
+        .executable(name: "warpdrive-codec-bench", targets: ["WarpDriveCodecBench"]),
         .executable(name: "warpdrive-hello", targets: ["WarpDriveHello"]),
         .executable(name: "warpdrive-load", targets: ["WarpDriveLoad"]),
         .executable(name: "warpdrived", targets: ["warpdrived"]),
@@ -25,6 +26,16 @@ let package = Package(
             name: "CWarpSys",
             linkerSettings: [.linkedLibrary("z")]
         ),
+        // The codec libraries of the emulated ZIP device's engines (Debian:
+        // libisal-dev, libdeflate-dev, libzstd-dev, liblz4-dev), with small
+        // inline helpers for the macros Swift cannot import.
+        .target(
+            name: "CWarpCodecs",
+            linkerSettings: [
+                .linkedLibrary("isal"), .linkedLibrary("deflate"),
+                .linkedLibrary("zstd"), .linkedLibrary("lz4"),
+            ]
+        ),
         // libfuse3's low-level API with its macros and bitfields as functions.
         .target(
             name: "CFuse",
@@ -34,7 +45,7 @@ let package = Package(
         // IOMMU emulation, the emulated ZIP device, and the client sessions.
         .target(
             name: "WarpDrive",
-            dependencies: ["CWarpSys"]
+            dependencies: ["CWarpSys", "CWarpCodecs"]
         ),
         // warpdrived's server: the emulated device shared over a Unix socket;
         // and the status report's rendering (`warpdrived --info`, `warpfs devices`).
@@ -86,6 +97,12 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Every codec of the emulated device through the queue against the
+        // same library called directly.
+        .executableTarget(
+            name: "WarpDriveCodecBench",
+            dependencies: ["WarpDrive", "CWarpSys", "CWarpCodecs"]
+        ),
         .executableTarget(
             name: "WarpDriveHello",
             dependencies: ["WarpDrive", "CWarpSys"],
@@ -111,7 +128,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WarpDriveTests",
-            dependencies: ["WarpDrive", "CWarpSys", "TestSupport"]
+            dependencies: ["WarpDrive", "CWarpSys", "CWarpCodecs", "TestSupport"]
         ),
         // The benches' pure parts: no device, no mount.
         .testTarget(

@@ -26,6 +26,8 @@ func measureLatency(_ s: Settings, _ corpus: Corpus) throws -> [LatencyRow] {
 
     // The queue: one engine, two sessions (busy-poll and interrupt), registered buffers.
     var dc = EmulatedDeviceConfiguration(engines: 1)
+    // zlib on both sides: this bench measures the queue against zlib called directly.
+    dc.deflateEngine = .zlib
     dc.idleSpinMicroseconds = s.idleSpin
     let device = EmulatedZipDevice(configuration: dc)
     defer { device.shutdown() }

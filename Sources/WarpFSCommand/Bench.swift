@@ -61,6 +61,7 @@ struct BenchCommand: ParsableCommand {
             var o = MountOptions()
             do {
                 try o.apply(all.split(separator: ",").filter { !$0.hasPrefix("log=") }.joined(separator: ","))
+                try o.check()
             } catch { throw ValidationError("-o '\(options)': \(error)") }
             return (all, o.algorithm.rawValue, o.level)
         }

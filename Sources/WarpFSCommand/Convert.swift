@@ -301,11 +301,7 @@ struct ConvertOptions: ParsableArguments {
     @Argument(help: "Files or directories (walked recursively) of a backing directory, not mounted.") var paths: [String]
 
     func mountOptions() throws -> MountOptions {
-        var m = MountOptions()
-        for list in o {
-            do { try m.apply(list) } catch { throw ValidationError("\(error)") }
-        }
-        return m
+        do { return try MountOptions(lists: o) } catch { throw ValidationError("\(error)") }
     }
 }
 

@@ -52,11 +52,7 @@ struct Fsck: ParsableCommand {
 
     /// The `-o` options (the accelerator fsck decompresses with).
     func acceleratorOptions() throws -> MountOptions {
-        var m = MountOptions()
-        for list in o {
-            do { try m.apply(list) } catch { throw ValidationError("\(error)") }
-        }
-        return m
+        do { return try MountOptions(lists: o) } catch { throw ValidationError("\(error)") }
     }
 
     /// Runs `warpfs fsck ...` when that is the command line, with fsck(8)'s

@@ -63,6 +63,7 @@ struct Mount: ParsableCommand {
                 throw ValidationError("\(error)")
             }
         }
+        do { try options.check() } catch { throw ValidationError("\(error)") }
         guard let back = canonical(backing), isDirectory(back) else {
             throw ValidationError("backing directory '\(backing)' does not exist or is not a directory")
         }

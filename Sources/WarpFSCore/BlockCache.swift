@@ -131,7 +131,7 @@ extension CompressedFile {
                 cache[b] = c
             case _ where h.encoding == header.encoding:
                 try startDecompression(b, payload: payloadBuffer, into: c)
-            case .deflate, .zlib, .gzip:
+            case .deflate, .zlib, .gzip, .zstd, .lz4:
                 // A block in another encoding than the file's: decode it on its own.
                 switch codec.decompressOne(h.encoding.algorithm!, payload, into: c.data) {
                 case .success(let n) where n == layout.blockSize: cache[b] = c

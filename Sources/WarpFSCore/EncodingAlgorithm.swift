@@ -13,6 +13,8 @@ extension BlockEncoding {
         case .deflate: .deflate
         case .zlib: .zlib
         case .gzip: .gzip
+        case .zstd: .zstd
+        case .lz4: .lz4
         case .raw, .zero: nil
         }
     }
@@ -23,6 +25,8 @@ extension BlockEncoding {
         case .deflate: self = .deflate
         case .zlib: self = .zlib
         case .gzip: self = .gzip
+        case .zstd: self = .zstd
+        case .lz4: self = .lz4
         }
     }
 }

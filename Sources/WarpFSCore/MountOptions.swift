@@ -10,7 +10,7 @@ public struct MountOptions: Sendable, Equatable {
     public var blockSize = 64 << 10
     /// Encoding of compressed blocks (deflate, zlib or gzip through the accelerator).
     public var algorithm: CompressionAlgorithm = .deflate
-    /// Compression level 0...9.
+    /// Compression level, within the algorithm's levels (deflate family 0...9, zstd 1...19, lz4 1...12).
     public var level = 1
     /// Engine threads of the emulated accelerator.
     public var engines = 2
@@ -84,10 +84,11 @@ public struct MountOptions: Sendable, Equatable {
             case "algorithm", "compression":
                 let v = try need()
                 guard let a = CompressionAlgorithm(rawValue: v) else {
-                    throw FSError(EINVAL, "option 'algorithm=\(v)': expected deflate, zlib or gzip")
+                    throw FSError(EINVAL, "option 'algorithm=\(v)': expected one of "
+                        + CompressionAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))
                 }
                 algorithm = a
-            case "level": level = try number(0...9)
+            case "level": level = try number(0...19)
             case "engines": engines = try number(1...64)
             case "cache_blocks": cacheBlocksPerFile = try number(4...65536)
             case "compress": compressNewFiles = true
@@ -118,6 +119,23 @@ public struct MountOptions: Sendable, Equatable {
                     + "compress, nocompress, ro, rw, allow_other, dev, nodev, suid, nosuid, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory, "
                     + "engine_timeout, queues, fault_injection, device, acl, noacl, noatime, relatime, strictatime)")
             }
+        }
+    }
+
+    /// The options of every `-o` list, in order, checked as a whole.
+    public init(lists: [String]) throws {
+        self.init()
+        for list in lists { try apply(list) }
+        try check()
+    }
+
+    /// Checks what depends on several options, once all are applied (they
+    /// may come in any order and in several `-o` lists): the level must be
+    /// one the algorithm has.
+    public func check() throws {
+        guard algorithm.levels.contains(level) else {
+            throw FSError(EINVAL, "option 'level=\(level)': \(algorithm.rawValue) takes levels "
+                + "\(algorithm.levels.lowerBound)...\(algorithm.levels.upperBound)")
         }
     }
 

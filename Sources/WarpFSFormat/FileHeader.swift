@@ -10,6 +10,10 @@ public enum BlockEncoding: UInt8, Sendable, CaseIterable {
     case gzip = 3
     /// All zeros: no payload (a hole).
     case zero = 4
+    /// One zstd frame (RFC 8878).
+    case zstd = 5
+    /// One lz4 block (no frame; the block's logical size is the uncompressed size).
+    case lz4 = 6
 }
 
 /// The container header of a compressed backing file. Two copies live at

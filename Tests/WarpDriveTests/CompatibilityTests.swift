@@ -2,8 +2,16 @@ import CWarpSys
 import Testing
 @testable import WarpDrive
 
-/// Output through the queue is byte-for-byte zlib's, and zlib's streams decompress through it.
+/// Output through the queue is byte-for-byte zlib's with the zlib engine,
+/// and zlib's streams decompress through it, with either deflate engine.
 @Suite struct CompatibilityTests {
+    /// The reference device: zlib compresses and decompresses.
+    static var zlibEngine: EmulatedDeviceConfiguration {
+        var c = EmulatedDeviceConfiguration(engines: 2)
+        c.deflateEngine = .zlib
+        return c
+    }
+
     static let inputs: [(String, [UInt8])] = [
         ("empty", []),
         ("one byte", [0x41]),
@@ -14,9 +22,9 @@ import Testing
         ("mixed 1 MiB", TestData.mixed(1 << 20)),
     ]
 
-    @Test(arguments: CompressionAlgorithm.allCases)
+    @Test(arguments: Zlib.algorithms)
     func compressedBytesEqualZlib(_ a: CompressionAlgorithm) throws {
-        try withDevice { device in
+        try withDevice(Self.zlibEngine) { device in
             for level in [0, 1, 6, 9] {
                 let s = try session(device, a, .compress, level: level)
                 defer { s.close() }
@@ -30,21 +38,25 @@ import Testing
         }
     }
 
-    @Test(arguments: CompressionAlgorithm.allCases)
-    func decompressesZlibStreams(_ a: CompressionAlgorithm) throws {
-        try withDevice { device in
+    @Test(arguments: Zlib.algorithms, DeflateEngine.allCases)
+    func decompressesZlibStreams(_ a: CompressionAlgorithm, _ engine: DeflateEngine) throws {
+        var c = EmulatedDeviceConfiguration(engines: 2)
+        c.deflateEngine = engine
+        try withDevice(c) { device in
             let s = try session(device, a, .decompress)
             defer { s.close() }
             for (name, data) in Self.inputs {
-                let stream = Zlib.compress(data, a, level: 6)
-                let back = try s.decompress(stream, capacity: data.count)
-                #expect(back == data, "\(a) \(name)")
+                for level in [1, 6, 9] {
+                    let stream = Zlib.compress(data, a, level: level)
+                    let back = try s.decompress(stream, capacity: data.count)
+                    #expect(back == data, "\(a) \(name) level \(level)")
+                }
             }
         }
     }
 
     @Test func maximumSizeRequest() throws {
-        try withDevice { device in
+        try withDevice(Self.zlibEngine) { device in
             let data = TestData.mixed(ZipSQE.maxRequestBytes, seed: 11)
             let c = try session(device, .zlib, .compress, level: 1)
             let d = try session(device, .zlib, .decompress)

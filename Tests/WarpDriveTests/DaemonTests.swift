@@ -175,7 +175,8 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
                 let viaDaemon = try c.compress(data)
                 let inProcess = try withDevice { dev in try session(dev, a, .compress, level: level).compress(data) }
                 #expect(viaDaemon == inProcess, "\(a) level \(level)")
-                #expect(viaDaemon == Zlib.compress(data, a, level: level), "\(a) level \(level)")
+                // Levels 1...3 are ISA-L's (any inflater reads them), the others zlib's own bytes.
+                if level > 3 { #expect(viaDaemon == Zlib.compress(data, a, level: level), "\(a) level \(level)") }
                 #expect(try d.decompress(viaDaemon, capacity: data.count) == data)
                 #expect(Zlib.decompress(viaDaemon, a, capacity: data.count) == data)
                 // The queue's PASID names this process in the daemon, not the daemon itself.
@@ -206,7 +207,7 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
             let data = TestData.text(200_000)
             var sawOthers = false
             for _ in 0..<20 {
-                #expect(try c.compress(data) == Zlib.compress(data, .zlib, level: 1))
+                #expect(Zlib.decompress(try c.compress(data), .zlib, capacity: data.count) == data)
                 if try remote.info().boundPASIDs >= 2 { sawOthers = true }
             }
             for (i, p) in clients.enumerated() {
@@ -301,7 +302,7 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
             let c = try remoteSession(remote, .zlib, .compress, level: 1)
             defer { c.close() }
             let data = TestData.text(100_000)
-            #expect(try c.compress(data) == Zlib.compress(data, .zlib, level: 1))
+            #expect(Zlib.decompress(try c.compress(data), .zlib, capacity: data.count) == data)
         }
     }
 
@@ -334,7 +335,7 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
                     // The next good request is served.
                     let r5 = try roundTrip(q, source: src, length: s.count, destination: dst, capacity: d.count)
                     #expect(r5.status == CompletionStatus.ok)
-                    #expect(Array(d[0..<r5.produced]) == Zlib.compress(data, .deflate, level: 1))
+                    #expect(Zlib.decompress(Array(d[0..<r5.produced]), .deflate, capacity: data.count) == data)
                 }
             }
             #expect(q.counters.errors == 4)
@@ -369,7 +370,7 @@ func remoteSession(_ device: RemoteDevice, _ a: CompressionAlgorithm, _ d: Direc
             // The daemon keeps serving.
             let c = try remoteSession(remote, .zlib, .compress, level: 1)
             let data = TestData.mixed(500_000)
-            #expect(try c.compress(data) == Zlib.compress(data, .zlib, level: 1))
+            #expect(Zlib.decompress(try c.compress(data), .zlib, capacity: data.count) == data)
             #expect(daemon.process.wait(seconds: 0) == nil, "warpdrived exited: \(daemon.process.output)")
         }
     }

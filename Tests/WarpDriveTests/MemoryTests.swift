@@ -79,7 +79,7 @@ import Testing
                     // The next good request is served.
                     let r3 = try roundTrip(q, source: src, length: s.count, destination: dst, capacity: d.count)
                     #expect(r3.status == CompletionStatus.ok)
-                    #expect(Array(d[0..<r3.produced]) == Zlib.compress(data, .deflate, level: 1))
+                    #expect(Zlib.decompress(Array(d[0..<r3.produced]), .deflate, capacity: data.count) == data)
                 }
             }
             #expect(q.counters.errors == 2)
@@ -168,7 +168,7 @@ import Testing
             let data = TestData.mixed(100_000)
             data.withUnsafeBytes { src.copyMemory(from: $0) }
             let n = try c.process(UnsafeRawBufferPointer(rebasing: src[0..<data.count]), into: dst)
-            #expect(Array(dst[0..<n]) == Zlib.compress(data, .zlib, level: 1))
+            #expect(Zlib.decompress(Array(dst[0..<n]), .zlib, capacity: data.count) == data)
             // Route check: the device uses its own mapping of the pool, not a process copy.
             if case .direct = device.iommu.route(pasid: binding.pasid, address: UInt64(UInt(bitPattern: src.baseAddress)), length: data.count) {
             } else {

@@ -187,7 +187,7 @@ import Testing
         for code in UInt32(0)...0xff {
             var sqe = ZipSQE()
             sqe[ZipSQE.Field.requestType] = code
-            #expect((sqe.requestType != nil) == (1...3).contains(code), "type \(code)")
+            #expect((sqe.requestType != nil) == ((1...3).contains(code) || code == 0x10 || code == 0x11), "type \(code)")
         }
         for code in UInt32(0)...0xf {
             var sqe = ZipSQE()
@@ -266,7 +266,8 @@ import Testing
                                    mode: .interrupt) { got = $0 }
                         #expect(got?.status == want, "\(name)")
                     }
-                    #expect(Array(d[0..<Zlib.compress(data, .deflate, level: 1).count]) == Zlib.compress(data, .deflate, level: 1))
+                    // (the good request is the last: its output is what the destination holds)
+                    #expect(Zlib.decompress(Array(d), .deflate, capacity: data.count) == data)
                 }
             }
             #expect(q.counters.errors == 4)

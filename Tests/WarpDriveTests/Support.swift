@@ -61,8 +61,16 @@ enum TestData {
 
 /// Stock zlib, called directly: the reference the device must match.
 enum Zlib {
+    /// The formats zlib writes and reads.
+    static let algorithms: [CompressionAlgorithm] = [.deflate, .zlib, .gzip]
+
     static func windowBits(_ a: CompressionAlgorithm) -> Int32 {
-        switch a { case .deflate: -15; case .zlib: 15; case .gzip: 31 }
+        switch a {
+        case .deflate: -15
+        case .zlib: 15
+        case .gzip: 31
+        case .zstd, .lz4: preconditionFailure("zlib has no \(a)")
+        }
     }
 
     static func compress(_ data: [UInt8], _ a: CompressionAlgorithm, level: Int) -> [UInt8] {

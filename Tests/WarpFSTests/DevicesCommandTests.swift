@@ -81,7 +81,7 @@ import Testing
         let r = devices(d.socket) { busyClient($0, mountPID) && busyClient($0, helloPID) }
         #expect(r.status == 0, "\(r.output)")
         #expect(r.output.contains("warpdrive_zip_emu-0 (warpdrived pid \(d.pid) at \(d.socket))"), "\(r.output)")
-        #expect(r.output.contains("algorithms           deflate zlib gzip"))
+        #expect(r.output.contains("algorithms           deflate zlib gzip zstd lz4"))
         #expect(r.output.contains("engines              2"))
         #expect(busyClient(r.output, mountPID), "mount pid \(mountPID) missing or idle:\n\(r.output)")
         #expect(busyClient(r.output, helloPID), "warpdrive-hello pid \(helloPID) missing or idle:\n\(r.output)")
@@ -99,7 +99,7 @@ import Testing
         #expect(json.hasPrefix("{") && json.hasSuffix("}"), "\(json)")
         #expect(json.contains("\"daemon_pid\":\(d.pid)"))
         #expect(json.contains("\"name\":\"warpdrive_zip_emu-0\""))
-        #expect(json.contains("\"algorithms\":[\"deflate\",\"zlib\",\"gzip\"]"))
+        #expect(json.contains("\"algorithms\":[\"deflate\",\"zlib\",\"gzip\",\"zstd\",\"lz4\"]"))
         #expect(json.contains("{\"pid\":\(hello.pid),\"uid\":\(getuid()),\"pasid\":"), "\(json)")
         #expect(json.contains("\"pid\":\(m.pid),\"pasid\":"), "queue row of the mount: \(json)")
         // The device totals are not all zero (they precede the queue list).
@@ -130,7 +130,7 @@ import Testing
         let r = runCommand([warpfsBinary, "devices"])
         #expect(r.status == 0, "\(r.output)")
         #expect(r.output.contains("warpdrive_zip_emu-0 (emulated, in-process)"), "\(r.output)")
-        for line in ["api                  hisi_qm_v2", "algorithms           deflate zlib gzip",
+        for line in ["api                  hisi_qm_v2", "algorithms           deflate zlib gzip zstd lz4",
                      "available_instances  1024", "engines              2", "isolated             0"] {
             #expect(r.output.contains(line), "\(line) missing:\n\(r.output)")
         }

@@ -11,9 +11,11 @@ public struct SessionConfiguration: Sendable {
     public var algorithm: CompressionAlgorithm
     /// Whether the session compresses or decompresses.
     public var direction: Direction
-    /// Compression level 0...9 (ignored when decompressing).
+    /// Compression level, in `algorithm.levels` (ignored when decompressing):
+    /// 0...9 for deflate, zlib and gzip, 1...19 for zstd, 1...12 for lz4.
     public var level: Int
-    /// Window size as a power of two, 12...15 (4 KiB...32 KiB).
+    /// Window size as a power of two, 12...15 (4 KiB...32 KiB), for deflate,
+    /// zlib and gzip (zstd and lz4 choose their own within the request).
     public var windowBits: Int = 15
     /// Queues the session spreads requests over (round robin). More queues
     /// add isolation and lock independence, not device throughput.
@@ -25,11 +27,12 @@ public struct SessionConfiguration: Sendable {
     /// How long a request may take before it fails with `timedOut`.
     public var timeoutMilliseconds: Int = 10_000
 
-    /// A configuration with the other settings at their defaults.
-    public init(algorithm: CompressionAlgorithm, direction: Direction, level: Int = 6) {
+    /// A configuration with the other settings at their defaults (level:
+    /// the algorithm's `defaultLevel`, 6 for the deflate family).
+    public init(algorithm: CompressionAlgorithm, direction: Direction, level: Int? = nil) {
         self.algorithm = algorithm
         self.direction = direction
-        self.level = level
+        self.level = level ?? algorithm.defaultLevel
     }
 }
 
@@ -66,11 +69,16 @@ public final class CompressionSession: @unchecked Sendable {
     /// Opens `configuration.queues` queues on `device`.
     public init(device: any AcceleratorDevice, configuration: SessionConfiguration,
                 completionHandler: CompletionHandler? = nil) throws {
-        guard ZipSQE.levels.contains(configuration.level),
+        guard configuration.direction == .decompress || configuration.algorithm.levels.contains(configuration.level),
               let window = ZipSQE.Window(windowBits: configuration.windowBits) else {
             throw WarpDriveError.badRequest(status: CompletionStatus.badRequest.rawValue)
         }
-        template = ZipSQE(type: configuration.algorithm.requestType, window: window, level: configuration.level)
+        // A decompressing request's level means nothing; it is sent within
+        // the type's range so that any level a caller passes is accepted.
+        let levels = configuration.algorithm.levels
+        let level = configuration.direction == .compress ? configuration.level
+            : min(max(configuration.level, levels.lowerBound), levels.upperBound)
+        template = ZipSQE(type: configuration.algorithm.requestType, window: window, level: level)
         self.device = device
         self.configuration = configuration
         handler = completionHandler
@@ -182,7 +190,8 @@ public final class CompressionSession: @unchecked Sendable {
         case .pageFault:
             return .failure(.pageFault(pasid: queue.pasid, address: r.faultAddress))
         case .corruptInput:
-            return .failure(.corruptData("the deflate stream is invalid"))
+            return .failure(.corruptData(r.algorithm == .zstd ? "the zstd frame is invalid"
+                                         : r.algorithm == .lz4 ? "the lz4 block is invalid" : "the deflate stream is invalid"))
         case .engineError:
             return .failure(.engineError(device: device.name, queue: queue.number, status: r.status.rawValue))
         default:
@@ -199,7 +208,7 @@ public final class CompressionSession: @unchecked Sendable {
         guard r.consumed == r.bodyLength else {
             return .failure(.corruptData("\(r.bodyLength - r.consumed) unexpected bytes after the end of the deflate stream"))
         }
-        if a != .deflate && r.checksum != r.expectedChecksum {
+        if (a == .zlib || a == .gzip) && r.checksum != r.expectedChecksum {
             return .failure(.checksumMismatch(expected: r.expectedChecksum, actual: r.checksum))
         }
         if a == .gzip && UInt32(truncatingIfNeeded: r.produced) != r.expectedISize {
@@ -261,7 +270,7 @@ public final class CompressionSession: @unchecked Sendable {
     /// Compresses `data` and returns the stream (convenience for small inputs).
     public func compress(_ data: [UInt8]) throws -> [UInt8] {
         precondition(configuration.direction == .compress, "session decompresses")
-        let bound = Int(compressBound(UInt(data.count))) + 64
+        let bound = configuration.algorithm.compressBound(data.count) + 64
         var out = [UInt8](repeating: 0, count: bound)
         let n = try data.withUnsafeBytes { s in try out.withUnsafeMutableBytes { d in try process(s, into: d) } }
         out.removeSubrange(n...)

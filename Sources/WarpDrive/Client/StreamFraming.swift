@@ -1,22 +1,23 @@
-/// zlib (RFC 1950) and gzip (RFC 1952) headers and trailers. The ZIP
+/// zlib (RFC 1950) and gzip (RFC 1952) headers and trailers (raw deflate,
+/// zstd and lz4 have none: the device's output is the whole stream). The ZIP
 /// hardware emits and consumes raw deflate plus a checksum; the user-space
 /// driver writes and strips these, so that the bytes equal zlib's own
 /// `deflateInit2` output at the same level (window 32K, memLevel 8).
 enum StreamFraming {
     /// Header bytes written before the device's output when compressing.
     static func headerLength(_ a: CompressionAlgorithm) -> Int {
-        switch a { case .deflate: 0; case .zlib: 2; case .gzip: 10 }
+        switch a { case .deflate, .zstd, .lz4: 0; case .zlib: 2; case .gzip: 10 }
     }
 
     /// Trailer bytes after the device's output.
     static func trailerLength(_ a: CompressionAlgorithm) -> Int {
-        switch a { case .deflate: 0; case .zlib: 4; case .gzip: 8 }
+        switch a { case .deflate, .zstd, .lz4: 0; case .zlib: 4; case .gzip: 8 }
     }
 
     /// Writes the header zlib's deflate writes for `level` and `windowBits`.
     static func writeHeader(_ a: CompressionAlgorithm, level: Int, windowBits: Int, to p: UnsafeMutableRawPointer) {
         switch a {
-        case .deflate:
+        case .deflate, .zstd, .lz4:
             break
         case .zlib:
             let cmf = UInt32((windowBits - 8) << 4 | 8)
@@ -35,7 +36,7 @@ enum StreamFraming {
     /// Writes the trailer for the device's checksum and input size.
     static func writeTrailer(_ a: CompressionAlgorithm, checksum: UInt32, isize: UInt32, to p: UnsafeMutableRawPointer) {
         switch a {
-        case .deflate:
+        case .deflate, .zstd, .lz4:
             break
         case .zlib:
             p.storeBytes(of: checksum.bigEndian, as: UInt32.self)
@@ -58,7 +59,9 @@ enum StreamFraming {
     static func parse(_ a: CompressionAlgorithm, _ s: UnsafeRawBufferPointer) throws -> Parsed {
         let n = s.count
         switch a {
-        case .deflate:
+        case .deflate, .zstd, .lz4:
+            // zstd frames carry their own sizes (and checksum when asked);
+            // an lz4 block is the whole request.
             return Parsed(bodyOffset: 0, bodyLength: n, checksum: 0, isize: 0)
         case .zlib:
             guard n >= 6 else { throw WarpDriveError.corruptData("zlib stream of \(n) bytes is shorter than header and trailer") }

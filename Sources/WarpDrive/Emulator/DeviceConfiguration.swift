@@ -18,6 +18,12 @@ public struct EmulatedDeviceConfiguration: Sendable {
     public var numaNode: Int = 0
     /// Microseconds an idle engine spins before it sleeps (0 = sleep at once).
     public var idleSpinMicroseconds: Int = 10
+    /// Which libraries serve deflate, zlib and gzip requests (zstd and lz4
+    /// have one library each). Default `.isal`.
+    public var deflateEngine: DeflateEngine = .isal
+    /// The algorithms the device offers (its `algorithms` attribute); a
+    /// request of any other type completes with `badRequest`. Default: all.
+    public var algorithms: [CompressionAlgorithm] = CompressionAlgorithm.allCases
 
     /// The default configuration.
     public init() {}
@@ -29,6 +35,23 @@ public struct EmulatedDeviceConfiguration: Sendable {
         self.queueDepth = queueDepth
         self.isolateThreshold = isolateThreshold
     }
+}
+
+/// The libraries an emulated device's engines use for deflate, zlib and
+/// gzip. Either way the output is standard deflate that any inflater reads,
+/// and either way each engine keeps its contexts for its lifetime.
+public enum DeflateEngine: String, Sendable, CaseIterable {
+    /// zlib for compression and decompression: the reference. Compressed
+    /// bytes equal stock zlib's `deflateInit2` output at the same level and
+    /// window (memLevel 8, default strategy), byte for byte.
+    case zlib
+    /// ISA-L's igzip (`isal_deflate_stateless`) at levels 1...3, the levels
+    /// it has (several times zlib's speed at a ratio within 1%); zlib at
+    /// levels 0 (stored blocks) and 4...9, so that output there stays byte
+    /// for byte zlib's and a window under 32K is honoured (libdeflate, the
+    /// other candidate, cannot limit its window). Decompression by
+    /// libdeflate's whole-buffer decoder. The default.
+    case isal
 }
 
 /// Faults the emulated device injects on request, for tests of callers'

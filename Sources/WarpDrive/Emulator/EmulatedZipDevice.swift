@@ -21,6 +21,11 @@ public final class EmulatedZipDevice: @unchecked Sendable {
     public let iommu: IOMMU
     /// Ring geometry of every queue.
     public let layout: RingLayout
+    /// The request types of the algorithms the device offers, one bit per type code.
+    let offered: UInt64
+
+    /// Whether the device offers request type `t`.
+    @inline(__always) func offers(_ t: ZipSQE.RequestType) -> Bool { offered >> UInt64(t.rawValue) & 1 != 0 }
 
     let lock = Mutex(())
     // Guarded by lock.
@@ -44,6 +49,7 @@ public final class EmulatedZipDevice: @unchecked Sendable {
     public init(configuration: EmulatedDeviceConfiguration = .init(), iommu: IOMMU = .shared) {
         precondition(configuration.engines >= 1 && configuration.queues >= 1 && configuration.queues <= 1024)
         self.configuration = configuration
+        offered = configuration.algorithms.reduce(0) { $0 | 1 << UInt64($1.requestType.rawValue) }
         self.iommu = iommu
         layout = RingLayout(depth: configuration.queueDepth)
         queues = Array(repeating: nil, count: configuration.queues)
@@ -64,7 +70,7 @@ public final class EmulatedZipDevice: @unchecked Sendable {
         lock.withLock { _ in
             DeviceAttributes(
                 name: name, api: DeviceAttributes.apiQMv2, flags: DeviceAttributes.flagSVA,
-                algorithms: CompressionAlgorithm.allCases.map(\.rawValue),
+                algorithms: configuration.algorithms.map(\.rawValue),
                 availableInstances: queues.lazy.filter { $0 == nil }.count,
                 queueDepth: layout.depth, regionMMIOSize: RingLayout.mmioSize, regionDUSSize: layout.dusSize,
                 isolated: isolatedFlag, isolateStrategy: configuration.isolateThreshold, numaNode: configuration.numaNode)

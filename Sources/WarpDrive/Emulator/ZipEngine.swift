@@ -5,29 +5,28 @@ import CWarpSys
 import Synchronization
 
 /// One engine ("core") of the emulated ZIP device: a thread that claims SQEs,
-/// reads the source through the IOMMU, runs zlib's deflate/inflate in raw
-/// mode, writes the destination and the results back, and posts the CQE.
+/// reads the source through the IOMMU, runs the request's codec
+/// (`EngineCodecs`: zlib, ISA-L, libdeflate, zstd or lz4), writes the
+/// destination and the results back, and posts the CQE.
 ///
-/// Each engine keeps its zlib streams and bounce buffers for its lifetime,
-/// so a request allocates nothing.
+/// Each engine keeps its codec contexts and bounce buffers for its
+/// lifetime, so a request allocates nothing.
 final class ZipEngine: @unchecked Sendable {
     let index: Int
     unowned(unsafe) let device: EmulatedZipDevice
     let busyNanoseconds = Atomic<UInt64>(0)
 
-    private var deflaters: [Int: UnsafeMutablePointer<z_stream>] = [:]
-    private var inflater: UnsafeMutablePointer<z_stream>?
+    private let codecs: EngineCodecs
     private var inBounce = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     private var outBounce = UnsafeMutableRawBufferPointer(start: nil, count: 0)
 
     init(index: Int, device: EmulatedZipDevice) {
         self.index = index
         self.device = device
+        codecs = EngineCodecs(deflateEngine: device.configuration.deflateEngine)
     }
 
     deinit {
-        for (_, s) in deflaters { deflateEnd(s); s.deallocate() }
-        if let s = inflater { inflateEnd(s); s.deallocate() }
         inBounce.deallocate()
         outBounce.deallocate()
     }
@@ -91,8 +90,8 @@ final class ZipEngine: @unchecked Sendable {
         if device.faults.drawEngineError() {
             r.status = .engineError
             r.hardwareError = true
-        } else if let type = sqe.requestType, let window = sqe.window, ZipSQE.levels.contains(sqe.level),
-                  inLen <= ZipSQE.maxRequestBytes {
+        } else if let type = sqe.requestType, device.offers(type), let window = sqe.window,
+                  q.direction == .decompress || type.levels.contains(sqe.level), inLen <= ZipSQE.maxRequestBytes {
             r = process(type: type, direction: q.direction, level: sqe.level, windowBits: window.zlibWindowBits,
                         pasid: q.binding.pasid, src: sqe.sourceAddress, inLen: inLen, dst: sqe.destinationAddress,
                         outCap: outCap)
@@ -163,22 +162,17 @@ final class ZipEngine: @unchecked Sendable {
         }
         defer { withExtendedLifetime(keepIn) {}; withExtendedLifetime(keepOut) {} }
 
+        let hasChecksum = type == .zlib || type == .gzip
         if direction == .compress {
-            compress(level: level, windowBits: windowBits, input, inLen, output, outCap, &r)
-            switch type {
-            case .deflate: break
-            case .zlib: r.checksum = UInt32(adler32(1, input.assumingMemoryBound(to: UInt8.self), UInt32(inLen)))
-            case .gzip: r.checksum = UInt32(crc32(0, input.assumingMemoryBound(to: UInt8.self), UInt32(inLen)))
-            }
+            let c = codecs.compress(type, level: level, windowBits: windowBits, input, inLen, output, outCap)
+            r.status = c.status; r.consumed = c.consumed; r.produced = c.produced
+            if hasChecksum && c.status.isSuccess { r.checksum = codecs.checksum(type, input, inLen) }
             r.isize = UInt32(truncatingIfNeeded: inLen)
         } else {
-            decompress(input, inLen, output, outCap, &r)
-            if r.produced > 0 || r.status == .endOfStream {
-                switch type {
-                case .deflate: break
-                case .zlib: r.checksum = UInt32(adler32(1, output.assumingMemoryBound(to: UInt8.self), UInt32(r.produced)))
-                case .gzip: r.checksum = UInt32(crc32(0, output.assumingMemoryBound(to: UInt8.self), UInt32(r.produced)))
-                }
+            let d = codecs.decompress(type, input, inLen, output, outCap)
+            r.status = d.status; r.consumed = d.consumed; r.produced = d.produced; r.endOfStream = d.endOfStream
+            if hasChecksum && (r.produced > 0 || r.status == .endOfStream) {
+                r.checksum = codecs.checksum(type, output, r.produced)
             }
             r.isize = UInt32(truncatingIfNeeded: r.produced)
         }
@@ -190,68 +184,6 @@ final class ZipEngine: @unchecked Sendable {
             }
         }
         return r
-    }
-
-    private func compress(level: Int, windowBits: Int, _ input: UnsafeRawPointer, _ inLen: Int,
-                          _ output: UnsafeMutableRawPointer, _ outCap: Int, _ r: inout Outcome) {
-        let key = level << 4 | windowBits
-        let s: UnsafeMutablePointer<z_stream>
-        if let existing = deflaters[key] {
-            s = existing
-            deflateReset(s)
-        } else {
-            s = .allocate(capacity: 1)
-            s.initialize(to: z_stream())
-            let rc = wd_deflate_init2(s, Int32(level), -Int32(windowBits), 8, Z_DEFAULT_STRATEGY)
-            precondition(rc == Z_OK, "deflateInit2 failed: \(rc)")
-            deflaters[key] = s
-        }
-        s.pointee.next_in = UnsafeMutablePointer(mutating: input.assumingMemoryBound(to: UInt8.self))
-        s.pointee.avail_in = UInt32(inLen)
-        s.pointee.next_out = output.assumingMemoryBound(to: UInt8.self)
-        s.pointee.avail_out = UInt32(outCap)
-        let rc = deflate(s, Z_FINISH)
-        r.consumed = inLen - Int(s.pointee.avail_in)
-        r.produced = outCap - Int(s.pointee.avail_out)
-        if rc == Z_STREAM_END {
-            r.status = r.produced > inLen ? .negativeCompression : .ok
-        } else {
-            r.status = .destinationTooSmall
-            r.produced = 0
-        }
-    }
-
-    private func decompress(_ input: UnsafeRawPointer, _ inLen: Int, _ output: UnsafeMutableRawPointer,
-                            _ outCap: Int, _ r: inout Outcome) {
-        let s: UnsafeMutablePointer<z_stream>
-        if let existing = inflater {
-            s = existing
-            inflateReset(s)
-        } else {
-            s = .allocate(capacity: 1)
-            s.initialize(to: z_stream())
-            let rc = wd_inflate_init2(s, -15)
-            precondition(rc == Z_OK, "inflateInit2 failed: \(rc)")
-            inflater = s
-        }
-        s.pointee.next_in = UnsafeMutablePointer(mutating: input.assumingMemoryBound(to: UInt8.self))
-        s.pointee.avail_in = UInt32(inLen)
-        s.pointee.next_out = output.assumingMemoryBound(to: UInt8.self)
-        s.pointee.avail_out = UInt32(outCap)
-        let rc = inflate(s, Z_FINISH)
-        r.consumed = inLen - Int(s.pointee.avail_in)
-        r.produced = outCap - Int(s.pointee.avail_out)
-        switch rc {
-        case Z_STREAM_END:
-            r.status = .endOfStream
-            r.endOfStream = true
-        case Z_BUF_ERROR where s.pointee.avail_out == 0:
-            r.status = .destinationTooSmall
-        case Z_BUF_ERROR, Z_OK:
-            r.status = .ok  // input ended before the end of the stream
-        default:
-            r.status = .corruptInput
-        }
     }
 
     private func ensure(_ b: inout UnsafeMutableRawBufferPointer, _ n: Int) {

@@ -13,7 +13,9 @@ public struct ZipSQE: Sendable, Equatable {
     public static let size = 128
     /// Device limit on input and output bytes per request.
     public static let maxRequestBytes = 8 << 20
-    /// Compression levels the emulated device takes (the level field holds 0...255).
+    /// Compression levels the emulated device takes for deflate, zlib and
+    /// gzip (the level field holds 0...255; each request type has its own
+    /// range, `RequestType.levels`).
     public static let levels = 0...9
     /// The SQE type the client writes (dword 7 bits 31:28): the v3 format.
     static let typeV3: UInt32 = 3
@@ -26,6 +28,27 @@ public struct ZipSQE: Sendable, Equatable {
         case zlib = 0x2
         /// Deflate with a gzip checksum (CRC-32) in dword 31.
         case gzip = 0x3
+        /// A whole zstd frame (RFC 8878), levels 1...19. Emulation-defined
+        /// code: the hardware's zstd support is LZ77 only (`lz77_zstd`), its
+        /// entropy stage left to software.
+        case zstd = 0x10
+        /// One lz4 block (the lz4 block format, no frame), levels 1...12.
+        /// Emulation-defined code.
+        case lz4 = 0x11
+
+        /// Compression levels the device takes for this type: 0...9 for the
+        /// deflate family (0: stored blocks), zstd 1...19, lz4 1...12 (1 and
+        /// 2: lz4's fast compressor, 3...12: lz4 HC at that level).
+        public var levels: ClosedRange<Int> {
+            switch self {
+            case .deflate, .zlib, .gzip: ZipSQE.levels
+            case .zstd: 1...19
+            case .lz4: 1...12
+            }
+        }
+
+        /// Whether the type is raw deflate inside (deflate, zlib, gzip).
+        public var isDeflate: Bool { self == .deflate || self == .zlib || self == .gzip }
     }
 
     /// History window of a request (dword 9, bits 15:12), UADK's `wd_comp_winsz_type`.
