@@ -57,19 +57,6 @@ let nextPidSettable: Bool = access("/proc/sys/kernel/ns_last_pid", W_OK) == 0
         }
     }
 
-    func readFile(_ path: String) -> String? {
-        guard let f = fopen(path, "r") else { return nil }
-        defer { fclose(f) }
-        var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, f)
-            if n == 0 { break }
-            out += chunk[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
     func exe(_ pid: pid_t) -> String {
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/\(pid)/exe", &buf, 4095)

@@ -59,18 +59,7 @@ final class Spawned: @unchecked Sendable {
 
     func signal(_ s: Int32) { if !reaped { kill(pid, s) } }
 
-    var output: String {
-        guard let f = fopen(outputPath, "r") else { return "" }
-        defer { fclose(f) }
-        var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, f)
-            if n == 0 { break }
-            out += chunk[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    var output: String { readFile(outputPath) ?? "" }
 
     /// Stops the process: SIGTERM, then SIGKILL after `grace` seconds.
     func stop(grace: Double = 5) {

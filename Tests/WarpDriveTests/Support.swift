@@ -193,3 +193,17 @@ extension WarpDrive.Queue {
         return try trySubmit(request, sqe)
     }
 }
+
+/// A whole text file (a process's output, a /proc file), or nil when it cannot be opened.
+func readFile(_ path: String) -> String? {
+    guard let f = fopen(path, "r") else { return nil }
+    defer { fclose(f) }
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = fread(&chunk, 1, chunk.count, f)
+        if n == 0 { break }
+        out += chunk[0..<n]
+    }
+    return String(decoding: out, as: UTF8.self)
+}
