@@ -408,7 +408,11 @@ int wd_peer_pidfd(int sock) {
         if (flags >= 0) (void)fcntl(pidfd, F_SETFD, flags | FD_CLOEXEC);
         return pidfd;
     }
-    if (errno != ENOPROTOOPT && errno != EINVAL) return -errno;
+    /* EINVAL/ESRCH from a kernel that has SO_PEERPIDFD: the peer process
+       has already exited. Its pid may belong to another process by now, so
+       no pidfd is made from it: the connection is refused. */
+    if (errno == EINVAL || errno == ESRCH) return -ESRCH;
+    if (errno != ENOPROTOOPT) return -errno;
     /* Older kernel: the pid may have been reused since connect(). Sound
        all the same: memory is reached with the client's credentials, or,
        for a client with the daemon's own credentials, by a user who could

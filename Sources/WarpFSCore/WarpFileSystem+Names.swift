@@ -92,14 +92,27 @@ extension WarpFileSystem {
 
     /// The entry of a node just created under `name` (owner-only), settled
     /// for `caller`; the node is removed again if that fails.
-    private func created(_ p: Inode, _ name: String, mode: mode_t, directory: Bool = false, caller: Caller) throws -> Entry {
+    ///
+    /// The node is found again by name (no call creates a directory, node or
+    /// symlink and returns a descriptor), so before anything is given away
+    /// the object found must be the one just made: this process's, of the
+    /// `type` created, with no group or other bits yet and no other link.
+    /// Anything else (a name swapped in the moment between, by a rename
+    /// through the mount or in the backing directory) is refused untouched.
+    private func created(_ p: Inode, _ name: String, type: mode_t, mode: mode_t, caller: Caller) throws -> Entry {
         let fd = openat(p.fd, name, Int32(WD_O_PATH) | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw FSError.last("open new \(name)") }
+        defer { close(fd) }
+        var st = stat()
+        _ = try sys("stat new \(name)") { fstatat(fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
+        let ours = st.st_uid == geteuid() && st.st_mode & S_IFMT == type
+            && (type == S_IFLNK || st.st_mode & 0o077 == 0)
+            && (type == S_IFDIR ? st.st_nlink <= 2 : st.st_nlink == 1)
+        guard ours else { throw FSError(EEXIST, "\(name) was replaced while it was being created; left as it is") }
         do {
-            guard fd >= 0 else { throw FSError.last("open new \(name)") }
-            defer { close(fd) }
             try settle(fd, parent: p, mode: mode, caller: caller)
         } catch {
-            unlinkat(p.fd, name, directory ? AT_REMOVEDIR : 0)
+            unlinkat(p.fd, name, type == S_IFDIR ? AT_REMOVEDIR : 0)
             throw error
         }
         return try entry(parent: p, name: name)
@@ -131,21 +144,21 @@ extension WarpFileSystem {
             return e
         }
         _ = try sys("mknod \(name)") { mknodat(p.fd, name, (mode & S_IFMT) | 0o600, rdev) }
-        return try created(p, name, mode: mode, caller: caller)
+        return try created(p, name, type: mode & S_IFMT, mode: mode, caller: caller)
     }
 
     public func mkdir(parent: UInt64, name: String, mode: mode_t, caller: Caller) throws -> Entry {
         let p = try inode(parent)
         try checkName(name); try writable()
         _ = try sys("mkdir \(name)") { mkdirat(p.fd, name, 0o700) }
-        return try created(p, name, mode: mode, directory: true, caller: caller)
+        return try created(p, name, type: S_IFDIR, mode: mode, caller: caller)
     }
 
     public func symlink(parent: UInt64, name: String, target: String, caller: Caller) throws -> Entry {
         let p = try inode(parent)
         try checkName(name); try writable()
         _ = try sys("symlink \(name)") { symlinkat(target, p.fd, name) }
-        return try created(p, name, mode: 0o777, caller: caller)
+        return try created(p, name, type: S_IFLNK, mode: 0o777, caller: caller)
     }
 
     public func link(_ id: UInt64, newParent: UInt64, newName: String) throws -> Entry {
