@@ -174,7 +174,12 @@ struct Converter {
 
         let (dst, tmp) = try createTemporary(in: dirfd)
         var dstStat = stat()
-        fstat(dst, &dstStat)
+        guard fstat(dst, &dstStat) == 0 else {
+            let e = FSError.last("stat the temporary")
+            close(dst)
+            unlinkat(dirfd, tmp.cString, 0)   // just made with O_EXCL: the name is ours
+            throw e
+        }
         func stillOurs(_ name: EntryName, _ want: stat) -> Bool {
             var now = stat()
             return fstatat(dirfd, name.cString, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == want.st_dev && now.st_ino == want.st_ino

@@ -98,7 +98,9 @@ final class ProcessMemory: @unchecked Sendable {
         switch path {
         case .local: return true
         case .checked(_, let pidfd): return wd_pidfd_alive(pidfd) == 1
-        case .file(let fd): return wd_mem_alive(fd) == 1
+        // The memory may outlive the client (a CLONE_VM sibling): a new
+        // process that takes the pid must not share it.
+        case .file(let fd): return wd_mem_alive(fd) == 1 && (client?.isAlive ?? false)
         case .refused: return client?.isAlive ?? false
         }
     }
