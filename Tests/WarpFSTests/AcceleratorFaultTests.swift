@@ -104,23 +104,31 @@ import Testing
         }
     }
 
+    /// Writes `megabytes` of text to `name` (with fsync) while the device is
+    /// reset `resets` times, `gapMicroseconds` apart; the writer must see no
+    /// error and the file must read back after a remount.
+    static func writeWhileResetting(_ m: TestMount, _ name: String, seed: UInt64, megabytes: Int,
+                                    resets: Int, gapMicroseconds: UInt32) throws {
+        var r = Rng(seed)
+        let data = r.text(megabytes << 20)
+        let path = m.path(name)
+        let result = Atomic<Int32>(-1)
+        let writer = startThread { result.store(AcceleratorFaultTests.writeAndSync(path, data), ordering: .relaxed) }
+        for _ in 0..<resets {
+            usleep(gapMicroseconds)
+            #expect(AcceleratorFaultTests.fault(m, "reset") == 0)
+        }
+        pthread_join(writer, nil)
+        #expect(result.load(ordering: .relaxed) == 0)
+        try m.remount()
+        #expect(try FileIO.read(m.path(name)) == data)
+    }
+
     /// Resets while a writer streams: requests in flight fail and are
     /// retried on fresh queues; the application sees no error.
     @Test func resetsDuringWritesAreRetried() throws {
         try withMount(options: "fault_injection") { m in
-            var r = Rng(43)
-            let data = r.text(16 << 20)
-            let path = m.path("r")
-            let result = Atomic<Int32>(-1)
-            let writer = startThread { result.store(AcceleratorFaultTests.writeAndSync(path, data), ordering: .relaxed) }
-            for _ in 0..<5 {
-                usleep(20_000)
-                #expect(AcceleratorFaultTests.fault(m, "reset") == 0)
-            }
-            pthread_join(writer, nil)
-            #expect(result.load(ordering: .relaxed) == 0)
-            try m.remount()
-            #expect(try FileIO.read(m.path("r")) == data)
+            try Self.writeWhileResetting(m, "r", seed: 43, megabytes: 16, resets: 5, gapMicroseconds: 20_000)
         }
     }
 
@@ -130,19 +138,7 @@ import Testing
     /// engine_timeout, far away here).
     @Test func resetsInQuickSuccessionCostNoTries() throws {
         try withMount(options: "fault_injection") { m in
-            var r = Rng(44)
-            let data = r.text(8 << 20)
-            let path = m.path("quick")
-            let result = Atomic<Int32>(-1)
-            let writer = startThread { result.store(AcceleratorFaultTests.writeAndSync(path, data), ordering: .relaxed) }
-            for _ in 0..<40 {
-                usleep(2_000)
-                #expect(AcceleratorFaultTests.fault(m, "reset") == 0)
-            }
-            pthread_join(writer, nil)
-            #expect(result.load(ordering: .relaxed) == 0)
-            try m.remount()
-            #expect(try FileIO.read(m.path("quick")) == data)
+            try Self.writeWhileResetting(m, "quick", seed: 44, megabytes: 8, resets: 40, gapMicroseconds: 2_000)
         }
     }
 
