@@ -12,16 +12,24 @@ import WarpFSFormat
 /// links, odd names) makes them touch a file outside the tree, and the
 /// files of the tree keep their content, owner and mode.
 @Suite(.serialized) struct ConvertSafetyTests {
+    /// Under `root` (made reachable for `user`): `tree`, the backing tree
+    /// root converts, with a directory `u` the user owns, and `outside`, a
+    /// root-owned directory beside it that nothing may touch.
+    static func layout(_ root: String, for user: TestUser, outsideMode: mode_t) throws -> (tree: String, outside: String) {
+        openPathForOthers(root)
+        let tree = root + "/tree", outside = root + "/outside"
+        #expect(mkdir(tree, 0o755) == 0 && mkdir(outside, outsideMode) == 0)
+        #expect(mkdir(tree + "/u", 0o755) == 0 && chown(tree + "/u", user.uid, user.gid) == 0)
+        return (tree, outside)
+    }
+
     /// A symbolic link planted under the name of the old fixed temporary
     /// (`NAME.warpfs-tmp`) pointing at a root-owned file outside the tree.
     @Test func aPlantedTemporaryNameIsNotFollowed() throws {
         let user = try TestUser.ensure()
         let root = makeTempDir("warpfs-convert")
         defer { removeTree(root) }
-        openPathForOthers(root)
-        let tree = root + "/tree", outside = root + "/outside"
-        #expect(mkdir(tree, 0o755) == 0 && mkdir(outside, 0o700) == 0)
-        #expect(mkdir(tree + "/u", 0o755) == 0 && chown(tree + "/u", user.uid, user.gid) == 0)
+        let (tree, outside) = try Self.layout(root, for: user, outsideMode: 0o700)
         let secret = Array("root's file outside the tree\n".utf8)
         try FileIO.write(outside + "/secret", secret, mode: 0o640)
         #expect(chmod(outside + "/secret", 0o640) == 0)
@@ -56,10 +64,7 @@ import WarpFSFormat
         let user = try TestUser.ensure()
         let root = makeTempDir("warpfs-convert")
         defer { removeTree(root) }
-        openPathForOthers(root)
-        let tree = root + "/tree", outside = root + "/outside"
-        #expect(mkdir(tree, 0o755) == 0 && mkdir(outside, 0o755) == 0)
-        #expect(mkdir(tree + "/u", 0o755) == 0 && chown(tree + "/u", user.uid, user.gid) == 0)
+        let (tree, outside) = try Self.layout(root, for: user, outsideMode: 0o755)
         let subdirs = ["sub0", "sub1", "sub2"]
         var r = Rng(32)
         var inTree: [String: [UInt8]] = [:], out: [String: [UInt8]] = [:]
@@ -108,10 +113,7 @@ import WarpFSFormat
         let user = try TestUser.ensure()
         let root = makeTempDir("warpfs-convert")
         defer { removeTree(root) }
-        openPathForOthers(root)
-        let tree = root + "/tree", outside = root + "/outside"
-        #expect(mkdir(tree, 0o755) == 0 && mkdir(outside, 0o755) == 0)
-        #expect(mkdir(tree + "/u", 0o755) == 0 && chown(tree + "/u", user.uid, user.gid) == 0)
+        let (tree, outside) = try Self.layout(root, for: user, outsideMode: 0o755)
         let subdirs = ["sub0", "sub1", "sub2"]
         var r = Rng(33)
         let names = (0..<30).map { "c" + String(100 + $0).dropFirst() }
