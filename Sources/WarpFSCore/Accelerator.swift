@@ -32,6 +32,7 @@ public enum Accelerator {
     /// `warpfs devices` shows for a mount's defaults).
     public static func emulatedConfiguration(_ options: MountOptions) -> EmulatedDeviceConfiguration {
         var configuration = EmulatedDeviceConfiguration(engines: options.engines)
+        configuration.deflateEngine = options.deflateEngine
         // Each file with I/O in flight holds up to two queues (compress and
         // decompress) while it has requests in flight.
         configuration.queues = options.queues

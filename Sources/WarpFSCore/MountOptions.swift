@@ -14,6 +14,10 @@ public struct MountOptions: Sendable, Equatable {
     public var level = 1
     /// Engine threads of the emulated accelerator.
     public var engines = 2
+    /// What compresses the deflate family on the emulated accelerator:
+    /// ISA-L where it has the level (the default), or zlib, the reference
+    /// whose output equals stock zlib's byte for byte.
+    public var deflateEngine: DeflateEngine = .isal
     /// Decompressed blocks cached per open file.
     public var cacheBlocksPerFile = 64
     /// Compress new files (false: new files are plain, only existing containers are decoded).
@@ -90,6 +94,13 @@ public struct MountOptions: Sendable, Equatable {
                 algorithm = a
             case "level": level = try number(0...19)
             case "engines": engines = try number(1...64)
+            case "deflate_engine":
+                let v = try need()
+                guard let e = DeflateEngine(rawValue: v) else {
+                    throw FSError(EINVAL, "option 'deflate_engine=\(v)': expected one of "
+                        + DeflateEngine.allCases.map(\.rawValue).joined(separator: ", "))
+                }
+                deflateEngine = e
             case "cache_blocks": cacheBlocksPerFile = try number(4...65536)
             case "compress": compressNewFiles = true
             case "nocompress": compressNewFiles = false
@@ -115,7 +126,7 @@ public struct MountOptions: Sendable, Equatable {
             case "noacl": posixACL = false
             case "noatime", "relatime", "strictatime": accessTimes = AccessTimePolicy(rawValue: key)!
             default:
-                throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, cache_blocks, "
+                throw FSError(EINVAL, "unknown mount option '\(key)' (known: block_size, algorithm, level, engines, deflate_engine, cache_blocks, "
                     + "compress, nocompress, ro, rw, allow_other, dev, nodev, suid, nosuid, debug, writeback_cache, no_writeback_cache, keep_cache, no_keep_cache, readahead, memory, "
                     + "engine_timeout, queues, fault_injection, device, acl, noacl, noatime, relatime, strictatime)")
             }

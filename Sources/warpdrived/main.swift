@@ -24,6 +24,8 @@ struct Warpdrived: ParsableCommand {
     @Option(help: "Path of the Unix socket to listen on.") var socket: String
     @Option(help: "Engine threads of the emulated device.") var engines: Int = 2
     @Option(help: "Queue pairs (instances) the device offers in all.") var queues: Int = 64
+    @Option(help: "What compresses deflate, zlib and gzip: isal (ISA-L where it has the level, zlib elsewhere) or zlib (the reference, byte for byte stock zlib's output).")
+    var deflateEngine: String = "isal"
     @Option(help: "Ring depth of every queue.") var depth: Int = 1024
     @Option(help: "Mode of the socket file, in octal: who may connect (write permission). Default 0600: the daemon's user only.")
     var socketMode: String = "0600"
@@ -39,6 +41,9 @@ struct Warpdrived: ParsableCommand {
 
     func validate() throws {
         guard (1...64).contains(engines) else { throw ValidationError("--engines must be 1...64") }
+        guard DeflateEngine(rawValue: deflateEngine) != nil else {
+            throw ValidationError("--deflate-engine must be one of " + DeflateEngine.allCases.map(\.rawValue).joined(separator: ", "))
+        }
         guard (1...1024).contains(queues) else { throw ValidationError("--queues must be 1...1024") }
         guard depth >= 2 && depth <= 32768 && depth & (depth - 1) == 0 else {
             throw ValidationError("--depth must be a power of two in 2...32768")
@@ -79,6 +84,7 @@ struct Warpdrived: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
 
         var c = EmulatedDeviceConfiguration(engines: engines)
+        c.deflateEngine = DeflateEngine(rawValue: deflateEngine)!
         c.queues = queues
         c.queueDepth = depth
         var limits = DaemonServer.Limits()
@@ -104,7 +110,7 @@ struct Warpdrived: ParsableCommand {
             return nil
         }, box.toOpaque())
         print("warpdrived \(getpid()): \(server.device.name) on \(socket) (mode \(socketMode)"
-            + "\(socketGroup.map { ", group \($0)" } ?? "")), \(engines) engines, \(queues) queues of depth \(depth); "
+            + "\(socketGroup.map { ", group \($0)" } ?? "")), \(engines) engines (deflate by \(deflateEngine)), \(queues) queues of depth \(depth); "
             + "at most \(maxClients) connections, \(maxClientsPerUser) per user, "
             + "\(limits.queuesPerUser(device: queues)) queues per user")
         fflush(nil)

@@ -3,6 +3,8 @@ import Glibc
 #endif
 import CWarpSys
 import Testing
+import WarpFSCore
+import WarpFSFormat
 
 /// Every codec of the accelerator through real mounts: each block records
 /// its encoding, so one file may hold blocks of several codecs and every
@@ -41,6 +43,48 @@ import Testing
             let header = try FileIO.read(m.backingPath("f"))
             #expect(header.count > 16 && Int(header[16]) == encodings[algorithm], "\(algorithm): header encoding \(header.count > 16 ? header[16] : 0)")
         }
+    }
+
+    /// `deflate_engine=zlib` (and `warpdrived --deflate-engine zlib` for a
+    /// mount on the daemon) makes the blocks stock zlib's output byte for
+    /// byte (`compress2` at the same level); the default engine, ISA-L,
+    /// writes other bytes that stock zlib inflates to the same block.
+    @Test func theZlibEngineWritesStockZlibsBytes() throws {
+        var r = Rng(5)
+        let content = r.text(65536)
+        var expected = [UInt8](repeating: 0, count: Int(compressBound(65536)))
+        var n = UInt(expected.count)
+        #expect(compress2(&expected, &n, content, UInt(content.count), 1) == Z_OK)
+        expected.removeSubrange(Int(n)...)
+        let cases: [(engine: String, daemon: Bool)] = [("zlib", false), ("isal", false), ("zlib", true), ("isal", true)]
+        for (engine, onDaemon) in cases {
+            let label = onDaemon ? "warpdrived --deflate-engine \(engine)" : "deflate_engine=\(engine)"
+            let daemon = onDaemon ? try SharedDeviceTests.Daemon(arguments: ["--deflate-engine", engine]) : nil
+            defer { daemon?.close() }
+            let options = "algorithm=zlib,level=1," + (daemon.map { "device=\($0.socket)" } ?? "deflate_engine=\(engine)")
+            try withMount(options: options) { m in
+                try FileIO.write(m.path("f"), content)
+                try m.remount()
+                let slots = try liveSlots(m.backingPath("f"), blockSize: 65536)
+                #expect(slots.count == 1 && slots[0].header.encoding == .zlib, "\(label): \(slots)")
+                guard let (b, s, h) = slots.first else { return }
+                let fd = open(m.backingPath("f"), O_RDONLY)
+                defer { close(fd) }
+                let payload = try FileIO.pread(fd, h.storedLength, BlockLayout(blockSize: 65536).payloadOffset(block: b, slot: s, header: h))
+                if engine == "zlib" {
+                    #expect(payload == expected, "\(label): \(payload.count) bytes against stock zlib's \(expected.count)")
+                } else {
+                    #expect(payload != expected, "\(label) wrote zlib's bytes: the engine choice changed nothing")
+                    var out = [UInt8](repeating: 0, count: 65536)
+                    var outLen = UInt(out.count)
+                    #expect(uncompress(&out, &outLen, payload, UInt(payload.count)) == Z_OK && out == content, "\(label)")
+                }
+                #expect(try FileIO.read(m.path("f")) == content)
+            }
+        }
+        #expect(throws: (any Error).self) { try MountOptions(lists: ["deflate_engine=qat"]) }
+        let bad = runCommand([String(warpfsBinary.dropLast("warpfs".count)) + "warpdrived", "--socket", "/nonexistent/s", "--deflate-engine", "qat"])
+        #expect(bad.status != 0 && bad.output.contains("--deflate-engine must be one of zlib, isal"), "\(bad.output)")
     }
 
     /// One file written under three algorithms in turn (deflate, then zstd

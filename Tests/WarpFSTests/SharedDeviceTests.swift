@@ -16,11 +16,12 @@ import Testing
         var logPath: String { dir + "/wd.log" }
         private(set) var pid: pid_t = 0
 
-        /// A daemon on `socket`, or on a new socket in its own directory.
-        init(socket existing: String? = nil) throws {
+        /// A daemon on `socket`, or on a new socket in its own directory,
+        /// started with `arguments` besides the socket.
+        init(socket existing: String? = nil, arguments: [String] = []) throws {
             socket = existing ?? dir + "/wd.sock"
             let binary = String(warpfsBinary.dropLast("warpfs".count)) + "warpdrived"
-            let args = [binary, "--socket", socket]
+            let args = [binary, "--socket", socket] + arguments
             let cargs = args.map { strdup($0) } + [nil]
             defer { cargs.forEach { free($0) } }
             var actions = posix_spawn_file_actions_t()
