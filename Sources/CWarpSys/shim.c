@@ -145,6 +145,10 @@ int wd_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *ne
     return (int)syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, flags);
 }
 
+int wd_start_writeback(int fd, int64_t offset, int64_t length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
+}
+
 int wd_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
 
 int64_t wd_probe_max_file_size(int dirfd) {

@@ -21,6 +21,11 @@ enum {
 /* fallocate(2). Returns 0 or -1 with errno. */
 int wd_fallocate(int fd, int mode, int64_t offset, int64_t length);
 
+/* sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): starts
+   write-back of the range's dirty pages without waiting for it. Returns 0
+   or -1 with errno. */
+int wd_start_writeback(int fd, int64_t offset, int64_t length);
+
 /* The largest size a file of the file system holding directory `dirfd` may
    have (s_maxbytes, or RLIMIT_FSIZE when lower): found by ftruncate on an
    unnamed O_TMPFILE there, which allocates nothing. Returns the size or
