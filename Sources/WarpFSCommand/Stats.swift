@@ -30,7 +30,7 @@ struct Stats: ParsableCommand {
         left out of the figures).
         """)
 
-    @Argument(help: "Files or directories in a backing directory or a WarpFS mount.") var paths: [String]
+    @Argument(help: ArgumentHelp("Files or directories in a backing directory or a WarpFS mount.", valueName: "path")) var paths: [String]
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Flag(help: "Exact byte counts in the table instead of KiB, MiB, GiB.") var bytes = false
     @Option(help: ArgumentHelp("Progress line on standard error: auto (when it is a terminal and the tree is large), always or never.",
@@ -49,9 +49,16 @@ struct Stats: ParsableCommand {
 
     /// What one argument turned into: a tree walk or one file, in the
     /// directory the argument resolves to.
-    private enum Target {
-        case tree(BackingWalk, display: String)
-        case file(dirfd: Int32, leaf: EntryName, key: [UInt64], display: String)
+    private struct Target {
+        enum Kind {
+            case tree(BackingWalk)
+            case file(dirfd: Int32, leaf: EntryName, key: [UInt64])
+        }
+        let kind: Kind
+        /// The argument, for messages: files are named below it.
+        let display: String
+        /// Read through a mount: a permission error gets a hint.
+        let onMount: Bool
     }
 
     func run() throws {
@@ -78,7 +85,7 @@ struct Stats: ParsableCommand {
                     var walk = BackingWalk(rootfd: parent, label: "warpfs stats", counted: counted)
                     walk.collect()
                     counted = walk.counted
-                    targets.append(.tree(walk, display: display))
+                    targets.append(Target(kind: .tree(walk), display: display, onMount: place.mount != nil))
                     described.append((p, place.read, place.mount))
                     continue
                 }
@@ -92,11 +99,11 @@ struct Stats: ParsableCommand {
                     var walk = BackingWalk(rootfd: fd, label: "warpfs stats", counted: counted)
                     walk.collect()
                     counted = walk.counted
-                    targets.append(.tree(walk, display: display))
+                    targets.append(Target(kind: .tree(walk), display: display, onMount: place.mount != nil))
                 case S_IFREG:
                     let key = [UInt64(st.st_dev), UInt64(st.st_ino)]
                     if counted.insert(key).inserted {
-                        targets.append(.file(dirfd: parent, leaf: leaf, key: key, display: display))
+                        targets.append(Target(kind: .file(dirfd: parent, leaf: leaf, key: key), display: display, onMount: place.mount != nil))
                     } else {
                         close(parent)
                     }
@@ -114,17 +121,23 @@ struct Stats: ParsableCommand {
 
         var totalFiles = 0, totalBytes = 0
         for t in targets {
-            switch t {
-            case .tree(let w, _): totalFiles += w.files.count; totalBytes += w.totalBytes
+            switch t.kind {
+            case .tree(let w): totalFiles += w.files.count; totalBytes += w.totalBytes
             case .file: totalFiles += 1
             }
         }
         let large = totalFiles >= Stats.largeTree.files || totalBytes >= Stats.largeTree.bytes
         let bar = ProgressBar(total: totalBytes, enabled: progress == "always" || (progress == "auto" && large && isatty(2) != 0))
+        func unreadable(_ error: Error, _ t: Target) {
+            let hint = t.onMount && (error as? FSError)?.errno == EACCES ? StatsPlace.permissionHint : ""
+            bar.print("warpfs stats: \(error)\(hint)", error: true)
+            tally.unreadable += 1
+            failed = true
+        }
         for t in targets {
-            switch t {
-            case .tree(var walk, let display):
-                let prefix = display.hasSuffix("/") ? display : display + "/"
+            switch t.kind {
+            case .tree(var walk):
+                let prefix = t.display.hasSuffix("/") ? t.display : t.display + "/"
                 for e in walk.errors { bar.print(e, error: true); failed = true }
                 tally.otherNodes += walk.otherNodes
                 tally.otherAllocated += UInt64(walk.otherBytes)
@@ -134,19 +147,13 @@ struct Stats: ParsableCommand {
                         let dirfd = try walk.directory(file.directory, for: prefix + file.name)
                         try Stats.count(dirfd, file.leaf, key: file.key, name: prefix + file.name, into: &tally)
                     } catch {
-                        bar.print("warpfs stats: \(error)", error: true)
-                        tally.unreadable += 1
-                        failed = true
+                        unreadable(error, t)
                     }
                     bar.set(before + file.bytes)
                 }
                 walk.close()
-            case .file(let dirfd, let leaf, let key, let display):
-                do { try Stats.count(dirfd, leaf, key: key, name: display, into: &tally) } catch {
-                    bar.print("warpfs stats: \(error)", error: true)
-                    tally.unreadable += 1
-                    failed = true
-                }
+            case .file(let dirfd, let leaf, let key):
+                do { try Stats.count(dirfd, leaf, key: key, name: t.display, into: &tally) } catch { unreadable(error, t) }
                 close(dirfd)
             }
         }
