@@ -42,6 +42,8 @@ struct StatsTally {
     /// The same for containers alone, and what their payloads occupy in the
     /// format's unit of placement (whole 4 KiB pages in version 2).
     var containerAllocated: UInt64 = 0, containerStored: UInt64 = 0, payloadFootprint: UInt64 = 0
+    /// Payloads that take no page of their own (version 2: block 0 inline in the first page).
+    var unpagedPayloads = 0
     /// Older block versions still on disk beside the current ones.
     var supersededVersions = 0, supersededBytes: UInt64 = 0
     /// Directories, symbolic links and other nodes that are not regular files.
@@ -69,6 +71,7 @@ struct StatsTally {
             rows[k, default: Row()].stored += UInt64(b.storedLength)
             containerStored += UInt64(b.storedLength)
             payloadFootprint += UInt64(b.footprint)
+            if b.footprint == 0 && b.storedLength > 0 { unpagedPayloads += 1 }
         }
         if u.holeBlocks > 0 {
             rows["zero", default: Row()].files += 1
@@ -112,7 +115,7 @@ struct StatsTally {
             let rest = Int64(containerAllocated) - Int64(payloadFootprint)
             out.append("containers: \(size(containerAllocated)) allocated for \(size(containerStored)) of payloads: "
                 + "\(size(rounding)) rounding payloads up to whole pages, \(rest < 0 ? "-" : "")\(size(UInt64(abs(rest)))) headers, slot tables "
-                + "and the rest")
+                + "and the rest; \(unpagedPayloads) payload\(unpagedPayloads == 1 ? "" : "s") inside the header page")
         }
         if supersededVersions > 0 {
             out.append("superseded versions still stored: \(supersededVersions) (\(size(supersededBytes)) of payloads)")
@@ -154,6 +157,7 @@ struct StatsTally {
             ])),
             ("containers", .object([
                 ("allocated", int(containerAllocated)), ("stored", int(containerStored)), ("payload_pages", int(payloadFootprint)),
+                ("unpaged_payloads", .int(unpagedPayloads)),
                 ("superseded_versions", .int(supersededVersions)), ("superseded_bytes", int(supersededBytes)),
             ])),
             ("other_nodes", .line(.object([("count", .int(otherNodes)), ("allocated", int(otherAllocated))]))),
