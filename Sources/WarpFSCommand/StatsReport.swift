@@ -71,7 +71,7 @@ struct StatsTally {
             rows[k, default: Row()].stored += UInt64(b.storedLength)
             containerStored += UInt64(b.storedLength)
             payloadFootprint += UInt64(b.footprint)
-            if b.footprint == 0 && b.storedLength > 0 { unpagedPayloads += 1 }
+            if b.inHeaderPage { unpagedPayloads += 1 }
         }
         if u.holeBlocks > 0 {
             rows["zero", default: Row()].files += 1

@@ -23,14 +23,18 @@ public struct ContainerUsage: Sendable, Equatable {
         public let storedLength: Int
         /// Bytes of the file the block holds: the block size, less past the end of the file.
         public let logicalBytes: Int
-        /// Bytes of the backing file the payload occupies in the format's
-        /// unit of placement (version 2: whole 4 KiB pages; 0 for a payload
-        /// inside the first page).
+        /// Bytes of the payload region the payload occupies in the format's
+        /// unit of placement (version 3: its length; version 2: whole 4 KiB
+        /// pages, 0 for a payload inline in the first page).
         public let footprint: Int
+        /// The payload lies in the file's first page, beside the header
+        /// copies and group 0's table (a small file then takes one page).
+        public let inHeaderPage: Bool
 
-        public init(index: Int, encoding: BlockEncoding, storedLength: Int, logicalBytes: Int, footprint: Int) {
+        public init(index: Int, encoding: BlockEncoding, storedLength: Int, logicalBytes: Int, footprint: Int, inHeaderPage: Bool? = nil) {
             self.index = index; self.encoding = encoding; self.storedLength = storedLength
             self.logicalBytes = logicalBytes; self.footprint = footprint
+            self.inHeaderPage = inHeaderPage ?? (footprint == 0 && storedLength > 0)
         }
     }
 
@@ -66,7 +70,7 @@ public struct ContainerUsage: Sendable, Equatable {
     /// plain file. Throws `FSError` (EIO) for a container with no valid
     /// header copy or one this build does not read, and for read errors.
     ///
-    /// Format version 2: a block's current version is its valid slot with
+    /// Format versions 2 and 3 (`BlockLayout` knows both): a block's current version is its valid slot with
     /// the highest generation (slot 0 on a tie, as the file system opens
     /// it); a block with no valid slot, or whose current version has
     /// encoding zero, is a hole. Slots of blocks past the logical size are
@@ -74,8 +78,9 @@ public struct ContainerUsage: Sendable, Equatable {
     /// in the backing file are skipped with `SEEK_DATA`, so a sparse file
     /// costs no reads.
     public static func read(fd: Int32, name: String) throws -> ContainerUsage? {
-        // The header copies and group 0's slot table in one read.
-        let firstSpan = BlockLayout.firstTableOffset + BlockLayout.tableSize
+        // The header copies and group 0's slot table in one read (version 2's
+        // table ends last: at 2048).
+        let firstSpan = BlockLayout(blockSize: 4096, version: 2).tableOffset(group: 0) + BlockLayout.tableSize
         var first = [UInt8](repeating: 0, count: firstSpan)
         let n = try first.withUnsafeMutableBytes { try preadFully(fd, $0.baseAddress!, $0.count, 0, "read header of \(name)") }
         let copies = first.withUnsafeBytes { HeaderCopies(UnsafeRawBufferPointer(rebasing: $0[0..<min(n, HeaderCopies.span)])) }
@@ -85,7 +90,7 @@ public struct ContainerUsage: Sendable, Equatable {
         case .damaged(let e): throw FSError(EIO, "\(name): damaged or unsupported WarpFS header (\(e.reason))")
         case .container(let h, _): header = h
         }
-        let layout = BlockLayout(blockSize: header.blockSize)
+        let layout = BlockLayout(header)
         let bs = layout.blockSize
         let count = layout.blockCount(logicalSize: header.logicalSize)
         var blocks: [Block] = []
@@ -95,9 +100,10 @@ public struct ContainerUsage: Sendable, Equatable {
         while group * BlockLayout.blocksPerGroup < count {
             let slots: SlotTable
             if group == 0 {
-                let end = max(BlockLayout.firstTableOffset, n)
+                let start = layout.tableOffset(group: 0)
+                let end = max(start, min(n, start + BlockLayout.tableSize))
                 slots = first.withUnsafeBytes {
-                    SlotTable(UnsafeRawBufferPointer(rebasing: $0[BlockLayout.firstTableOffset..<end]), group: 0, blockSize: bs)
+                    SlotTable(UnsafeRawBufferPointer(rebasing: $0[start..<end]), group: 0, layout: layout)
                 }
             } else {
                 let next = lseek(fd, off_t(layout.tableOffset(group: group)), Int32(WD_SEEK_DATA))
@@ -107,7 +113,7 @@ public struct ContainerUsage: Sendable, Equatable {
                 let got = try table.withUnsafeMutableBytes {
                     try preadFully(fd, $0.baseAddress!, $0.count, layout.tableOffset(group: group), "read slot headers of \(name)")
                 }
-                slots = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<got]), group: group, blockSize: bs) }
+                slots = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<got]), group: group, layout: layout) }
             }
             for b in slots.blocks where b < count {
                 let v0 = slots.header(block: b, 0), v1 = slots.header(block: b, 1)
@@ -124,11 +130,12 @@ public struct ContainerUsage: Sendable, Equatable {
                 guard let h = current, h.encoding != .zero else { continue }
                 let logical = Int(min(UInt64(bs), header.logicalSize - UInt64(b) * UInt64(bs)))
                 blocks.append(Block(index: b, encoding: h.encoding, storedLength: h.storedLength, logicalBytes: logical,
-                                    footprint: h.pageRange.count * BlockLayout.pageSize))
+                                    footprint: layout.footprint(h).count,
+                                    inHeaderPage: h.storedLength > 0 && layout.payloadOffset(block: b, slot: 0, header: h) + h.storedLength <= BlockLayout.pageSize))
             }
             group += 1
         }
-        return ContainerUsage(formatVersion: Int(FileHeader.version), blockSize: bs, logicalSize: header.logicalSize, stored: blocks,
+        return ContainerUsage(formatVersion: Int(header.version), blockSize: bs, logicalSize: header.logicalSize, stored: blocks,
                               supersededVersions: superseded, supersededBytes: supersededBytes)
     }
 }
