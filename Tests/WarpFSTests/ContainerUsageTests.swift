@@ -6,11 +6,13 @@ import WarpFSCore
 import WarpFSFormat
 
 /// `ContainerUsage.read` on containers built byte by byte with the
-/// format's encoders: which version of a block counts, holes, the last
-/// block's logical bytes, slots past the end, sparse groups.
+/// format's encoders (version 2, with its inline payloads and pages; the
+/// mounts of `StatsCommandTests` make version-3 ones): which version of a
+/// block counts, holes, the last block's logical bytes, slots past the end,
+/// sparse groups.
 @Suite struct ContainerUsageTests {
     static let bs = 16 << 10
-    let layout = BlockLayout(blockSize: ContainerUsageTests.bs)
+    let layout = BlockLayout(blockSize: ContainerUsageTests.bs, version: 2)
 
     /// A backing file in a fresh directory, removed by `done`.
     private final class Scratch {
@@ -22,19 +24,19 @@ import WarpFSFormat
     }
 
     private func header(_ f: Scratch, logicalSize: UInt64, copy: Int = 0, generation: UInt64 = 1) throws {
-        var raw = [UInt8](repeating: 0, count: FileHeader.size)
+        var raw = [UInt8](repeating: 0, count: FileHeader.size(version: 2))
         raw.withUnsafeMutableBytes {
-            FileHeader(blockSize: Self.bs, encoding: .deflate, level: 1, generation: generation, logicalSize: logicalSize).encode(into: $0)
+            FileHeader(version: 2, blockSize: Self.bs, encoding: .deflate, level: 1, generation: generation, logicalSize: logicalSize).encode(into: $0)
         }
-        try FileIO.pwrite(f.fd, raw, FileHeader.copyOffsets[copy])
+        try FileIO.pwrite(f.fd, raw, layout.headerCopyOffsets[copy])
     }
 
     private func slot(_ f: Scratch, block: Int, slot: Int, _ encoding: BlockEncoding, length: Int, generation: UInt64, page: Int = 0,
                       inline: Bool = false) throws {
         let h = SlotHeader(encoding: encoding, isInline: inline, block: UInt64(block), generation: generation, storedLength: length,
-                           payloadChecksum: 0, page: page)
+                           payloadChecksum: 0, offset: page * BlockLayout.pageSize)
         var raw = [UInt8](repeating: 0, count: BlockLayout.slotHeaderSize)
-        raw.withUnsafeMutableBytes { h.encode(into: $0) }
+        raw.withUnsafeMutableBytes { h.encode(into: $0, layout: layout) }
         try FileIO.pwrite(f.fd, raw, layout.slotHeaderOffset(block: block, slot: slot))
         if length > 0 && !inline {
             try FileIO.pwrite(f.fd, [UInt8](repeating: 7, count: length), layout.regionOffset(group: block / 16) + page * BlockLayout.pageSize)
