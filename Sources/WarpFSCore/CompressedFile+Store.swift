@@ -85,9 +85,26 @@ extension CompressedFile {
     /// as free (it is not the durable version).
     private func place(block b: Int, slot: Int, length: Int) -> Int {
         let g = b / BlockLayout.blocksPerGroup
+        let used = footprintsInUse(group: g, except: (b, slot))
         // The region's size guarantees a fit (see BlockLayout.regionSize).
-        return PayloadPlacement.firstFit(length: layout.footprintLength(length), unit: layout.placementUnit,
-                                         used: footprintsInUse(group: g, except: (b, slot)), regionSize: layout.regionSize)!
+        let at = PayloadPlacement.firstFit(length: layout.footprintLength(length), unit: layout.placementUnit,
+                                           used: used, regionSize: layout.regionSize)!
+        // A one-block file rewritten while its durable version holds the
+        // start of the region: when the lowest fit would leave the file on
+        // more pages than a fresh copy takes once the old version is gone,
+        // the new version goes past the place a fresh copy takes, starting
+        // on a page, so that compaction at the last close
+        // (`compactIfItFreesPages`) can move it there.
+        if layout.version >= 3, b == 0, entries.count == 1, entries[0].durable != nil {
+            let fresh = 0..<length
+            if pagesTouched([at..<(at + length)]) > pagesTouched([fresh]) {
+                let base = layout.regionOffset(group: 0), page = BlockLayout.pageSize
+                let past = max(length, used.map(\.upperBound).max() ?? 0)
+                let next = ((base + past + page - 1) / page) * page - base
+                if next + length <= layout.regionSize { return next }
+            }
+        }
+        return at
     }
 
     /// The region bytes the valid slots of group `g` take, except one slot's.

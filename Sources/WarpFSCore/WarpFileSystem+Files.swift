@@ -159,6 +159,9 @@ extension WarpFileSystem {
                 do {
                     try f.flush()
                     if f.hasStaleCopies { try preservingTimes(h.inode, f.fd) { () throws in try f.sync() } }
+                    if f.compactionPlan() != nil, !options.readOnly {
+                        try preservingTimes(h.inode, f.fd) { () throws in try f.compactIfItFreesPages() }
+                    }
                 } catch {
                     // Keep the content (and its unstored blocks) in memory: the
                     // next open, fsync or the unmount retries; nothing is dropped.
