@@ -1,6 +1,6 @@
 /// How a block's payload is stored.
 public enum BlockEncoding: UInt8, Sendable, CaseIterable {
-    /// Stored as is (compression saved less than 12.5%).
+    /// Stored as is (compression saved less than 6.25%).
     case raw = 0
     /// Raw deflate (RFC 1951).
     case deflate = 1
