@@ -19,7 +19,7 @@ import WarpFSFormat
 /// a byte array ready for `regressions`; a trap prints them from a signal
 /// handler before the process dies.
 @Suite(.serialized) struct FuzzTests {
-    /// Inputs per decoder: about 2 s for headers and 0.5 s for slots in a debug build.
+    /// Inputs per decoder: about 6 s for headers and 1 s for slots in a debug build.
     static func budget(_ normal: Int) -> Int { Int(env("WARPFS_FUZZ_ITERATIONS") ?? "") ?? normal }
     static let seed = UInt64(env("WARPFS_FUZZ_SEED") ?? "") ?? 0x5EED_2024
 

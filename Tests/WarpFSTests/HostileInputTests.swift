@@ -29,13 +29,14 @@ import WarpFSFormat
         let f = try Fixture.shared(version)
         try withDamaged(version) { backing in
             var r = Rng(seed &* 7919)
+            let magic = FileHeader.magic.count
             for name in Fixture.damageable {
                 let extents = try dataExtents(backing + "/" + name)
                 for _ in 0..<(1 + r.int(6)) {
                     let offset: Int
-                    if r.int(5) < 2 { offset = 8 + r.int(4096 - 8) } else {
+                    if r.int(5) < 2 { offset = magic + r.int(BlockLayout.pageSize - magic) } else {
                         let e = extents[r.int(extents.count)]
-                        offset = max(8, e.lowerBound + r.int(e.count))
+                        offset = max(magic, e.lowerBound + r.int(e.count))
                     }
                     try flipBit(backing + "/" + name, offset: offset, bit: r.int(8))
                 }
@@ -52,13 +53,14 @@ import WarpFSFormat
         var names: [(String, String)] = []   // (damaged copy, original)
         try withDamaged(version) { backing in
             var r = Rng(seed &* 104_729)
+            let magic = FileHeader.magic.count
             for name in Fixture.damageable {
                 let layout = try containerLayout(backing + "/" + name)
                 let slots = try liveSlots(backing + "/" + name, blockSize: Self.blockSize).filter { $0.header.storedLength > 0 }
                 let groups = (slots.map { $0.block }.max() ?? 0) / BlockLayout.blocksPerGroup
                 let payload = slots[r.int(slots.count)]
                 let points: [(String, Int)] = [
-                    ("header", 8 + r.int(4096 - 8)),
+                    ("header", magic + r.int(BlockLayout.pageSize - magic)),
                     ("table", layout.tableOffset(group: groups == 0 ? 0 : 1 + r.int(groups)) + r.int(BlockLayout.tableSize)),
                     ("payload", layout.payloadOffset(block: payload.block, slot: payload.slot, header: payload.header) + r.int(payload.header.storedLength)),
                 ]
@@ -172,7 +174,7 @@ import WarpFSFormat
             for file in Fixture.damageable {
                 let fd = open(backing + "/" + file, O_WRONLY)
                 defer { close(fd) }
-                try FileIO.pwrite(fd, [UInt8](repeating: byte, count: 4096), 0)
+                try FileIO.pwrite(fd, [UInt8](repeating: byte, count: BlockLayout.pageSize), 0)
             }
         } check: { m in
             for file in Fixture.damageable { try readBack(m, file, expect: .dataOrEIO) }
