@@ -88,13 +88,16 @@ import WarpFSFormat
         want["dir/noise"] = r.bytes(70_000) + r.text(50_000)
         want["empty"] = []
         for name in ["text", "dir/noise", "empty"] { try FileIO.write(old.path(name), want[name]!) }
-        // Sparse: two pieces 3 MiB apart, the rest never written.
+        // Sparse: two pieces 3 MiB apart, the rest never written, and a
+        // hole at the end (grown by ftruncate).
         let sparse = open(old.path("dir/sparse"), O_RDWR | O_CREAT, 0o644)
         let head = r.text(5000), tail = r.text(3000)
         try FileIO.pwrite(sparse, head, 0)
         try FileIO.pwrite(sparse, tail, 3 << 20)
+        #expect(ftruncate(sparse, off_t((4 << 20) + 123)) == 0)
         close(sparse)
         want["dir/sparse"] = head + [UInt8](repeating: 0, count: (3 << 20) - head.count) + tail
+        want["dir/sparse"]! += [UInt8](repeating: 0, count: (4 << 20) + 123 - want["dir/sparse"]!.count)
         #expect(chmod(old.path("text"), 0o640) == 0)
         old.unmount()
         let containers = want.keys.sorted()
@@ -132,6 +135,7 @@ import WarpFSFormat
     /// a subdirectory: a default mount and a `format_version=2` mount each
     /// read and rewrite both, create files of their own version, rename
     /// across; every file keeps its version, fsck is clean, the data intact.
+    /// `warpfs decompress` then gives plain files of both.
     @Test func aMixedTreeWorksUnderOneMount() throws {
         var r = Rng(303)
         var want: [String: [UInt8]] = [:]
@@ -182,6 +186,9 @@ import WarpFSFormat
             try m.start()
             for (name, data) in want { #expect(try FileIO.read(m.path(name)) == data, "\(name) after a remount") }
         }
+        let d = runCommand([warpfsBinary, "decompress", backing])
+        #expect(d.status == 0 && d.output.contains("decompressed \(want.count) file(s), 0 already plain"), "\(d.output)")
+        for (name, data) in want { #expect(try FileIO.read(backing + "/" + name) == data, "\(name) decompressed") }
     }
 
     /// `warpfs fsck` finds nothing to report in `backing`.
