@@ -58,7 +58,14 @@ public struct HeaderCopies: Sendable {
         else { version = first.count >= 10 && first[8] == 2 && first[9] == 0 ? 2 : FileHeader.version }
         let size = FileHeader.size(version: version)
         copyOffsets = FileHeader.copyOffsets(version: version)
-        copies = [a, copy(at: size, size: size, zeros: size)]
+        // Copy B must state the version whose place it is in: a valid header
+        // of the other version there (a version-3 copy at 512 beside a
+        // version-2 copy A) is no copy of this container.
+        var b = copy(at: size, size: size, zeros: size)
+        if case .valid(let h) = b, h.version != version {
+            b = .invalid(.unsupported("format version \(h.version) in the place of a version-\(version) copy B"))
+        }
+        copies = [a, b]
         hasContainerMagic = FileHeader.hasMagic(first) || HeaderCopies.secondCopyVouches(first)
     }
 
