@@ -190,7 +190,10 @@ struct Converter {
             let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
             defer { buf.deallocate() }
             if toCompressed {
-                let out = try CompressedFile.create(fd: dup(dst), name: display, codec: codec, blockSize: options.blockSize,
+                // A container of another version keeps its block size.
+                var blockSize = options.blockSize
+                if case .compressed(let h) = kind { blockSize = h.blockSize }
+                let out = try CompressedFile.create(fd: dup(dst), name: display, codec: codec, blockSize: blockSize,
                                                     encoding: options.encoding, version: options.formatVersion)
                 // A container of another format version is read through its
                 // own layout and written anew (its blocks recompressed).

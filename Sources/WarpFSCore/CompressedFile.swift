@@ -70,6 +70,9 @@ public final class CompressedFile {
     /// Blocks stored since the last sync (or found with two versions on open):
     /// the only ones whose durable slot changes, or that can hold a stale copy.
     var changedSinceSync = Set<Int>()
+    /// The format version the container takes when it is emptied (truncated
+    /// to 0 bytes): the mount's `format_version`. Offline tools leave it.
+    public var versionWhenEmptied: UInt16?
     /// The tail of the last partial block past `size` was checked to be zeros
     /// (growing the file then needs no look at it).
     var tailVerified = false

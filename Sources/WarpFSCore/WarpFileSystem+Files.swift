@@ -19,6 +19,7 @@ extension WarpFileSystem {
             case .plain: c = .plain(fd)
             case .compressed:
                 let f = try CompressedFile.open(fd: fd, name: name, codec: codec)
+                f.versionWhenEmptied = options.formatVersion
                 f.cacheLimit = options.cacheBlocksPerFile
                 f.readahead = max(2, min(32, options.cacheBlocksPerFile / 2))
                 c = .compressed(f)

@@ -112,6 +112,9 @@ import WarpFSFormat
         #expect(first.status == 0, "\(first.output)")
         #expect(first.output.contains("compressed \(want.count) file(s), 0 already compressed, 0 skipped, 0 failed"), "\(first.output)")
         for name in want.keys.sorted() { #expect(try containerVersion(old.backingPath(name)) == 3, "\(name)") }
+        // An upgraded container keeps its own block size; a converted plain file takes the option's.
+        #expect(try containerLayout(old.backingPath("text")).blockSize == 16 << 10)
+        #expect(try containerLayout(old.backingPath("plain.txt")).blockSize == 64 << 10)
         let after = try FileIO.stat(old.backingPath("text"))
         #expect(after.st_mode == before.st_mode && after.st_mtim.tv_sec == before.st_mtim.tv_sec
                 && after.st_mtim.tv_nsec == before.st_mtim.tv_nsec, "text: mode or times changed by the upgrade")
@@ -129,6 +132,28 @@ import WarpFSFormat
         }
         // The sparse file stayed sparse.
         #expect(try FileIO.stat(m.backingPath("dir/sparse")).st_blocks * 512 < 1 << 20)
+    }
+
+    /// Under `format_version=2` an emptied version-3 file becomes version 2
+    /// (the mount's version), as new files are: the option keeps a tree
+    /// readable by older builds also when files are rewritten with `O_TRUNC`.
+    @Test func anEmptiedFileTakesTheMountsVersion() throws {
+        var r = Rng(77)
+        let first = r.text(100_000), second = r.text(70_000)
+        let new = try TestMount()
+        defer { new.close() }
+        try FileIO.write(new.path("f"), first)
+        new.unmount()
+        #expect(try containerVersion(new.backingPath("f")) == 3)
+        let old = try TestMount(options: formatOption(2), backing: new.backing)
+        defer { old.close() }
+        #expect(try FileIO.read(old.path("f")) == first)
+        try FileIO.write(old.path("f"), second)          // O_TRUNC: emptied, then written
+        #expect(try containerVersion(old.backingPath("f")) == 2)
+        #expect(try FileIO.read(old.path("f")) == second)
+        old.unmount()
+        #expect(try containerVersion(old.backingPath("f")) == 2)
+        try expectClean(old.backing)
     }
 
     /// Version-2 and version-3 containers side by side, in one directory and
