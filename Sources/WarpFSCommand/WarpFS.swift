@@ -13,7 +13,7 @@ struct WarpFS: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warpfs",
         abstract: "A transparent-compression file system on the WarpDrive accelerator queue layer.",
-        subcommands: [Mount.self, Unmount.self, Compress.self, Decompress.self, Fsck.self, BenchCommand.self, Devices.self])
+        subcommands: [Mount.self, Unmount.self, Compress.self, Decompress.self, Fsck.self, Stats.self, BenchCommand.self, Devices.self])
 }
 
 /// Writes a line to standard error.
