@@ -91,7 +91,7 @@ struct Mount: ParsableCommand {
         let server: FUSEServer
         do {
             fs = try WarpFileSystem(backing: back, options: options)
-            server = try FUSEServer(fs: fs, mountpoint: mnt, fsname: "warpfs:" + back)
+            server = try FUSEServer(fs: fs, mountpoint: mnt, fsname: back)
             try server.mount()
         } catch {
             report(ready: readyFD, logging: logPath != nil, "warpfs: \(error)")
