@@ -119,7 +119,7 @@ extension MountOptions {
         .init("nofail, _netdev", ["nofail", "_netdev"], .ignored, "how the boot orders and waits for the mount; mount(8) and systemd read them"),
         .init("user[=NAME], nouser, users, owner, group", ["user", "nouser", "users", "owner", "group"], value: .optional, .ignored,
               "who may mount the line; mount(8) checks it before it runs warpfs"),
-        .init("x-*, X-*", ["x-", "X-"], prefix: true, .ignored, "options for systemd (x-systemd.*) and other programs"),
+        .init("x-*, X-*", ["x-", "X-"], value: .optional, prefix: true, .ignored, "options for systemd (x-systemd.*) and other programs"),
         .init("comment=TEXT", ["comment"], value: .optional, .ignored, "a note in fstab"),
         .init("default_permissions", ["default_permissions"], .ignored, "the kernel always checks permissions"),
         .init("diratime, nodiratime", ["diratime", "nodiratime"], .ignored,
