@@ -161,7 +161,8 @@ struct Converter {
         _ = fcntl(src, F_SETFL, fcntl(src, F_GETFL) & ~O_NONBLOCK)
         let kind = try CompressedFile.kind(fd: src, name: display)
         switch (kind, toCompressed) {
-        case (.compressed, true), (.plain, false): return .alreadyDone
+        case (.compressed(let h), true) where h.version == options.formatVersion: return .alreadyDone
+        case (.plain, false): return .alreadyDone
         default: break
         }
         // The new file would have this name alone: the other names would keep
@@ -189,14 +190,23 @@ struct Converter {
             let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
             defer { buf.deallocate() }
             if toCompressed {
-                let out = try CompressedFile.create(fd: dup(dst), name: display, codec: codec, blockSize: options.blockSize, encoding: options.encoding)
+                // A container of another version keeps its block size.
+                var blockSize = options.blockSize
+                if case .compressed(let h) = kind { blockSize = h.blockSize }
+                let out = try CompressedFile.create(fd: dup(dst), name: display, codec: codec, blockSize: blockSize,
+                                                    encoding: options.encoding, version: options.formatVersion)
+                // A container of another format version is read through its
+                // own layout and written anew (its blocks recompressed).
+                var input: CompressedFile?
+                if case .compressed = kind { input = try CompressedFile.open(fd: dup(src), name: display, codec: codec) }
                 var off = 0
                 while true {
-                    let n = try preadAll(src, buf, chunk, off)
+                    let n = try input.map { try $0.read(offset: UInt64(off), count: chunk, into: buf) } ?? preadAll(src, buf, chunk, off)
                     if n == 0 { break }
                     try out.write(offset: UInt64(off), count: n, from: buf)
                     off += n
                 }
+                if let input, UInt64(off) < input.size { try out.truncate(to: input.size) }
                 try out.sync()
             } else {
                 let input = try CompressedFile.open(fd: dup(src), name: display, codec: codec)

@@ -103,7 +103,7 @@ struct Fsck: ParsableCommand {
             eprint("warpfs fsck: backing directory '\(displayName(root))': \(error)")
             throw ExitCode(Fsck.operationalError)
         }
-        var walk = FsckWalk(rootfd: rootfd)
+        var walk = BackingWalk(rootfd: rootfd, label: "warpfs fsck")
         walk.collect()
         defer { walk.close() }
         let codec: BlockCodec
@@ -156,131 +156,6 @@ struct Fsck: ParsableCommand {
         var code: Int32 = found > repaired ? 4 : found > 0 ? 1 : 0
         if operational > 0 { code += Fsck.operationalError }
         if code != 0 { throw ExitCode(code) }
-    }
-}
-
-/// The regular files of a backing tree, in name order, found by directory
-/// descriptors without following symbolic links (see `TreeWalk`); each
-/// inode once (hard links share one container), with how many of its names
-/// are in the tree. The check comes back to each file's directory by
-/// descriptors again, from the root: `directory(_:for:)`.
-struct FsckWalk {
-    struct Directory {
-        let parent: Int
-        let name: EntryName
-        let device: UInt64, inode: UInt64
-    }
-    struct File {
-        /// Index in `directories` of the directory holding it.
-        let directory: Int
-        let leaf: EntryName
-        /// Relative to the root, for messages.
-        let name: String
-        let bytes: Int
-        /// Names of this inode found in the tree.
-        var names: Int
-    }
-    let rootfd: Int32
-    /// Index 0 is the root.
-    private(set) var directories: [Directory] = []
-    var files: [File] = []
-    var errors: [String] = []
-    var totalBytes = 0
-    private var seen: [[UInt64]: Int] = [:]
-    /// The directories open now, from the root's child down (`directory(_:for:)`).
-    private var open: [(index: Int, fd: Int32)] = []
-
-    init(rootfd: Int32) {
-        self.rootfd = rootfd
-        var st = stat()
-        fstat(rootfd, &st)
-        directories = [Directory(parent: -1, name: EntryName("."), device: UInt64(st.st_dev), inode: UInt64(st.st_ino))]
-    }
-
-    mutating func collect() {
-        struct Frame { let fd: Int32; let index: Int; let prefix: String; var pending: [EntryName]; let depth: Int }
-        var stack: [Frame] = []
-        do { stack.append(Frame(fd: rootfd, index: 0, prefix: "", pending: try TreeWalk.names(rootfd).reversed(), depth: 0)) } catch {
-            errors.append("warpfs fsck: .: \(error)")
-        }
-        while !stack.isEmpty {
-            guard let n = stack[stack.count - 1].pending.popLast() else {
-                let done = stack.removeLast()
-                if done.fd != rootfd { Glibc.close(done.fd) }
-                continue
-            }
-            let top = stack[stack.count - 1]
-            let name = top.prefix + n.display
-            var st = stat()
-            guard fstatat(top.fd, n.cString, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
-                errors.append("warpfs fsck: \(name): \(String(cString: strerror(errno)))")
-                continue
-            }
-            switch st.st_mode & S_IFMT {
-            case S_IFDIR:
-                guard top.depth + 1 < TreeWalk.maxDepth else {
-                    errors.append("warpfs fsck: \(name): directories nested more than \(TreeWalk.maxDepth) deep; not entered")
-                    continue
-                }
-                do {
-                    let fd = try TreeWalk.openDirectory(top.fd, n)
-                    var dst = stat()
-                    fstat(fd, &dst)
-                    directories.append(Directory(parent: top.index, name: n, device: UInt64(dst.st_dev), inode: UInt64(dst.st_ino)))
-                    do {
-                        stack.append(Frame(fd: fd, index: directories.count - 1, prefix: name + "/", pending: try TreeWalk.names(fd).reversed(),
-                                           depth: top.depth + 1))
-                    } catch {
-                        Glibc.close(fd)
-                        throw error
-                    }
-                } catch {
-                    errors.append("warpfs fsck: \(name): \(error)")
-                }
-            case S_IFREG:
-                let key = [UInt64(st.st_dev), UInt64(st.st_ino)]
-                if let i = seen[key] { files[i].names += 1; continue }
-                seen[key] = files.count
-                let bytes = Int(st.st_blocks) * 512
-                files.append(File(directory: top.index, leaf: n, name: name, bytes: bytes, names: 1))
-                totalBytes += bytes
-            default:
-                break
-            }
-        }
-    }
-
-    /// The descriptor of directory `index`, opened from the root one name at
-    /// a time without following links (the directories open for the
-    /// previous file are reused), and checked to be the directory the walk
-    /// found there. `file` names the file in the error when it fails.
-    mutating func directory(_ index: Int, for file: String) throws -> Int32 {
-        var chain: [Int] = []
-        var i = index
-        while i > 0 { chain.append(i); i = directories[i].parent }
-        chain.reverse()
-        var keep = 0
-        while keep < min(chain.count, open.count) && open[keep].index == chain[keep] { keep += 1 }
-        while open.count > keep { Glibc.close(open.removeLast().fd) }
-        for d in chain[keep...] {
-            let parent = open.last?.fd ?? rootfd
-            let fd: Int32
-            do { fd = try TreeWalk.openDirectory(parent, directories[d].name) } catch {
-                throw FSError((error as? FSError)?.errno ?? EIO, "\(file): a directory on its path: \(error)")
-            }
-            var st = stat()
-            guard fstat(fd, &st) == 0, UInt64(st.st_dev) == directories[d].device, UInt64(st.st_ino) == directories[d].inode else {
-                Glibc.close(fd)
-                throw FSError(ESTALE, "\(file): a directory on its path was replaced during the check; not checked")
-            }
-            open.append((d, fd))
-        }
-        return open.last?.fd ?? rootfd
-    }
-
-    mutating func close() {
-        while let last = open.popLast() { Glibc.close(last.fd) }
-        Glibc.close(rootfd)
     }
 }
 

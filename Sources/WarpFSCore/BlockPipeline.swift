@@ -43,7 +43,7 @@ extension CompressedFile {
         if len == 0 || EntropyCheck.looksIncompressible(content) {
             do {
                 try store(block: b, encoding: len == 0 ? .zero : .raw, payload: content)
-                c.stored(used: BlockLayout.pages(len) * BlockLayout.pageSize)
+                c.stored(used: layout.footprintLength(len))
             } catch {
                 storeFailed(block: b, c, error)
             }
@@ -104,13 +104,13 @@ extension CompressedFile {
             source.busy = false
             do {
                 switch result {
-                case .success(let n) where n <= rawLength - rawLength / 8:
+                case .success(let n) where n <= rawLength - rawLength / 16:
                     try store(block: b, encoding: header.encoding, payload: UnsafeRawBufferPointer(rebasing: output[0..<n]))
-                    source.stored(used: BlockLayout.pages(n) * BlockLayout.pageSize)
+                    source.stored(used: layout.footprintLength(n))
                 case .success, .failure(.destinationTooSmall):
-                    // Saves less than 12.5%: stored raw.
+                    // Saves less than 6.25%: stored raw.
                     try store(block: b, encoding: .raw, payload: UnsafeRawBufferPointer(rebasing: source.data[0..<rawLength]))
-                    source.stored(used: BlockLayout.pages(rawLength) * BlockLayout.pageSize)
+                    source.stored(used: layout.footprintLength(rawLength))
                 case .failure(let e):
                     throw FSError(EIO, "\(name): block \(b) could not be compressed: \(e)")
                 }

@@ -36,9 +36,10 @@ extension CompressedFile {
         return buf.withUnsafeBytes { HeaderCopies(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
     }
 
-    /// Creates an empty container in the (empty) file at `fd`.
-    public static func create(fd: Int32, name: String, codec: BlockCodec, blockSize: Int, encoding: BlockEncoding) throws -> CompressedFile {
-        let h = FileHeader(blockSize: blockSize, encoding: encoding, level: UInt8(codec.level), generation: 1, logicalSize: 0)
+    /// Creates an empty container of format `version` in the (empty) file at `fd`.
+    public static func create(fd: Int32, name: String, codec: BlockCodec, blockSize: Int, encoding: BlockEncoding,
+                              version: UInt16 = FileHeader.version) throws -> CompressedFile {
+        let h = FileHeader(version: version, blockSize: blockSize, encoding: encoding, level: UInt8(codec.level), generation: 1, logicalSize: 0)
         let f = CompressedFile(fd: fd, name: name, codec: codec, header: h, copy: nil)
         try f.writeHeader()
         return f
@@ -76,21 +77,13 @@ extension CompressedFile {
             let n = try table.withUnsafeMutableBytes { b in
                 try preadFully(fd, b.baseAddress!, b.count, off, "read slot headers of \(name)")
             }
-            let slots = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<n]), group: group, blockSize: layout.blockSize) }
-            var newestInGroup: UInt64 = 0
+            let slots = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<n]), group: group, layout: layout) }
             for k in 0..<BlockLayout.blocksPerGroup where first + k < count {
                 var e = Entry()
                 for s in 0..<2 {
                     let h = slots.header(block: first + k, s)
                     e.set(s, h)
-                    if let h {
-                        maxGen = max(maxGen, h.generation)
-                        // Placement resumes after the newest payload of the group.
-                        if h.generation >= newestInGroup, !h.pageRange.isEmpty {
-                            newestInGroup = h.generation
-                            groupCursor[group] = h.pageRange.upperBound
-                        }
-                    }
+                    if let h { maxGen = max(maxGen, h.generation) }
                 }
                 switch (e.slot.0, e.slot.1) {
                 case (nil, nil): e.current = nil
@@ -147,16 +140,13 @@ extension CompressedFile {
         let n = try table.withUnsafeMutableBytes { b in
             try preadFully(fd, b.baseAddress!, b.count, layout.tableOffset(group: g), "read slot headers of \(name)")
         }
-        let slots = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<n]), group: g, blockSize: layout.blockSize) }
-        let inUse = pagesInUse(group: g, except: (-1, -1))
-        let base = layout.regionOffset(group: g)
+        let slots = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<n]), group: g, layout: layout) }
+        let inUse = footprintsInUse(group: g, except: (-1, -1))
         for b in slots.blocks where b >= count {
             for s in 0..<2 {
                 guard let h = slots.header(block: b, s) else { continue }
                 try writeSlotHeader(nil, block: b, slot: s)
-                for run in h.pageRange.subtracting(inUse) {
-                    punch(base + run.lowerBound * BlockLayout.pageSize, run.count * BlockLayout.pageSize)
-                }
+                for run in layout.punchablePages(of: layout.footprint(h), used: inUse, group: g) { punch(run.lowerBound, run.count) }
                 cleared = true
             }
         }

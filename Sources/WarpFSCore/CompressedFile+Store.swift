@@ -37,23 +37,23 @@ extension CompressedFile {
         try dropStaleCopies()
     }
 
-    /// Writes one block version: payload, then its slot header. Block 0's
-    /// payload goes inline in the first page when it fits; others go to a
-    /// free run of pages in the group's region (`place`), never over a page
-    /// another slot's header points to.
+    /// Writes one block version: payload, then its slot header. In a
+    /// version-2 container block 0's payload goes inline in the first page
+    /// when it fits; others go to a free run of the group's region
+    /// (`place`), never over bytes another slot's header points to.
     func store(block b: Int, encoding: BlockEncoding, payload: UnsafeRawBufferPointer) throws {
         var e = entries[b]
         let target = e.durable.map { 1 - $0 } ?? e.current ?? 0
         let len = payload.count
-        let inline = b == 0 && len > 0 && len <= BlockLayout.inlineCapacity
+        let inline = layout.version == 2 && b == 0 && len > 0 && len <= BlockLayout.inlineCapacity
         let previous = e.header(target)
         guard nextGeneration <= SlotHeader.maxGeneration else {
             throw FSError(EIO, "\(name): block \(b): the file's generation counter is exhausted (a damaged slot header claims "
                 + "generation \(nextGeneration - 1)); copy the file to a new one")
         }
-        let page = inline || len == 0 ? 0 : place(block: b, slot: target, pages: BlockLayout.pages(len))
+        let offset = inline || len == 0 ? 0 : place(block: b, slot: target, length: len)
         let h = SlotHeader(encoding: encoding, isInline: inline, block: UInt64(b), generation: nextGeneration, storedLength: len,
-                           payloadChecksum: crc32Checksum(payload), page: page)
+                           payloadChecksum: crc32Checksum(payload), offset: offset)
         if len > 0 {
             try pwriteFully(fd, payload.baseAddress!, len, layout.payloadOffset(block: b, slot: target, header: h), "write \(name) block \(b)")
         }
@@ -67,7 +67,7 @@ extension CompressedFile {
         storeBlocked = nil
         lastLoggedStoreError = nil
         // Release what the slot's previous version used and the new one does not.
-        if let previous { release(previous, block: b, slot: target, keeping: h.pageRange) }
+        if let previous { release(previous, block: b, slot: target, keeping: layout.footprint(h)) }
         // A group's last block written: start the backing file system's
         // write-back of the group now (without waiting), so the disk works
         // while the engines compress the next groups instead of all at the
@@ -79,45 +79,63 @@ extension CompressedFile {
         }
     }
 
-    /// Where `pages` pages for slot `slot` of block `b` go: the first free
-    /// run at or after the group's cursor (wrapping once), so payloads
-    /// written in order lie next to each other. The slot's own previous
-    /// payload counts as free (it is not the durable version).
-    private func place(block b: Int, slot: Int, pages: Int) -> Int {
+    /// Where a payload of `length` bytes for slot `slot` of block `b` goes
+    /// in its group's region: the lowest free run that holds it
+    /// (`PayloadPlacement.firstFit`). The slot's own previous payload counts
+    /// as free (it is not the durable version).
+    private func place(block b: Int, slot: Int, length: Int) -> Int {
         let g = b / BlockLayout.blocksPerGroup
-        // The region's size guarantees a fit (see BlockLayout.regionPages).
-        let at = PayloadPlacement.firstFit(pages: pages, used: pagesInUse(group: g, except: (b, slot)),
-                                           cursor: groupCursor[g] ?? 0, regionPages: layout.regionPages)!
-        groupCursor[g] = at + pages
+        let used = footprintsInUse(group: g, except: (b, slot))
+        // The region's size guarantees a fit (see BlockLayout.regionSize).
+        let at = PayloadPlacement.firstFit(length: layout.footprintLength(length), unit: layout.placementUnit,
+                                           used: used, regionSize: layout.regionSize)!
+        // A one-block file rewritten while its durable version holds the
+        // start of the region: when the lowest fit would leave the file on
+        // more pages than a fresh copy takes once the old version is gone,
+        // the new version goes past the place a fresh copy takes, starting
+        // on a page, so that compaction at the last close
+        // (`compactIfItFreesPages`) can move it there.
+        if layout.version >= 3, b == 0, entries.count == 1, entries[0].durable != nil {
+            let fresh = 0..<length
+            if pagesTouched([at..<(at + length)]) > pagesTouched([fresh]) {
+                let base = layout.regionOffset(group: 0), page = BlockLayout.pageSize
+                let past = max(length, used.map(\.upperBound).max() ?? 0)
+                let next = ((base + past + page - 1) / page) * page - base
+                if next + length <= layout.regionSize { return next }
+            }
+        }
         return at
     }
 
-    /// The page ranges the valid slots of group `g` name, except one slot's.
-    func pagesInUse(group g: Int, except: (block: Int, slot: Int)) -> [Range<Int>] {
+    /// The region bytes the valid slots of group `g` take, except one slot's.
+    func footprintsInUse(group g: Int, except: (block: Int, slot: Int)) -> [Range<Int>] {
         var used: [Range<Int>] = []
-        for k in (g * BlockLayout.blocksPerGroup)..<((g + 1) * BlockLayout.blocksPerGroup) {
+        for k in (g * BlockLayout.blocksPerGroup)..<((g + 1) * BlockLayout.blocksPerGroup) where k < entries.count {
             for s in 0..<2 where !(k == except.block && s == except.slot) {
-                if let r = entries[k].header(s)?.pageRange, !r.isEmpty { used.append(r) }
+                if let h = entries[k].header(s) {
+                    let r = layout.footprint(h)
+                    if !r.isEmpty { used.append(r) }
+                }
             }
         }
         return used
     }
 
-    /// Punches the pages of an old version that `keeping` does not cover.
-    /// Never punches a page another valid slot of the group names (only a
-    /// damaged or crafted file has such overlaps, but a punch would turn
-    /// them into lost data).
+    /// Punches the whole pages of an old version that neither `keeping`
+    /// nor another valid slot of the group touches (in version 3 payloads
+    /// share pages; only a damaged or crafted file has overlapping slots,
+    /// and a punch would turn them into lost data).
     private func release(_ old: SlotHeader, block b: Int, slot: Int, keeping: Range<Int>) {
-        let r = old.pageRange
+        let r = layout.footprint(old)
         guard !r.isEmpty else { return }
         let g = b / BlockLayout.blocksPerGroup
-        let base = layout.regionOffset(group: g)
-        for run in PayloadPlacement.releasable(r, keeping: keeping, others: pagesInUse(group: g, except: (b, slot))) { punch(base + run.lowerBound * BlockLayout.pageSize, run.count * BlockLayout.pageSize) }
+        let used = footprintsInUse(group: g, except: (b, slot)) + [keeping]
+        for run in layout.punchablePages(of: r, used: used, group: g) { punch(run.lowerBound, run.count) }
     }
 
     func writeSlotHeader(_ h: SlotHeader?, block b: Int, slot: Int) throws {
         var raw = [UInt8](repeating: 0, count: BlockLayout.slotHeaderSize)
-        raw.withUnsafeMutableBytes { if let h { h.encode(into: $0) } }
+        raw.withUnsafeMutableBytes { if let h { h.encode(into: $0, layout: layout) } }
         try raw.withUnsafeBytes { (r) throws in
             try pwriteFully(fd, r.baseAddress!, r.count, layout.slotHeaderOffset(block: b, slot: slot), "write \(name) block \(b) header")
         }
@@ -144,10 +162,10 @@ extension CompressedFile {
         header.logicalSize = size
         header.generation = max(header.generation + 1, nextGeneration)
         nextGeneration = header.generation + 1
-        var raw = [UInt8](repeating: 0, count: FileHeader.size)
+        var raw = [UInt8](repeating: 0, count: header.size)
         raw.withUnsafeMutableBytes { header.encode(into: $0) }
         try raw.withUnsafeBytes { (r) throws in
-            try pwriteFully(fd, r.baseAddress!, r.count, FileHeader.copyOffsets[target], "write header of \(name)")
+            try pwriteFully(fd, r.baseAddress!, r.count, layout.headerCopyOffsets[target], "write header of \(name)")
         }
         lastHeaderCopy = target
         headerDirty = false

@@ -161,6 +161,29 @@ extension CompressedFile {
         size = newSize
         headerDirty = true
         tailVerified = true
+        if newSize == 0, let v = versionWhenEmptied, v != layout.version { try reformatEmptied(as: v) }
+    }
+
+    /// An emptied container of another format version than the mount's
+    /// (`versionWhenEmptied`: version 2 files become version 3 under a
+    /// default mount, and the other way under `format_version=2`) is made
+    /// anew in that version: the backing file is cut to nothing and gets a
+    /// new header, made durable at once. (A crash between the two leaves
+    /// an empty plain file: the truncation, no other data.)
+    private func reformatEmptied(as version: UInt16) throws {
+        guard fcntl(fd, F_GETFL) & O_ACCMODE != O_RDONLY else { return }
+        _ = try sys("truncate \(name) to upgrade its format") { ftruncate(fd, 0) }
+        header = FileHeader(version: version, blockSize: header.blockSize, encoding: header.encoding, level: header.level,
+                            generation: nextGeneration, logicalSize: 0)
+        layout = BlockLayout(header)
+        entries = BlockIndex()
+        changedSinceSync.removeAll()
+        durableHeaderCopy = nil
+        lastHeaderCopy = nil
+        try writeHeader()
+        _ = try sys("fdatasync \(name)") { fdatasync(fd) }
+        durableHeaderCopy = lastHeaderCopy
+        Log.info("\(name): emptied; its container is now format version \(header.version)")
     }
 
     /// Zeroes a byte range (FALLOC_FL_PUNCH_HOLE): whole blocks become

@@ -47,7 +47,9 @@ public final class CompressedFile {
     /// Name for messages (path relative to the backing root).
     public let name: String
     let codec: BlockCodec
-    let layout: BlockLayout
+    /// The container's layout (its format version changes only when an
+    /// emptied version-2 file is upgraded, `upgradeIfEmpty`).
+    var layout: BlockLayout
     /// Blocks compressed at once per file (write-back depth).
     let writeDepth = 32
 
@@ -68,8 +70,9 @@ public final class CompressedFile {
     /// Blocks stored since the last sync (or found with two versions on open):
     /// the only ones whose durable slot changes, or that can hold a stale copy.
     var changedSinceSync = Set<Int>()
-    /// Per group, the page after the last payload placed (next placement starts there).
-    var groupCursor: [Int: Int] = [:]
+    /// The format version the container takes when it is emptied (truncated
+    /// to 0 bytes): the mount's `format_version`. Offline tools leave it.
+    public var versionWhenEmptied: UInt16?
     /// The tail of the last partial block past `size` was checked to be zeros
     /// (growing the file then needs no look at it).
     var tailVerified = false
@@ -145,7 +148,7 @@ public final class CompressedFile {
         self.name = name
         self.codec = codec
         self.header = header
-        layout = BlockLayout(blockSize: header.blockSize)
+        layout = BlockLayout(header)
         size = header.logicalSize
         durableHeaderCopy = copy
         lastHeaderCopy = copy

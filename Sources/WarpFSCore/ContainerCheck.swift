@@ -81,7 +81,8 @@ public final class ContainerCheck {
         /// header says, or failing its checksum): only then may the older
         /// version replace it, as the file system does on open.
         var torn = false
-        var pages: Range<Int> { header.pageRange }
+        /// The region bytes (relative to the group's region) its payload takes.
+        let footprint: Range<Int>
     }
 
     /// A step of a repair, with the problem it belongs to.
@@ -145,15 +146,14 @@ public final class ContainerCheck {
         // A copy never written yet is not damage: a file only written once has copy A alone.
         for (i, c) in copies.copies.enumerated() where i != good {
             guard case .invalid(let e) = c else { continue }
-            let off = FileHeader.copyOffsets[good]
+            let off = copies.copyOffsets[good]
             add(.headerCopy, nil, "header copy \(copyName[i]) is damaged (\(e.reason)); copy \(copyName[good]) (generation \(header.generation)) is valid",
                 fix: "copy \(copyName[i]) rewritten from copy \(copyName[good])",
-                [.writeHeaderCopy(copy: i, bytes: Array(first[off..<(off + FileHeader.size)]))])
+                [.writeHeaderCopy(copy: i, bytes: Array(first[off..<(off + header.size)]))])
         }
 
         // Slot headers of every group whose table holds data (holes are empty tables).
-        let layout = BlockLayout(blockSize: header.blockSize)
-        let bs = layout.blockSize
+        let layout = BlockLayout(header)
         let count = layout.blockCount(logicalSize: header.logicalSize)
         result.blocks = count
         let fileSize = Int(st.st_size)
@@ -169,12 +169,12 @@ public final class ContainerCheck {
             if d >= off + BlockLayout.tableSize { g = max(g + 1, layout.group(containing: d)); continue }
             let got = try table.withUnsafeMutableBytes { try preadFully(fd, $0.baseAddress!, $0.count, off, "read slot headers of \(name)") }
             progress?(got)
-            let decoded = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<got]), group: g, blockSize: bs) }
+            let decoded = table.withUnsafeBytes { SlotTable(UnsafeRawBufferPointer(rebasing: $0[0..<got]), group: g, layout: layout) }
             var found: [Slot] = []
             for b in decoded.blocks {
                 for s in 0..<2 {
                     switch decoded.slot(block: b, s) {
-                    case .valid(let h): found.append(Slot(block: b, slot: s, header: h))
+                    case .valid(let h): found.append(Slot(block: b, slot: s, header: h, footprint: layout.footprint(h)))
                     case .damaged: garbage[b, default: []].append(s)
                     case .empty: break
                     }
@@ -234,15 +234,13 @@ public final class ContainerCheck {
         for (group, list) in slots { kept[group] = list.filter { !dropped.contains([$0.block, $0.slot]) } }
         for (group, b, s, message, fix, kind) in dropMessages {
             let slot = slots[group]!.first { $0.block == b && $0.slot == s }!
-            let others = kept[group, default: []].map(\.pages).filter { !$0.isEmpty }
-            let free = slot.pages.subtracting(others)
+            let others = kept[group, default: []].map(\.footprint).filter { !$0.isEmpty }
+            let free = layout.punchablePages(of: slot.footprint, used: others, group: group)
             var note = ""
-            if free.reduce(0, { $0 + $1.count }) < slot.pages.count {
+            if others.contains(where: { $0.overlaps(slot.footprint) }) {
                 note = "; its pages are shared with another valid slot (only the unshared ones are released)"
             }
-            let base = layout.regionOffset(group: group)
-            add(kind, b, message + note, fix: fix,
-                [.clearSlot(block: b, slot: s)] + free.map { .punch(offset: base + $0.lowerBound * BlockLayout.pageSize, length: $0.count * BlockLayout.pageSize) })
+            add(kind, b, message + note, fix: fix, [.clearSlot(block: b, slot: s)] + free.map { .punch(offset: $0.lowerBound, length: $0.count) })
         }
 
         // Damaged slot headers, and blocks that cannot be read.
@@ -272,22 +270,23 @@ public final class ContainerCheck {
         }
         for b in damagedBlocks.keys.sorted() { add(.damagedBlock, b, "block \(b) is damaged: \(damagedBlocks[b]!)") }
 
-        // Payloads that share pages (among the slots that stay): never "fixed".
+        // Payloads that overlap (among the slots that stay): never "fixed".
         var suspect = Set(damagedBlocks.keys.map { $0 / BlockLayout.blocksPerGroup })
         for group in kept.keys.sorted() {
-            let list = kept[group]!.filter { !$0.pages.isEmpty }.sorted { $0.pages.lowerBound < $1.pages.lowerBound }
+            let list = kept[group]!.filter { !$0.footprint.isEmpty }.sorted { $0.footprint.lowerBound < $1.footprint.lowerBound }
             for (i, a) in list.enumerated() {
-                for c in list[(i + 1)...] where c.pages.lowerBound < a.pages.upperBound {
+                for c in list[(i + 1)...] where c.footprint.lowerBound < a.footprint.upperBound {
                     suspect.insert(group)
-                    add(.overlap, a.block, "block \(a.block) (slot \(a.slot), pages \(a.pages.lowerBound)..<\(a.pages.upperBound)) and block "
-                        + "\(c.block) (slot \(c.slot), pages \(c.pages.lowerBound)..<\(c.pages.upperBound)) share pages of group \(group)'s region")
+                    add(.overlap, a.block, "block \(a.block) (slot \(a.slot), bytes \(a.footprint.lowerBound)..<\(a.footprint.upperBound)) and block "
+                        + "\(c.block) (slot \(c.slot), bytes \(c.footprint.lowerBound)..<\(c.footprint.upperBound)) overlap in group \(group)'s region")
                 }
             }
         }
 
-        // Allocated region pages that no valid slot refers to.
-        var allocated: [Int: [Range<Int>]] = [:]
-        var pos = BlockLayout.pageSize
+        // Allocated pages of the regions that no valid slot touches (pages
+        // holding a header or a table are not region pages).
+        var allocated: [Int: [Range<Int>]] = [:]        // region-relative bytes, by group
+        var pos = 0
         while pos < fileSize {
             let d = Int(lseek(fd, off_t(pos), Int32(WD_SEEK_DATA)))
             if d < 0 { break }
@@ -296,31 +295,29 @@ public final class ContainerCheck {
             var o = d
             while o < h {
                 let gg = layout.group(containing: o)
-                let rs = layout.regionOffset(group: gg), re = rs + layout.regionPages * BlockLayout.pageSize
-                if o < rs { o = rs; continue }      // the group's table page
-                let end: Int = min(h, re)
-                let p0: Int = (o - rs) / BlockLayout.pageSize
-                let p1: Int = (end - rs + BlockLayout.pageSize - 1) / BlockLayout.pageSize
-                if p1 > p0 { allocated[gg, default: []].append(p0..<p1) }
+                let rs = layout.regionOffset(group: gg), re = rs + layout.regionSize
+                if o < rs { o = rs; continue }                              // the group's table
+                if o >= re { o = layout.tableOffset(group: gg + 1); continue } // unused space before the next group
+                let end = min(h, re)
+                allocated[gg, default: []].append((o - rs)..<(end - rs))
                 o = end
             }
             pos = max(h, d + 1)
         }
         for group in allocated.keys.sorted() {
-            let used = (slots[group] ?? []).map(\.pages).filter { !$0.isEmpty }
+            let used = (slots[group] ?? []).map(\.footprint).filter { !$0.isEmpty }
             let first = group * BlockLayout.blocksPerGroup
-            let base = layout.regionOffset(group: group)
             for extent in allocated[group]! {
-                for run in extent.subtracting(used) {
-                    let off = base + run.lowerBound * BlockLayout.pageSize
-                    let what = "group \(group) (blocks \(first)-\(first + BlockLayout.blocksPerGroup - 1)): \(run.count) allocated "
-                        + "page\(run.count == 1 ? "" : "s") (pages \(run.lowerBound)..<\(run.upperBound), offset \(off)) that no valid slot refers to"
+                for run in layout.punchablePages(of: extent, used: used, group: group) {
+                    let pages = run.count / BlockLayout.pageSize
+                    let what = "group \(group) (blocks \(first)-\(first + BlockLayout.blocksPerGroup - 1)): \(pages) allocated "
+                        + "page\(pages == 1 ? "" : "s") (offset \(run.lowerBound)..<\(run.upperBound)) that no valid slot refers to"
                     if suspect.contains(group) {
                         // A damaged block's data may be there (a header with a
-                        // wrong length or page): kept for whoever recovers it.
+                        // wrong length or offset): kept for whoever recovers it.
                         add(.unreferenced, nil, what + " (kept: the group has a damaged block or overlapping payloads)")
                     } else {
-                        add(.unreferenced, nil, what, fix: "punched", [.punch(offset: off, length: run.count * BlockLayout.pageSize)])
+                        add(.unreferenced, nil, what, fix: "punched", [.punch(offset: run.lowerBound, length: run.count)])
                     }
                 }
             }
@@ -440,7 +437,7 @@ public final class ContainerCheck {
                         switch step {
                         case .writeHeaderCopy(let copy, let bytes):
                             try bytes.withUnsafeBytes {
-                                try pwriteFully(fd, $0.baseAddress!, $0.count, FileHeader.copyOffsets[copy], "write header copy of \(name)")
+                                try pwriteFully(fd, $0.baseAddress!, $0.count, layout.headerCopyOffsets[copy], "write header copy of \(name)")
                             }
                         case .clearSlot(let b, let s):
                             let zeros = [UInt8](repeating: 0, count: BlockLayout.slotHeaderSize)

@@ -75,6 +75,8 @@ extension MountOptions {
         .init("level=N", ["level"], value: .required, .warpfs, default: "1",
               "compression level: 0..9 for the deflate family, 1..19 for zstd, 1..12 for lz4 (3 and up: lz4 HC)"),
         .init("engines=N", ["engines"], value: .required, .warpfs, default: "2", "engine threads of the emulated accelerator, 1..64"),
+        .init("format_version=3|2", ["format_version"], value: .required, .warpfs, default: "3",
+              "container format of new files: 3 packs payloads byte by byte; 2 is the older page-per-payload layout, for trees older builds must read"),
         .init("deflate_engine=isal|zlib", ["deflate_engine"], value: .required, .warpfs, default: "isal",
               "what compresses deflate, zlib and gzip on the emulated accelerator: ISA-L at levels 1-3, or zlib, stock zlib's output byte for byte"),
         .init("cache_blocks=N", ["cache_blocks"], value: .required, .warpfs, default: "64", "decompressed blocks cached per open file, 4..65536"),

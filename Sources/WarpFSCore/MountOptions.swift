@@ -14,6 +14,9 @@ public struct MountOptions: Sendable, Equatable {
     public var level = 1
     /// Engine threads of the emulated accelerator.
     public var engines = 2
+    /// Format version of new containers (`docs/FORMAT.md`): 3, or 2 to make
+    /// containers older builds read.
+    public var formatVersion: UInt16 = FileHeader.version
     /// What compresses the deflate family on the emulated accelerator:
     /// ISA-L where it has the level (the default), or zlib, the reference
     /// whose output equals stock zlib's byte for byte.
@@ -117,6 +120,7 @@ public struct MountOptions: Sendable, Equatable {
             algorithm = a
         case "level": level = try number(0...19)
         case "engines": engines = try number(1...64)
+        case "format_version": formatVersion = UInt16(try number(Int(FileHeader.versions.lowerBound)...Int(FileHeader.versions.upperBound)))
         case "deflate_engine":
             let v = try need()
             guard let e = DeflateEngine(rawValue: v) else {

@@ -19,6 +19,7 @@ extension WarpFileSystem {
             case .plain: c = .plain(fd)
             case .compressed:
                 let f = try CompressedFile.open(fd: fd, name: name, codec: codec)
+                f.versionWhenEmptied = options.formatVersion
                 f.cacheLimit = options.cacheBlocksPerFile
                 f.readahead = max(2, min(32, options.cacheBlocksPerFile / 2))
                 c = .compressed(f)
@@ -159,6 +160,9 @@ extension WarpFileSystem {
                 do {
                     try f.flush()
                     if f.hasStaleCopies { try preservingTimes(h.inode, f.fd) { () throws in try f.sync() } }
+                    if f.compactionPlan() != nil, !options.readOnly {
+                        try preservingTimes(h.inode, f.fd) { () throws in try f.compactIfItFreesPages() }
+                    }
                 } catch {
                     // Keep the content (and its unstored blocks) in memory: the
                     // next open, fsync or the unmount retries; nothing is dropped.

@@ -16,6 +16,9 @@ extension WarpFileSystem {
                     do {
                         try f.flush()
                         if f.hasStaleCopies { try preservingTimes(node, f.fd) { () throws in try f.sync() } }
+                        if f.compactionPlan() != nil, !options.readOnly {
+                            try preservingTimes(node, f.fd) { () throws in try f.compactIfItFreesPages() }
+                        }
                     } catch { Log.error("\(f.name): storing at unmount failed: \(error)") }
                 }
             }

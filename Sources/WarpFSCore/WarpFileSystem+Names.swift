@@ -204,7 +204,7 @@ extension WarpFileSystem {
             do {
                 if options.compressNewFiles {
                     _ = try CompressedFile.create(fd: dup(fd), name: name, codec: codec, blockSize: options.blockSize,
-                                                  encoding: options.encoding)
+                                                  encoding: options.encoding, version: options.formatVersion)
                 }
                 // After the header: a write by a process without CAP_FSETID clears set-user-ID.
                 try settle(fd, parent: p, mode: mode, caller: caller)

@@ -20,14 +20,14 @@ public struct SlotTable: Sendable {
     /// Decodes group `group`'s table from `bytes` as read: at most
     /// `BlockLayout.tableSize` bytes; a table cut short (a short file) has
     /// empty slots past its end.
-    public init(_ bytes: UnsafeRawBufferPointer, group: Int, blockSize: Int) {
+    public init(_ bytes: UnsafeRawBufferPointer, group: Int, layout: BlockLayout) {
         self.group = group
         let first = group * BlockLayout.blocksPerGroup
         slots = (0..<(2 * BlockLayout.blocksPerGroup)).map { i in
             let at = i * BlockLayout.slotHeaderSize
             guard at + BlockLayout.slotHeaderSize <= bytes.count else { return .empty }
             let raw = UnsafeRawBufferPointer(rebasing: bytes[at..<(at + BlockLayout.slotHeaderSize)])
-            if let h = SlotHeader.decode(raw, block: first + i / 2, blockSize: blockSize) { return .valid(h) }
+            if let h = SlotHeader.decode(raw, block: first + i / 2, layout: layout) { return .valid(h) }
             return raw.contains(where: { $0 != 0 }) ? .damaged : .empty
         }
     }

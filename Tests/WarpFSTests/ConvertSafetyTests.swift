@@ -126,9 +126,7 @@ import WarpFSFormat
         // Outside: header copy B damaged in every container (what --repair rewrites).
         var outBytes: [String: [UInt8]] = [:]
         for n in try FileIO.list(outside) {
-            let fd = open(outside + "/" + n, O_RDWR)
-            try FileIO.pwrite(fd, [0xFF], FileHeader.copyOffsets[1] + 100)
-            close(fd)
+            try damageHeaderCopyB(outside + "/" + n)
             outBytes[n] = try FileIO.read(outside + "/" + n)
         }
         let clean = runCommand([warpfsBinary, "fsck", tree, "--progress", "never"])
@@ -163,11 +161,7 @@ import WarpFSFormat
         try FileIO.write(root + "/outside", r.text(100_000))
         try FileIO.write(root + "/tree/inside", r.text(100_000))
         #expect(runCommand([warpfsBinary, "compress", root + "/outside", root + "/tree/inside"]).status == 0)
-        for f in ["/outside", "/tree/inside"] {
-            let fd = open(root + f, O_RDWR)
-            try FileIO.pwrite(fd, [0xFF], FileHeader.copyOffsets[1] + 100)
-            close(fd)
-        }
+        for f in ["/outside", "/tree/inside"] { try damageHeaderCopyB(root + f) }
         #expect(link(root + "/outside", root + "/tree/linked") == 0)
         #expect(link(root + "/tree/inside", root + "/tree/inside2") == 0)
         let before = try FileIO.read(root + "/outside")
@@ -339,6 +333,20 @@ import WarpFSFormat
     }
 
     // MARK: Helpers
+
+    /// Damages header copy B of the container at `path`: a byte inside it,
+    /// where the container's format version puts the copy (after a
+    /// conversion only copy A is written: the damage makes copy B's place
+    /// neither a valid copy nor unwritten).
+    private func damageHeaderCopyB(_ path: String) throws {
+        let raw = try readBytes(path, HeaderCopies.span, at: 0)
+        let copies = raw.withUnsafeBytes { HeaderCopies($0) }
+        guard copies.newest != nil else { throw Errno(EINVAL, "\(path): not a container") }
+        let fd = open(path, O_RDWR)
+        guard fd >= 0 else { throw Errno(errno, path) }
+        defer { close(fd) }
+        try FileIO.pwrite(fd, [0xFF], copies.copyOffsets[1] + 40)
+    }
 
     private func isContainer(_ path: String) -> Bool {
         ((try? readBytes(path, 8, at: 0)) ?? []).elementsEqual(Array("WARPFS\r\n".utf8))

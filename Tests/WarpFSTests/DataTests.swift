@@ -10,14 +10,17 @@ import WarpFSFormat
 /// concurrency, remounts, space use and damage.
 @Suite struct DataTests {
     /// Random writes, reads and truncates against an in-memory model, across
-    /// block boundaries, with remounts in between.
-    @Test(arguments: [UInt64(11), 12, 13])
-    func randomOperationsMatchAModel(seed: UInt64) throws {
-        try withMount(options: "block_size=16k,cache_blocks=8") { m in
+    /// block boundaries, with remounts in between; in containers of each
+    /// format version (a version-2 file stays version 2 unless emptied).
+    @Test(arguments: [UInt64(11), 12, 13], FileHeader.versions)
+    func randomOperationsMatchAModel(seed: UInt64, version: UInt16) throws {
+        try withMount(options: "block_size=16k,cache_blocks=8,\(formatOption(version))") { m in
             var r = Rng(seed)
             var model: [[UInt8]] = [[], [], []]
             let names = ["m0", "m1", "m2"]
             var fds = names.map { open(m.path($0), O_RDWR | O_CREAT, 0o644) }
+            // An emptied container may change version (one of an older version is upgraded).
+            var versions = [UInt16?](repeating: version, count: names.count)
             for step in 0..<1500 {
                 let f = r.int(3)
                 let fd = fds[f]
@@ -39,6 +42,7 @@ import WarpFSFormat
                 case 8:
                     let size = r.int(210_000)
                     #expect(ftruncate(fd, off_t(size)) == 0)
+                    if size == 0 { versions[f] = nil }
                     if size < model[f].count { model[f].removeSubrange(size...) } else { model[f] += [UInt8](repeating: 0, count: size - model[f].count) }
                 default:
                     if r.int(4) == 0 { #expect(fsync(fd) == 0) }
@@ -56,6 +60,8 @@ import WarpFSFormat
             }
             try m.remount()
             for i in 0..<3 { #expect(try FileIO.read(m.path(names[i])) == model[i]) }
+            m.unmount()
+            for i in 0..<3 where versions[i] != nil { #expect(try containerVersion(m.backingPath(names[i])) == versions[i], "\(names[i])") }
         }
     }
 
@@ -198,8 +204,9 @@ import WarpFSFormat
         }
     }
 
-    @Test func compressibleDataSavesSpaceIncompressibleIsStoredRaw() throws {
-        try withMount { m in
+    @Test(arguments: FileHeader.versions)
+    func compressibleDataSavesSpaceIncompressibleIsStoredRaw(version: UInt16) throws {
+        try withMount(options: formatOption(version)) { m in
             var r = Rng(9)
             try FileIO.write(m.path("text"), r.text(4 << 20))
             try FileIO.write(m.path("noise"), r.bytes(4 << 20))
@@ -217,8 +224,15 @@ import WarpFSFormat
         }
     }
 
-    @Test func rewritingDoesNotGrowTheBackingFile() throws {
-        try withMount { m in
+    /// Many small rewrites leave no allocated page that no live payload (or
+    /// a header or table) uses, and cost little against a fresh copy. In
+    /// version 3 a fresh copy packs its payloads byte by byte, while the
+    /// rewritten file's payloads lie apart (wherever a free run was when
+    /// each was written): each run of them may start and end in a page of
+    /// its own, so the bound allows one page per block more there.
+    @Test(arguments: FileHeader.versions)
+    func rewritingDoesNotGrowTheBackingFile(version: UInt16) throws {
+        try withMount(options: formatOption(version)) { m in
             var r = Rng(21)
             let data = r.text(2 << 20)
             try FileIO.write(m.path("re"), data)
@@ -231,31 +245,41 @@ import WarpFSFormat
             }
             m.unmount()  // waits until the last release has been processed
             let after = try FileIO.stat(m.backingPath("re")).st_blocks
+            #expect(try containerVersion(m.backingPath("re")) == version)
+            let unused = try pagesNoLivePayloadUses(m.backingPath("re"))
+            #expect(unused.isEmpty, "allocated pages no live payload, header or table uses: \(unused)")
             try m.start()
             // Against a fresh copy of the same final content: only a small, bounded overhead.
             try FileIO.write(m.path("fresh"), try FileIO.read(m.path("re")))
             let fresh = try FileIO.stat(m.backingPath("fresh")).st_blocks
-            #expect(after <= fresh + fresh / 20 + 16, "rewritten: \(after * 512) bytes, fresh copy: \(fresh * 512) (first write \(first * 512))")
+            let apart = version == 2 ? 0 : (2 << 20) / (64 << 10) * BlockLayout.pageSize / 512
+            #expect(after <= fresh + fresh / 20 + 16 + apart,
+                    "rewritten: \(after * 512) bytes, fresh copy: \(fresh * 512) (first write \(first * 512))")
         }
     }
 
-    /// Payloads written in order lie next to each other in the backing file,
-    /// and rewrites of every compressibility never place two live payloads
-    /// on the same pages (checked on the slot headers while mounted).
-    @Test func payloadsArePackedAndNeverOverlap() throws {
-        try withMount(options: "block_size=16k") { m in
+    /// Payloads written in order lie next to each other in the backing file
+    /// (byte by byte in version 3, page by page in version 2), and rewrites
+    /// of every compressibility never place two live payloads on the same
+    /// bytes (checked on the slot headers while mounted).
+    @Test(arguments: FileHeader.versions)
+    func payloadsArePackedAndNeverOverlap(version: UInt16) throws {
+        try withMount(options: "block_size=16k,\(formatOption(version))") { m in
             let bs = 16 << 10
             var r = Rng(77)
             var model = r.text(48 * bs)
             try FileIO.write(m.path("p"), model)
             m.unmount()
-            let layout = BlockLayout(blockSize: bs)
+            let layout = try containerLayout(m.backingPath("p"))
+            #expect(layout == BlockLayout(blockSize: bs, version: version))
             let fresh = try liveSlots(m.backingPath("p"), blockSize: bs)
             #expect(fresh.count == 48)
             for g in 0..<3 {
                 let inGroup = fresh.filter { $0.block / 16 == g }.sorted { $0.block < $1.block }
+                #expect(inGroup.first.map { layout.footprint($0.header).lowerBound } == 0, "group \(g) does not start at its region's start")
                 for (a, b) in zip(inGroup, inGroup.dropFirst()) {
-                    #expect(a.header.pageRange.upperBound == b.header.pageRange.lowerBound, "blocks \(a.block) and \(b.block) are not adjacent")
+                    #expect(layout.footprint(a.header).upperBound == layout.footprint(b.header).lowerBound,
+                            "blocks \(a.block) and \(b.block) are not adjacent")
                 }
             }
             try m.start()
@@ -269,20 +293,24 @@ import WarpFSFormat
                 if step % 50 == 49 {
                     let slots = try liveSlots(m.backingPath("p"), blockSize: bs)
                     for g in 0..<3 {
-                        let ranges = slots.filter { $0.block / 16 == g && !$0.header.pageRange.isEmpty }.map { $0.header.pageRange }.sorted { $0.lowerBound < $1.lowerBound }
+                        let ranges = slots.filter { $0.block / 16 == g }.map { layout.footprint($0.header) }.filter { !$0.isEmpty }
+                            .sorted { $0.lowerBound < $1.lowerBound }
                         for (x, y) in zip(ranges, ranges.dropFirst()) { #expect(x.upperBound <= y.lowerBound, "step \(step): \(x) overlaps \(y)") }
-                        #expect(ranges.allSatisfy { $0.upperBound <= layout.regionPages })
+                        #expect(ranges.allSatisfy { $0.upperBound <= layout.regionSize })
                     }
                 }
             }
             close(fd)
             try m.remount()
             #expect(try FileIO.read(m.path("p")) == model)
+            m.unmount()
+            #expect(try containerVersion(m.backingPath("p")) == version)
         }
     }
 
-    @Test func aCorruptedBlockReadsAsEIOAndIsLogged() throws {
-        try withMount(options: "block_size=64k") { m in
+    @Test(arguments: FileHeader.versions)
+    func aCorruptedBlockReadsAsEIOAndIsLogged(version: UInt16) throws {
+        try withMount(options: "block_size=64k,\(formatOption(version))") { m in
             var r = Rng(5)
             let data = r.text(64 << 10 * 4)
             try FileIO.write(m.path("c"), data)
@@ -291,7 +319,7 @@ import WarpFSFormat
             let back = open(m.backingPath("c"), O_RDWR)
             let slots = try liveSlots(m.backingPath("c"), blockSize: 64 << 10)
             let two = try #require(slots.first { $0.block == 2 })
-            let payload = BlockLayout(blockSize: 64 << 10).payloadOffset(block: 2, slot: two.slot, header: two.header)
+            let payload = try containerLayout(m.backingPath("c")).payloadOffset(block: 2, slot: two.slot, header: two.header)
             var b = try FileIO.pread(back, 1, payload + 100)
             b[0] ^= 0xFF
             try FileIO.pwrite(back, b, payload + 100)
@@ -312,19 +340,21 @@ import WarpFSFormat
     /// the old one can leave a newer slot whose payload is not what its
     /// header says (torn). Opening the file falls back to the older, durable
     /// version and drops the torn one.
-    @Test func aTornNewerVersionFallsBackToTheDurableOne() throws {
-        try withMount(options: "block_size=64k") { m in
+    @Test(arguments: FileHeader.versions)
+    func aTornNewerVersionFallsBackToTheDurableOne(version: UInt16) throws {
+        try withMount(options: "block_size=64k,\(formatOption(version))") { m in
             var r = Rng(6)
             let data = r.text(64 << 10 * 3)
             try FileIO.write(m.path("t"), data)
             m.unmount()
+            let layout = try containerLayout(m.backingPath("t"))
+            #expect(layout.version == version)
             let old = try #require(try liveSlots(m.backingPath("t"), blockSize: 64 << 10).first { $0.block == 1 })
+            // Its payload would lie far after the others (page 900 of the region).
             let torn = SlotHeader(encoding: old.header.encoding, block: 1, generation: old.header.generation + 100,
-                                  storedLength: 5000, payloadChecksum: 0x1234_5678, page: 900)
-            var raw = [UInt8](repeating: 0, count: 32)
-            raw.withUnsafeMutableBytes { torn.encode(into: $0) }
+                                  storedLength: 5000, payloadChecksum: 0x1234_5678, offset: 900 * BlockLayout.pageSize)
             let back = open(m.backingPath("t"), O_RDWR)
-            try FileIO.pwrite(back, raw, BlockLayout(blockSize: 64 << 10).slotHeaderOffset(block: 1, slot: 1 - old.slot))
+            try FileIO.pwrite(back, encodedSlot(torn, layout), layout.slotHeaderOffset(block: 1, slot: 1 - old.slot))
             close(back)
             try m.start()
             #expect(try FileIO.read(m.path("t")) == data)
@@ -340,8 +370,9 @@ import WarpFSFormat
     /// was: their slots lie past the end. They are cleared when the file is
     /// opened, so growing the file later shows zeros or new data there,
     /// never the old version (or its pages reused by another block).
-    @Test func versionsPastTheEndAreNotBroughtBackByGrowing() throws {
-        try withMount(options: "block_size=16k") { m in
+    @Test(arguments: FileHeader.versions)
+    func versionsPastTheEndAreNotBroughtBackByGrowing(version: UInt16) throws {
+        try withMount(options: "block_size=16k,\(formatOption(version))") { m in
             let bs = 16 << 10
             var r = Rng(14)
             let data = r.text(6 * bs)
@@ -349,16 +380,16 @@ import WarpFSFormat
             m.unmount()
             // Block 9 of a six-block file, as a crash leaves it, and a table
             // with a version in group 1, wholly past the end.
-            let layout = BlockLayout(blockSize: bs)
+            let layout = try containerLayout(m.backingPath("g"))
+            #expect(layout.version == version)
             let stray = r.bytes(bs)
             let fd = open(m.backingPath("g"), O_RDWR)
+            // Payloads at pages 200 and 10 of their groups' regions.
             for (block, page) in [(9, 200), (20, 10)] {
                 let h = SlotHeader(encoding: .raw, block: UInt64(block), generation: 1000, storedLength: stray.count,
-                                   payloadChecksum: stray.withUnsafeBytes { crc32Checksum($0) }, page: page)
+                                   payloadChecksum: stray.withUnsafeBytes { crc32Checksum($0) }, offset: page * BlockLayout.pageSize)
                 try FileIO.pwrite(fd, stray, layout.payloadOffset(block: block, slot: 0, header: h))
-                var raw = [UInt8](repeating: 0, count: 32)
-                raw.withUnsafeMutableBytes { h.encode(into: $0) }
-                try FileIO.pwrite(fd, raw, layout.slotHeaderOffset(block: block, slot: 0))
+                try FileIO.pwrite(fd, encodedSlot(h, layout), layout.slotHeaderOffset(block: block, slot: 0))
             }
             close(fd)
             try m.start()
@@ -430,20 +461,63 @@ func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
     return t
 }
 
-/// The valid slot headers of a container, read from the backing file.
+/// The valid slot headers of a container, read from the backing file
+/// (decoded with `blockSize` and the format version its header states).
 func liveSlots(_ path: String, blockSize: Int) throws -> [(block: Int, slot: Int, header: SlotHeader)] {
-    let layout = BlockLayout(blockSize: blockSize)
     let fd = open(path, O_RDONLY)
     guard fd >= 0 else { throw Errno(errno, path) }
     defer { close(fd) }
-    let raw = try FileIO.pread(fd, 1024, 0)
+    let raw = try FileIO.pread(fd, HeaderCopies.span, 0)
     let header = try raw.withUnsafeBytes { try FileHeader.decodeNewest($0).header }
+    let layout = BlockLayout(blockSize: blockSize, version: header.version)
     var out: [(Int, Int, SlotHeader)] = []
     for b in 0..<layout.blockCount(logicalSize: header.logicalSize) {
         for s in 0..<2 {
-            let bytes = try FileIO.pread(fd, 32, layout.slotHeaderOffset(block: b, slot: s))
-            if let h = bytes.withUnsafeBytes({ SlotHeader.decode($0, block: b, blockSize: blockSize) }) { out.append((b, s, h)) }
+            let bytes = try FileIO.pread(fd, BlockLayout.slotHeaderSize, layout.slotHeaderOffset(block: b, slot: s))
+            if let h = bytes.withUnsafeBytes({ SlotHeader.decode($0, block: b, layout: layout) }) { out.append((b, s, h)) }
         }
     }
     return out
+}
+
+/// The pages (backing-file page numbers) of the container at `path` that
+/// hold data but that no live payload, header copy or slot table touches.
+func pagesNoLivePayloadUses(_ path: String) throws -> [Int] {
+    let layout = try containerLayout(path)
+    let page = BlockLayout.pageSize
+    var used: Set<Int> = [0]   // header copies, group 0's table (and inline payloads in version 2)
+    func touch(_ r: Range<Int>) { if !r.isEmpty { used.formUnion((r.lowerBound / page)..<((r.upperBound + page - 1) / page)) } }
+    for s in try liveSlots(path, blockSize: layout.blockSize) {
+        let g = s.block / BlockLayout.blocksPerGroup
+        touch(layout.tableOffset(group: g)..<(layout.tableOffset(group: g) + BlockLayout.tableSize))
+        if s.header.isInline { continue }
+        let base = layout.regionOffset(group: g)
+        let fp = layout.footprint(s.header)
+        touch((base + fp.lowerBound)..<(base + fp.upperBound))
+    }
+    return try dataExtents(path).flatMap { ($0.lowerBound / page)..<(($0.upperBound + page - 1) / page) }.filter { !used.contains($0) }
+}
+
+/// The layout (block size and format version) the newest valid header of
+/// the container at `path` states.
+func containerLayout(_ path: String) throws -> BlockLayout {
+    let raw = try readBytes(path, HeaderCopies.span, at: 0)
+    return BlockLayout(try raw.withUnsafeBytes { try FileHeader.decodeNewest($0).header })
+}
+
+/// The format version field (bytes 8..<10) of a backing file's first header copy.
+func containerVersion(_ path: String) throws -> UInt16 {
+    let raw = try readBytes(path, 10, at: 0)
+    guard raw.count == 10 else { throw Errno(EINVAL, "\(path): \(raw.count) bytes, no header") }
+    return UInt16(raw[8]) | UInt16(raw[9]) << 8
+}
+
+/// The mount option that makes new containers of format `version`.
+func formatOption(_ version: UInt16) -> String { "format_version=\(version)" }
+
+/// `h` as the 32 bytes a container of `layout` stores.
+func encodedSlot(_ h: SlotHeader, _ layout: BlockLayout) -> [UInt8] {
+    var raw = [UInt8](repeating: 0, count: BlockLayout.slotHeaderSize)
+    raw.withUnsafeMutableBytes { h.encode(into: $0, layout: layout) }
+    return raw
 }

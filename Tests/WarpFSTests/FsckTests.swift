@@ -7,13 +7,18 @@ import WarpFSFormat
 
 /// `warpfs fsck` on real backing directories: containers written through a
 /// mount, then damaged in the backing files with the format's encoders, as
-/// crashes and bad media leave them.
+/// crashes and bad media leave them. The cases that look at the layout run
+/// on containers of each format version (the mount's `format_version`);
+/// offsets come from the container's own layout (`containerLayout`).
 @Suite struct FsckTests {
     static let bs = 16 << 10
-    let layout = BlockLayout(blockSize: FsckTests.bs)
 
-    @Test func aCleanTreeIsClean() throws {
-        try withMount(options: "block_size=16k") { m in
+    /// 16 KiB blocks, new containers of format `version`.
+    static func options(_ version: UInt16) -> String { "block_size=16k,\(formatOption(version))" }
+
+    @Test(arguments: FileHeader.versions)
+    func aCleanTreeIsClean(version: UInt16) throws {
+        try withMount(options: FsckTests.options(version)) { m in
             var r = Rng(1)
             #expect(mkdir(m.path("dir"), 0o755) == 0)
             try FileIO.write(m.path("dir/text"), r.text(200_000))
@@ -27,6 +32,7 @@ import WarpFSFormat
             #expect(ftruncate(fd, 40_000) == 0)
             close(fd)
             m.unmount()
+            for n in ["dir/text", "noise", "zeros", "small", "empty"] { #expect(try containerVersion(m.backingPath(n)) == version, "\(n)") }
             try FileIO.write(m.backingPath("plain.txt"), Array("not a container\n".utf8))
             #expect(symlink(m.backingPath("dir/text"), m.backingPath("link")) == 0)
             let check = fsck(m.backing)
@@ -41,17 +47,24 @@ import WarpFSFormat
     /// version, a torn newest version, a damaged header copy, a version
     /// past the end, loose pages, and a stale version whose pages another
     /// block's live payload uses (dropping it must not punch them).
-    @Test func crashLeftoversAreFoundRepairedAndTheDurableContentKept() throws {
-        try withMount(options: "block_size=16k") { m in
+    @Test(arguments: FileHeader.versions)
+    func crashLeftoversAreFoundRepairedAndTheDurableContentKept(version: UInt16) throws {
+        try withMount(options: FsckTests.options(version)) { m in
             let bs = FsckTests.bs
+            let page = BlockLayout.pageSize
             var r = Rng(2)
             let names = ["stale", "torn", "header", "past", "loose", "shared"]
             var want: [String: [UInt8]] = [:]
             for n in names {
                 want[n] = r.text(5 * bs + 1000)
+                // shared: block 3 incompressible, so that its old payload
+                // holds whole pages of its own in either version.
+                if n == "shared" { want[n]!.replaceSubrange((3 * bs)..<(4 * bs), with: r.bytes(bs)) }
                 try FileIO.write(m.path(n), want[n]!)
             }
             m.unmount()
+            let layout = try containerLayout(m.backingPath("stale"))
+            #expect(layout == BlockLayout(blockSize: bs, version: version))
             var blocksBefore: [String: Int] = [:]
             for n in names { blocksBefore[n] = Int(try FileIO.stat(m.backingPath(n)).st_blocks) }
 
@@ -59,27 +72,30 @@ import WarpFSFormat
             // sync that drops the older one never came). It is the content.
             let s1 = try slot(m.backingPath("stale"), block: 1)
             let newer = r.bytes(bs)
-            try writeVersion(m.backingPath("stale"), block: 1, slot: 1 - s1.slot, generation: s1.header.generation + 50, page: 200, payload: newer)
+            try writeVersion(m.backingPath("stale"), block: 1, slot: 1 - s1.slot, generation: s1.header.generation + 50, offset: 200 * page, payload: newer)
             want["stale"]!.replaceSubrange(bs..<(2 * bs), with: newer)
 
             // torn: a newer header for block 2 whose payload never reached the disk.
             let t2 = try slot(m.backingPath("torn"), block: 2)
             try writeHeader(m.backingPath("torn"), block: 2, slot: 1 - t2.slot,
                             SlotHeader(encoding: .deflate, block: 2, generation: t2.header.generation + 50, storedLength: 5000,
-                                       payloadChecksum: 0x1234_5678, page: 200))
+                                       payloadChecksum: 0x1234_5678, offset: 200 * page))
 
             // header: the older header copy damaged.
             let copies = try headerCopies(m.backingPath("header"))
             let a = try #require(copies[0]), b = try #require(copies[1])
             let older = a.generation < b.generation ? 0 : 1
-            try flipByte(m.backingPath("header"), at: FileHeader.copyOffsets[older] + 100)
+            // A byte of the copy the checksum covers (past the fields).
+            try flipByte(m.backingPath("header"), at: layout.headerCopyOffsets[older] + 40)
 
             // past: a valid version of block 9 in a six-block file.
-            try writeVersion(m.backingPath("past"), block: 9, slot: 0, generation: 999, page: 220, payload: r.bytes(bs))
+            try writeVersion(m.backingPath("past"), block: 9, slot: 0, generation: 999, offset: 220 * page, payload: r.bytes(bs))
 
-            // loose: two pages of the region that no slot refers to.
+            // loose: two pages of the region (whole pages of the backing
+            // file, about page 230 of the region) that no slot refers to.
+            let loosePages = (layout.regionOffset(group: 0) + 230 * page) / page * page
             let loose = open(m.backingPath("loose"), O_RDWR)
-            try FileIO.pwrite(loose, r.bytes(8192), layout.regionOffset(group: 0) + 230 * BlockLayout.pageSize)
+            try FileIO.pwrite(loose, r.bytes(2 * page), loosePages)
             close(loose)
 
             // shared: block 3 gets a newer intact version elsewhere, and its
@@ -93,7 +109,8 @@ import WarpFSFormat
             alias.generation = sh3.header.generation
             try writeHeader(m.backingPath("shared"), block: 3, slot: sh3.slot, alias)
             let block3 = r.bytes(bs)
-            try writeVersion(m.backingPath("shared"), block: 3, slot: 1 - sh3.slot, generation: sh3.header.generation + 50, page: 240, payload: block3)
+            try writeVersion(m.backingPath("shared"), block: 3, slot: 1 - sh3.slot, generation: sh3.header.generation + 50, offset: 240 * page,
+                             payload: block3)
             want["shared"]!.replaceSubrange((3 * bs)..<(4 * bs), with: block3)
 
             let found = fsck(m.backing)
@@ -102,7 +119,8 @@ import WarpFSFormat
                     "\(found.output)")
             for line in ["stale: block 1 has two valid versions", "torn: block 2: the newest version",
                          "header: header copy \(older == 0 ? "A" : "B") is damaged (bad checksum)",
-                         "past: block 9 is past the end of the file", "loose: group 0 (blocks 0-15): 2 allocated pages (pages 230..<232",
+                         "past: block 9 is past the end of the file",
+                         "loose: group 0 (blocks 0-15): 2 allocated pages (offset \(loosePages)..<\(loosePages + 2 * page))",
                          "shared: block 3 has two valid versions", "shared: group 0 (blocks 0-15): "] {
                 #expect(found.output.contains(line), "missing '\(line)' in:\n\(found.output)")
             }
@@ -130,15 +148,16 @@ import WarpFSFormat
     /// A newer version that passes its checksum but does not decompress is
     /// not what a crash leaves: the file system reads it (EIO), so fsck
     /// reports it and --repair does not bring the older version back.
-    @Test func aNewerVersionThatDoesNotDecompressIsNotTakenForTorn() throws {
-        try withMount(options: "block_size=16k") { m in
+    @Test(arguments: FileHeader.versions)
+    func aNewerVersionThatDoesNotDecompressIsNotTakenForTorn(version: UInt16) throws {
+        try withMount(options: FsckTests.options(version)) { m in
             var r = Rng(12)
             let data = r.text(4 * FsckTests.bs)
             try FileIO.write(m.path("d"), data)
             m.unmount()
             let s1 = try slot(m.backingPath("d"), block: 1)
-            try writeVersion(m.backingPath("d"), block: 1, slot: 1 - s1.slot, generation: s1.header.generation + 50, page: 200,
-                             payload: r.bytes(3000), encoding: .deflate)
+            try writeVersion(m.backingPath("d"), block: 1, slot: 1 - s1.slot, generation: s1.header.generation + 50,
+                             offset: 200 * BlockLayout.pageSize, payload: r.bytes(3000), encoding: .deflate)
             let before = try FileIO.read(m.backingPath("d"))
             let check = fsck(m.backing)
             #expect(check.status == 4 && check.output.contains("d: block 1") && check.output.contains("passes its checksum"), "\(check.output)")
@@ -155,9 +174,11 @@ import WarpFSFormat
     }
 
     /// One flipped bit in copy A's magic: the file is still a container
-    /// (copy B vouches for it), fsck reports copy A and rewrites it.
-    @Test func aFlippedMagicIsRepairedFromCopyB() throws {
-        try withMount(options: "block_size=16k") { m in
+    /// (copy B, where the version puts it, vouches for it), fsck reports
+    /// copy A and rewrites it.
+    @Test(arguments: FileHeader.versions)
+    func aFlippedMagicIsRepairedFromCopyB(version: UInt16) throws {
+        try withMount(options: FsckTests.options(version)) { m in
             var r = Rng(9)
             let data = r.text(100_000)
             try FileIO.write(m.path("x"), data)
@@ -168,6 +189,7 @@ import WarpFSFormat
             #expect(fsck(m.backing, "--repair").status == 1)
             #expect(fsck(m.backing).status == 0)
             #expect(try FileIO.read(m.backingPath("x")).prefix(8) == ArraySlice(Array("WARPFS\r\n".utf8)))
+            #expect(try containerVersion(m.backingPath("x")) == version)
             try m.start()
             #expect(try FileIO.read(m.path("x")) == data)
         }
@@ -175,10 +197,11 @@ import WarpFSFormat
 
     /// A block whose only version is damaged (checksum, or a payload that
     /// passes its checksum and does not decompress to a block), and two
-    /// blocks sharing pages: reported with file and block, left as they
-    /// are by --repair (exit 4 both times), the rest of the file readable.
-    @Test func damageBeyondRepairIsReportedAndLeftAlone() throws {
-        try withMount(options: "block_size=16k") { m in
+    /// blocks whose payloads overlap: reported with file and block, left as
+    /// they are by --repair (exit 4 both times), the rest of the file readable.
+    @Test(arguments: FileHeader.versions)
+    func damageBeyondRepairIsReportedAndLeftAlone(version: UInt16) throws {
+        try withMount(options: FsckTests.options(version)) { m in
             let bs = FsckTests.bs
             var r = Rng(3)
             var want: [String: [UInt8]] = [:]
@@ -187,6 +210,8 @@ import WarpFSFormat
                 try FileIO.write(m.path(n), want[n]!)
             }
             m.unmount()
+            let layout = try containerLayout(m.backingPath("bad-crc"))
+            #expect(layout == BlockLayout(blockSize: bs, version: version))
             // bad-crc: one byte of block 2's payload flipped.
             let c2 = try slot(m.backingPath("bad-crc"), block: 2)
             try flipByte(m.backingPath("bad-crc"), at: layout.payloadOffset(block: 2, slot: c2.slot, header: c2.header) + 100)
@@ -218,7 +243,9 @@ import WarpFSFormat
                 #expect(out.output.contains("fails its checksum"), "\(out.output)")
                 #expect(out.output.contains("bad-stream: block 4 is damaged: its only version"), "\(out.output)")
                 #expect(out.output.contains("decompresses to") || out.output.contains("cannot be decompressed"), "\(out.output)")
-                #expect(out.output.contains("overlap: block 4 (slot \(o4.slot), pages") && out.output.contains("and block 5"), "\(out.output)")
+                let bytes = layout.footprint(o4.header)
+                #expect(out.output.contains("overlap: block 4 (slot \(o4.slot), bytes \(bytes.lowerBound)..<\(bytes.upperBound)) and block 5")
+                        && out.output.contains("overlap in group 0's region"), "\(out.output)")
                 #expect(out.output.contains("cannot be repaired"), "\(out.output)")
                 #expect(!out.output.contains("repaired: "), "\(out.output)")
             }
@@ -305,20 +332,22 @@ import WarpFSFormat
         return all[0]
     }
 
+    /// Writes `h` as the slot header of `block`'s `slot`, encoded for the container's version.
     private func writeHeader(_ path: String, block: Int, slot: Int, _ h: SlotHeader) throws {
-        var raw = [UInt8](repeating: 0, count: BlockLayout.slotHeaderSize)
-        raw.withUnsafeMutableBytes { h.encode(into: $0) }
+        let layout = try containerLayout(path)
         let fd = open(path, O_RDWR)
         guard fd >= 0 else { throw Errno(errno, path) }
         defer { close(fd) }
-        try FileIO.pwrite(fd, raw, layout.slotHeaderOffset(block: block, slot: slot))
+        try FileIO.pwrite(fd, encodedSlot(h, layout), layout.slotHeaderOffset(block: block, slot: slot))
     }
 
-    /// Writes a raw payload at `page` of the block's group region, then a valid header for it.
-    private func writeVersion(_ path: String, block: Int, slot: Int, generation: UInt64, page: Int, payload: [UInt8],
+    /// Writes a raw payload at byte `offset` of the block's group region
+    /// (a multiple of 4096, for version 2), then a valid header for it.
+    private func writeVersion(_ path: String, block: Int, slot: Int, generation: UInt64, offset: Int, payload: [UInt8],
                               encoding: BlockEncoding = .raw) throws {
         let h = SlotHeader(encoding: encoding, block: UInt64(block), generation: generation, storedLength: payload.count,
-                           payloadChecksum: payload.withUnsafeBytes { crc32Checksum($0) }, page: page)
+                           payloadChecksum: payload.withUnsafeBytes { crc32Checksum($0) }, offset: offset)
+        let layout = try containerLayout(path)
         let fd = open(path, O_RDWR)
         guard fd >= 0 else { throw Errno(errno, path) }
         try FileIO.pwrite(fd, payload, layout.payloadOffset(block: block, slot: slot, header: h))
@@ -335,10 +364,9 @@ import WarpFSFormat
         try FileIO.pwrite(fd, b, offset)
     }
 
+    /// Copy A and copy B of the container's header (nil: not a valid copy).
     private func headerCopies(_ path: String) throws -> [FileHeader?] {
-        let raw = try readBytes(path, 2 * FileHeader.size, at: 0)
-        return FileHeader.copyOffsets.map { off in
-            raw.count >= off + FileHeader.size ? raw.withUnsafeBytes { try? FileHeader.decode(UnsafeRawBufferPointer(rebasing: $0[off..<(off + FileHeader.size)])) } : nil
-        }
+        let raw = try readBytes(path, HeaderCopies.span, at: 0)
+        return raw.withUnsafeBytes { HeaderCopies($0) }.copies.map { if case .valid(let h) = $0 { h } else { nil } }
     }
 }

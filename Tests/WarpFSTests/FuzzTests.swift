@@ -5,11 +5,12 @@ import CWarpSys
 import Testing
 import WarpFSFormat
 
-/// Seeded fuzzing of the header and slot-header decoders: mutated valid
-/// encodings (with the checksum fixed up half of the time, so mutations
-/// reach the field checks) must never trap, every accepted value must obey
-/// the format's invariants, and re-encoding it must decode to the same
-/// value. Inputs that ever failed are kept in `regressions` and checked on
+/// Seeded fuzzing of the header and slot-header decoders of both format
+/// versions (2 and 3; the corpus holds valid encodings of each, and a slot
+/// is sometimes decoded as the other version's): mutated valid encodings
+/// (with the checksum fixed up half of the time, so mutations reach the
+/// field checks) must never trap, every accepted value must obey the
+/// format's invariants, and re-encoding it must decode to the same value. Inputs that ever failed are kept in `regressions` and checked on
 /// every run.
 ///
 /// The budget is a fixed number of inputs per decoder (`budget`; set
@@ -18,7 +19,7 @@ import WarpFSFormat
 /// a byte array ready for `regressions`; a trap prints them from a signal
 /// handler before the process dies.
 @Suite(.serialized) struct FuzzTests {
-    /// Inputs per decoder: about 2 s for headers and 0.5 s for slots in a debug build.
+    /// Inputs per decoder: about 6 s for headers and 1 s for slots in a debug build.
     static func budget(_ normal: Int) -> Int { Int(env("WARPFS_FUZZ_ITERATIONS") ?? "") ?? normal }
     static let seed = UInt64(env("WARPFS_FUZZ_SEED") ?? "") ?? 0x5EED_2024
 
@@ -26,12 +27,12 @@ import WarpFSFormat
     enum Target: Equatable, CustomStringConvertible {
         /// `FileHeader.decodeNewest` on (up to) the first 1024 bytes of a file.
         case fileHeader
-        /// `SlotHeader.decode` at `block` of a file with `blockSize`.
-        case slot(block: Int, blockSize: Int)
+        /// `SlotHeader.decode` at `block` of a file with `blockSize` and format `version`.
+        case slot(block: Int, blockSize: Int, version: UInt16)
         var description: String {
             switch self {
             case .fileHeader: ".fileHeader"
-            case .slot(let b, let bs): ".slot(block: \(b), blockSize: \(bs))"
+            case .slot(let b, let bs, let v): ".slot(block: \(b), blockSize: \(bs), version: \(v))"
             }
         }
     }
@@ -44,10 +45,30 @@ import WarpFSFormat
         ("fuzz seed 0x5EED2024 #754: header flags 0xff", .fileHeader, [0x57, 0x41, 0x52, 0x50, 0x46, 0x53, 0xd, 0xa, 0x2, 0x0, 0x0, 0x2, 0x0, 0xf0, 0xb, 0x0, 0x3, 0x8, 0xff, 0x0, 0x0, 0x0, 0x0, 0x0, 0x3, 0x34, 0x55, 0x91, 0xe6, 0x40] + [UInt8](repeating: 0x0, count: 321) + [0x80] + [UInt8](repeating: 0x0, count: 156) + [0xc7, 0xa0, 0x50, 0xe8] + [UInt8](repeating: 0x0, count: 508) + [0xc3, 0xa9, 0x57, 0xec]),
         ("fuzz seed 0x5EED2024 #828: file encoding raw (new blocks would be compressed but labelled raw)", .fileHeader, [0x57, 0x41, 0x52, 0x50, 0x46, 0x53, 0xd, 0xa, 0x2, 0x0, 0x0, 0x2, 0x0, 0x0, 0x2, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0xb6, 0x16, 0xe5, 0x18, 0x6c, 0xb5, 0x0, 0x0, 0x1a, 0x3f, 0xd] + [UInt8](repeating: 0x0, count: 215) + [0x7f] + [UInt8](repeating: 0x0, count: 257) + [0xc3, 0xe9, 0xaf, 0x79, 0x8f, 0x4a, 0x52, 0x50, 0x46, 0x53, 0xd, 0xa, 0x2, 0x0, 0x0, 0x2, 0x0, 0xe0, 0x5, 0x0, 0x2, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0xb7, 0x16, 0xe5, 0x18, 0x6c, 0xb5, 0x0, 0x0, 0x1a, 0x3f, 0xd] + [UInt8](repeating: 0x0, count: 473) + [0xae, 0xe0, 0x0, 0x1a]),
         ("fuzz seed 0x5EED2024 #1088: copy A's magic damaged, copy B chosen (the property was wrong, the input stays)", .fileHeader, [0x17, 0x41, 0x52, 0x50, 0x46, 0x53, 0xd, 0xa, 0x2, 0x0, 0x0, 0x2, 0x0, 0x70, 0xb, 0x0, 0x1, 0x2, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x90, 0xbc, 0x7b, 0x9e, 0xd3, 0x0, 0x0, 0x0, 0x25, 0xb7, 0x1] + [UInt8](repeating: 0x0, count: 333) + [0xe1] + [UInt8](repeating: 0x0, count: 139) + [0x74, 0x16, 0x7e, 0x3d, 0x57, 0x41, 0x52, 0x50, 0x46, 0x53, 0xd, 0xa, 0x2, 0x0, 0x0, 0x2, 0x0, 0x70, 0xb, 0x0, 0x1, 0x2, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x91, 0xbc, 0x7b, 0x9e, 0xd3, 0x0, 0x0, 0x0, 0x92, 0xdb] + [UInt8](repeating: 0x0, count: 398) + [0xff, 0xff, 0xff, 0xff] + [UInt8](repeating: 0x0, count: 72) + [0xe6, 0xb8, 0x70, 0xdf]),
-        ("fuzz seed 0x5EED2024 #220: an empty payload with a nonzero page", .slot(block: 0, blockSize: 32768), [0x57, 0x4b, 0x4] + [UInt8](repeating: 0x0, count: 13) + [0xda, 0x78, 0x75, 0xf5, 0xec, 0x66, 0xb6, 0x0, 0xc8, 0x5f, 0x5c, 0xc7, 0x40, 0xd0, 0x60, 0xb4]),
+        ("fuzz seed 0x5EED2024 #220: an empty payload with a nonzero page", .slot(block: 0, blockSize: 32768, version: 2), [0x57, 0x4b, 0x4] + [UInt8](repeating: 0x0, count: 13) + [0xda, 0x78, 0x75, 0xf5, 0xec, 0x66, 0xb6, 0x0, 0xc8, 0x5f, 0x5c, 0xc7, 0x40, 0xd0, 0x60, 0xb4]),
         // Crafted: the largest logical size the decoder allowed (Int64.max / 4)
         // at 1 MiB blocks; the last group's offset overflows 64 bits.
-        ("logical size Int64.max / 4 at 1 MiB blocks", .fileHeader, headerBytes { w in w.u32(12, 1 << 20); w.u64(32, UInt64(Int64.max) / 4) }),
+        ("logical size Int64.max / 4 at 1 MiB blocks", .fileHeader, headerBytes(version: 2) { w in w.u32(12, 1 << 20); w.u64(32, UInt64(Int64.max) / 4) }),
+        ("version 3: logical size Int64.max / 4 at 1 MiB blocks", .fileHeader,
+         headerBytes(version: 3) { w in w.u32(12, 1 << 20); w.u64(32, UInt64(Int64.max) / 4) }),
+        // Crafted: each version's number in a copy of the other's size.
+        ("version 3 stated in a 512-byte copy", .fileHeader, headerBytes(version: 2) { w in w.u16(8, 3) }),
+        ("version 2 stated in a 64-byte copy", .fileHeader, headerBytes(version: 3) { w in w.u16(8, 2) }),
+        // Crafted: a valid version-2 copy A and, where version 2 puts copy B
+        // (512), a valid newer version-3 copy: a copy B of another version
+        // than its place belongs to.
+        ("version-3 copy B at version 2's place", .fileHeader, mixedVersionCopies()),
+        // Crafted version-3 slots: an empty payload at a nonzero offset; a
+        // payload ending at the last byte of the region; one byte past it;
+        // the version-2 inline flag.
+        ("version 3: an empty payload at offset 4095", .slot(block: 3, blockSize: 65536, version: 3),
+         slotBytes(version: 3) { w in w.u32(4, 0); w.u32(8, 4095) }),
+        ("version 3: a payload ending at the region's end", .slot(block: 3, blockSize: 65536, version: 3),
+         slotBytes(version: 3) { w in w.u32(8, UInt32(64 * 65536 - 5000)) }),
+        ("version 3: a payload one byte past the region's end", .slot(block: 3, blockSize: 65536, version: 3),
+         slotBytes(version: 3) { w in w.u32(8, UInt32(64 * 65536 - 4999)) }),
+        ("version 3: the inline flag on block 0", .slot(block: 0, blockSize: 65536, version: 3),
+         slotBytes(version: 3, block: 0) { w in w.u8(3, 1); w.u32(8, 0); w.u32(4, 100) }),
     ]
 
     @Test func regressionInputsStayFixed() {
@@ -59,28 +80,36 @@ import WarpFSFormat
 
     @Test func fileHeaderDecoderSurvivesMutations() {
         var r = Rng(FuzzTests.seed)
-        var corpus: [[UInt8]] = (0..<64).map { _ in FuzzTests.validHeaderPair(&r) }
-        corpus.append([UInt8](repeating: 0, count: 1024))
-        // Mutations go to the fields (the first 40 bytes of a copy) half of the time.
-        run("fileHeader", budget: FuzzTests.budget(80_000), corpus: corpus, hot: [0..<40, 512..<552], rng: &r,
+        // Both versions' header pairs, and the first bytes of an unwritten file.
+        var corpus: [[UInt8]] = (0..<64).map { i in FuzzTests.validHeaderPair(&r, version: i % 2 == 0 ? 2 : 3) }
+        corpus.append([UInt8](repeating: 0, count: HeaderCopies.span))
+        // Mutations go to the fields (the first 40 bytes of a copy, where
+        // either version puts one) half of the time.
+        let hot = Set(FileHeader.versions.flatMap { FileHeader.copyOffsets(version: $0) }).sorted().map { $0..<($0 + 40) }
+        run("fileHeader", budget: FuzzTests.budget(80_000), corpus: corpus, hot: hot, rng: &r,
             fixup: FuzzTests.fixHeaderChecksums) { _, _ in .fileHeader }
     }
 
     @Test func slotHeaderDecoderSurvivesMutations() {
         var r = Rng(FuzzTests.seed ^ 0xA5A5)
-        var corpus: [(bytes: [UInt8], block: Int, blockSize: Int)] = (0..<64).map { _ in FuzzTests.validSlot(&r) }
-        corpus.append(([UInt8](repeating: 0, count: 32), 0, 65536))
-        let blocks = corpus.map { ($0.block, $0.blockSize) }
+        var corpus: [(bytes: [UInt8], block: Int, blockSize: Int, version: UInt16)] = (0..<64).map { i in
+            FuzzTests.validSlot(&r, version: i % 2 == 0 ? 2 : 3)
+        }
+        corpus.append(([UInt8](repeating: 0, count: 32), 0, 65536, 2))
+        corpus.append(([UInt8](repeating: 0, count: 32), 0, 65536, 3))
+        let places = corpus.map { ($0.block, $0.blockSize, $0.version) }
         run("slot", budget: FuzzTests.budget(400_000), corpus: corpus.map { $0.bytes }, hot: [0..<32], rng: &r,
             fixup: FuzzTests.fixSlotChecksum) { r, i in
-            // Mostly the place the input was made for; sometimes another block or block size.
-            var (b, bs) = blocks[i]
+            // Mostly the place the input was made for; sometimes another
+            // block, block size or format version.
+            var (b, bs, v) = places[i]
             switch r.int(8) {
             case 0: b = [0, 1, 15, 16, 17, b + 1, max(0, b - 1), 1 << 40][r.int(8)]
             case 1: bs = 4096 << r.int(9)
+            case 2: v = v == 2 ? 3 : 2
             default: break
             }
-            return .slot(block: b, blockSize: bs)
+            return .slot(block: b, blockSize: bs, version: v)
         }
     }
 
@@ -124,7 +153,7 @@ import WarpFSFormat
     static func accepts(_ t: Target, _ b: UnsafeRawBufferPointer) -> Bool {
         switch t {
         case .fileHeader: (try? FileHeader.decodeNewest(b)) != nil
-        case .slot(let block, let bs): SlotHeader.decode(b, block: block, blockSize: bs) != nil
+        case .slot(let block, let bs, let v): SlotHeader.decode(b, block: block, layout: BlockLayout(blockSize: bs, version: v)) != nil
         }
     }
 
@@ -132,84 +161,117 @@ import WarpFSFormat
     static func check(_ t: Target, _ b: UnsafeRawBufferPointer) -> String? {
         switch t {
         case .fileHeader: checkFileHeader(b)
-        case .slot(let block, let bs): checkSlot(b, block: block, blockSize: bs)
+        case .slot(let block, let bs, let v): checkSlot(b, block: block, blockSize: bs, version: v)
         }
     }
 
     static func checkFileHeader(_ b: UnsafeRawBufferPointer) -> String? {
         let decoded: (header: FileHeader, copy: Int)
         do { decoded = try FileHeader.decodeNewest(b) } catch {
-            // Refused: with the magic it must not say "not a header".
-            if FileHeader.hasMagic(b) && b.count >= FileHeader.size && error == .notAHeader { return "a copy with the magic is called not a header" }
+            // Refused: with the magic and room for the smallest copy it must not say "not a header".
+            let smallest = FileHeader.versions.map { FileHeader.size(version: $0) }.min()!
+            if FileHeader.hasMagic(b) && b.count >= smallest && error == .notAHeader { return "a copy with the magic is called not a header" }
             return nil
         }
         let h = decoded.header
+        guard FileHeader.versions.contains(h.version) else { return "version \(h.version)" }
+        // Both copies are where the chosen copy's version puts them.
+        let copies = HeaderCopies(b)
+        let offsets = FileHeader.copyOffsets(version: h.version), size = FileHeader.size(version: h.version)
+        guard copies.copyOffsets == offsets else { return "a version-\(h.version) copy chosen from copies at \(copies.copyOffsets)" }
         guard FileHeader.blockSizeRange.contains(h.blockSize), h.blockSize % 4096 == 0 else { return "block size \(h.blockSize)" }
         guard h.encoding != .raw, h.encoding != .zero else { return "file encoding \(h.encoding)" }
         guard h.generation <= SlotHeader.maxGeneration else { return "generation \(h.generation) beyond 48 bits" }
-        let layout = BlockLayout(blockSize: h.blockSize)
+        let layout = BlockLayout(h)
         guard h.logicalSize <= layout.maxLogicalSize else { return "logical size \(h.logicalSize) beyond \(layout.maxLogicalSize)" }
         guard let end = layoutEnd(h) else { return "logical size \(h.logicalSize) at block size \(h.blockSize) overflows the offsets" }
         if h.logicalSize > 0 {
-            // The last block's table and region offsets compute without trapping.
-            let last = layout.blockCount(logicalSize: h.logicalSize) - 1
-            guard layout.regionOffset(group: last / BlockLayout.blocksPerGroup) + layout.regionPages * BlockLayout.pageSize == end else {
-                return "region end disagrees"
+            // The last block's table and region offsets compute without
+            // trapping, and agree with the layout as documented: group g
+            // spans g x span ..< (g + 1) x span; in version 2 its region
+            // ends the span, in version 3 it starts right after its table
+            // (group 0's after both header copies and the table).
+            let g = (layout.blockCount(logicalSize: h.logicalSize) - 1) / BlockLayout.blocksPerGroup
+            let span = BlockLayout.tablePageSize + layout.regionSize
+            let start = end - span
+            let table = g == 0 ? (h.version == 2 ? 1024 : 2 * size) : start
+            let region = h.version == 2 ? (g == 0 ? 4096 : start + BlockLayout.tablePageSize) : table + BlockLayout.tableSize
+            guard layout.tableOffset(group: g) == table else { return "table of group \(g) at \(layout.tableOffset(group: g)), not \(table)" }
+            guard layout.regionOffset(group: g) == region, region + layout.regionSize <= end else {
+                return "region of group \(g) at \(layout.regionOffset(group: g)), not \(region)"
             }
         }
         // The chosen copy: well formed, and the newest valid one.
-        let copy = UnsafeRawBufferPointer(rebasing: b[FileHeader.copyOffsets[decoded.copy]..<(FileHeader.copyOffsets[decoded.copy] + FileHeader.size)])
+        let at = offsets[decoded.copy]
+        guard b.count >= at + size else { return "the chosen copy is cut short" }
+        let copy = UnsafeRawBufferPointer(rebasing: b[at..<(at + size)])
         let r = copy.baseAddress!
         func u16(_ o: Int) -> UInt16 { UInt16(littleEndian: r.loadUnaligned(fromByteOffset: o, as: UInt16.self)) }
         guard FileHeader.hasMagic(copy) else { return "the chosen copy has no magic" }
-        guard u16(8) == FileHeader.version, u16(10) == UInt16(FileHeader.size) else { return "version \(u16(8)) or size \(u16(10))" }
+        guard u16(8) == h.version, u16(10) == UInt16(size) else { return "version \(u16(8)) or size \(u16(10))" }
         guard u16(18) == 0 else { return "flags 0x\(String(u16(18), radix: 16))" }
         guard (try? FileHeader.decode(copy)) == h else { return "the chosen copy alone decodes differently" }
-        let other = FileHeader.copyOffsets[1 - decoded.copy]
-        if b.count >= other + FileHeader.size, let o = try? FileHeader.decode(UnsafeRawBufferPointer(rebasing: b[other..<(other + FileHeader.size)])) {
+        // (A valid header of the other version in the other copy's place is no copy.)
+        let other = offsets[1 - decoded.copy]
+        if b.count >= other + size, let o = try? FileHeader.decode(UnsafeRawBufferPointer(rebasing: b[other..<(other + size)])),
+           o.version == h.version {
             guard o.generation < h.generation || (o.generation == h.generation && decoded.copy == 0) else { return "an older copy won" }
         }
         // Re-encoding gives the same value, alone and as both copies.
-        var again = [UInt8](repeating: 0, count: 1024)
+        var again = [UInt8](repeating: 0, count: HeaderCopies.span)
         again.withUnsafeMutableBytes {
-            h.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<512]))
-            h.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[512..<1024]))
+            for off in offsets { h.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[off..<(off + size)])) }
         }
         guard (try? again.withUnsafeBytes { try FileHeader.decodeNewest($0) })?.header == h else { return "re-encoded header decodes differently" }
         return nil
     }
 
-    static func checkSlot(_ b: UnsafeRawBufferPointer, block: Int, blockSize: Int) -> String? {
-        guard let h = SlotHeader.decode(b, block: block, blockSize: blockSize) else { return nil }
-        let layout = BlockLayout(blockSize: blockSize)
+    static func checkSlot(_ b: UnsafeRawBufferPointer, block: Int, blockSize: Int, version: UInt16) -> String? {
+        let layout = BlockLayout(blockSize: blockSize, version: version)
+        guard let h = SlotHeader.decode(b, block: block, layout: layout) else { return nil }
         guard h.block == UInt64(block) else { return "block \(h.block) accepted at \(block)" }
         guard h.storedLength >= 0, h.storedLength <= blockSize else { return "stored length \(h.storedLength)" }
         guard h.encoding != .zero || h.storedLength == 0 else { return "a hole with \(h.storedLength) bytes" }
         guard h.generation <= SlotHeader.maxGeneration else { return "generation \(h.generation)" }
-        guard h.page >= 0, h.page <= Int(UInt16.max) else { return "page \(h.page)" }
+        // What the version's field holds: a page number of 16 bits, or a byte offset of 32.
+        guard h.offset >= 0, h.offset % layout.placementUnit == 0 else { return "offset \(h.offset) in version \(version)" }
+        if version == 2 {
+            guard h.offset / BlockLayout.pageSize <= Int(UInt16.max) else { return "page \(h.offset / BlockLayout.pageSize)" }
+        } else {
+            guard h.offset <= Int(UInt32.max), h.block <= SlotHeader.maxBlock else { return "offset \(h.offset) or block \(h.block)" }
+        }
         if h.isInline {
-            guard block == 0, h.storedLength <= BlockLayout.inlineCapacity, h.page == 0 else { return "inline at block \(block), \(h.storedLength) bytes, page \(h.page)" }
+            guard version == 2 else { return "inline in version \(version)" }
+            guard block == 0, h.storedLength <= BlockLayout.inlineCapacity, h.offset == 0 else {
+                return "inline at block \(block), \(h.storedLength) bytes, offset \(h.offset)"
+            }
             let at = layout.payloadOffset(block: block, slot: 1, header: h)
             guard at + h.storedLength <= BlockLayout.pageSize else { return "inline payload leaves the first page" }
         } else {
-            guard h.storedLength > 0 || h.page == 0 else { return "empty payload at page \(h.page)" }
-            guard h.pageRange.upperBound <= layout.regionPages else { return "pages \(h.pageRange) outside the region of \(layout.regionPages)" }
+            guard h.storedLength > 0 || h.offset == 0 else { return "empty payload at offset \(h.offset)" }
+            let footprint = layout.footprint(h)
+            guard footprint.upperBound <= layout.regionSize, footprint.count >= h.storedLength else {
+                return "bytes \(footprint) outside the region of \(layout.regionSize)"
+            }
             let g = block / BlockLayout.blocksPerGroup
             let at = layout.payloadOffset(block: block, slot: 0, header: h)
-            let regionEnd = layout.regionOffset(group: g) + layout.regionPages * BlockLayout.pageSize
+            let regionEnd = layout.regionOffset(group: g) + layout.regionSize
             guard at >= layout.regionOffset(group: g), at + h.storedLength <= regionEnd else { return "payload outside the group's region" }
+            // The region lies after the group's table (and group 0's after the header copies).
+            guard layout.regionOffset(group: g) >= layout.tableOffset(group: g) + BlockLayout.tableSize,
+                  layout.tableOffset(group: g) >= (g == 0 ? 2 * FileHeader.size(version: version) : 1) else { return "region over the table" }
         }
         // Rejected anywhere else (a header in the wrong place).
-        for other in [block + 1, block == 0 ? 16 : block - 1] where SlotHeader.decode(b, block: other, blockSize: blockSize) != nil {
+        for other in [block + 1, block == 0 ? 16 : block - 1] where SlotHeader.decode(b, block: other, layout: layout) != nil {
             return "also accepted at block \(other)"
         }
-        var again = [UInt8](repeating: 0, count: 32)
-        again.withUnsafeMutableBytes { h.encode(into: $0) }
-        guard again.withUnsafeBytes({ SlotHeader.decode($0, block: block, blockSize: blockSize) }) == h else { return "re-encoded slot decodes differently" }
+        let again = encodedSlot(h, layout)
+        guard again.withUnsafeBytes({ SlotHeader.decode($0, block: block, layout: layout) }) == h else { return "re-encoded slot decodes differently" }
         return nil
     }
 
-    /// Where the region of the last group of `h` ends, or nil when that
+    /// Where the span of the last group of `h` ends (`g x (4096 + 64 x
+    /// blockSize)` for g groups, in both versions), or nil when that
     /// overflows a 64-bit offset.
     static func layoutEnd(_ h: FileHeader) -> Int? {
         guard h.logicalSize > 0 else { return 0 }
@@ -224,47 +286,64 @@ import WarpFSFormat
 
     // MARK: Inputs
 
-    static func validHeaderPair(_ r: inout Rng) -> [UInt8] {
+    /// The first bytes of a container of `version`: copy A, mostly copy B
+    /// (newer or older), and after them zeros or, half of the time, other
+    /// bytes (group 0's table in version 3).
+    static func validHeaderPair(_ r: inout Rng, version: UInt16) -> [UInt8] {
         func one(_ r: inout Rng) -> FileHeader {
             let bs = 4096 * (1 + r.int(256))
-            let max = BlockLayout(blockSize: bs).maxLogicalSize
+            let max = BlockLayout(blockSize: bs, version: version).maxLogicalSize
             let size: UInt64 = [0, UInt64(r.int(1 << 20)), r.next() % max, max][r.int(4)]
-            return FileHeader(blockSize: bs, encoding: [.deflate, .zlib, .gzip][r.int(3)], level: UInt8(r.int(10)),
+            return FileHeader(version: version, blockSize: bs, encoding: [.deflate, .zlib, .gzip][r.int(3)], level: UInt8(r.int(10)),
                               generation: r.next() & SlotHeader.maxGeneration, logicalSize: size)
         }
-        var out = [UInt8](repeating: 0, count: 1024)
+        let offsets = FileHeader.copyOffsets(version: version), size = FileHeader.size(version: version)
+        var out = [UInt8](repeating: 0, count: HeaderCopies.span)
+        if r.int(2) == 0 { out.replaceSubrange((2 * size)..., with: r.bytes(HeaderCopies.span - 2 * size)) }
         let a = one(&r)
         var b = a
         b.generation = r.int(2) == 0 ? a.generation &+ 1 & SlotHeader.maxGeneration : UInt64(r.int(100))
         b.logicalSize = r.int(2) == 0 ? a.logicalSize : a.logicalSize / 2
+        let withB = r.int(4) != 0
         out.withUnsafeMutableBytes {
-            a.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<512]))
-            if r.int(4) != 0 { b.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[512..<1024])) }
+            a.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[offsets[0]..<(offsets[0] + size)]))
+            if withB { b.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[offsets[1]..<(offsets[1] + size)])) }
         }
         return out
     }
 
-    static func validSlot(_ r: inout Rng) -> (bytes: [UInt8], block: Int, blockSize: Int) {
+    static func validSlot(_ r: inout Rng, version: UInt16) -> (bytes: [UInt8], block: Int, blockSize: Int, version: UInt16) {
         let bs = 4096 << r.int(9)
+        let layout = BlockLayout(blockSize: bs, version: version)
         let block = [0, 0, 1, 15, 16, 17, r.int(1000), r.int(1 << 30)][r.int(8)]
         let enc = BlockEncoding.allCases[r.int(BlockEncoding.allCases.count)]
-        let inline = block == 0 && enc != .zero && r.int(2) == 0
+        let inline = version == 2 && block == 0 && enc != .zero && r.int(2) == 0
         let len = enc == .zero ? 0 : inline ? 1 + r.int(BlockLayout.inlineCapacity) : 1 + r.int(bs)
-        let regionPages = 64 * bs / 4096
-        let page = inline || len == 0 ? 0 : r.int(regionPages - BlockLayout.pages(len) + 1)
+        // A place in the region in the version's units; in version 3 sometimes page aligned.
+        let unit = version == 3 && r.int(4) == 0 ? BlockLayout.pageSize : layout.placementUnit
+        let offset = inline || len == 0 ? 0 : r.int((layout.regionSize - layout.footprintLength(len)) / unit + 1) * unit
         let h = SlotHeader(encoding: enc, isInline: inline, block: UInt64(block), generation: r.next() & SlotHeader.maxGeneration,
-                           storedLength: len, payloadChecksum: UInt32(truncatingIfNeeded: r.next()), page: page)
-        var out = [UInt8](repeating: 0, count: 32)
-        out.withUnsafeMutableBytes { h.encode(into: $0) }
-        return (out, block, bs)
+                           storedLength: len, payloadChecksum: UInt32(truncatingIfNeeded: r.next()), offset: offset)
+        return (encodedSlot(h, layout), block, bs, version)
     }
 
-    /// Recomputes the CRC of each complete header copy in `b`.
+    /// Recomputes the CRC of both header copies in `b` where the version
+    /// each states puts it: copy B (where copy A's stated version puts it)
+    /// first, then copy A, which copy B's checksum never overlaps.
     static func fixHeaderChecksums(_ b: inout [UInt8]) {
-        for off in FileHeader.copyOffsets where b.count >= off + FileHeader.size {
-            let crc = b.withUnsafeBytes { crc32Checksum(UnsafeRawBufferPointer(rebasing: $0[off..<(off + 508)])) }
-            withUnsafeBytes(of: crc.littleEndian) { b.replaceSubrange((off + 508)..<(off + 512), with: $0) }
-        }
+        guard b.count >= 10 else { return }
+        fixHeaderChecksum(&b, at: FileHeader.size(version: UInt16(b[8]) | UInt16(b[9]) << 8))
+        fixHeaderChecksum(&b, at: 0)
+    }
+
+    /// Recomputes the CRC of the header copy at `off` of `b`: the last 4 bytes
+    /// of the size its stated version has, over the bytes before them.
+    static func fixHeaderChecksum(_ b: inout [UInt8], at off: Int) {
+        guard b.count >= off + 10 else { return }
+        let size = FileHeader.size(version: UInt16(b[off + 8]) | UInt16(b[off + 9]) << 8)
+        guard b.count >= off + size else { return }
+        let crc = b.withUnsafeBytes { crc32Checksum(UnsafeRawBufferPointer(rebasing: $0[off..<(off + size - 4)])) }
+        withUnsafeBytes(of: crc.littleEndian) { b.replaceSubrange((off + size - 4)..<(off + size), with: $0) }
     }
 
     /// Recomputes a slot header's CRC (bytes 28..<32 over 0..<28).
@@ -274,31 +353,41 @@ import WarpFSFormat
         withUnsafeBytes(of: crc.littleEndian) { b.replaceSubrange(28..<32, with: $0) }
     }
 
-    /// A valid header (both copies) with fields changed by `edit`, checksums fixed.
-    static func headerBytes(_ edit: (inout Poke) -> Void) -> [UInt8] {
-        var b = [UInt8](repeating: 0, count: 1024)
-        let h = FileHeader(blockSize: 65536, encoding: .deflate, level: 1, generation: 5, logicalSize: 300_000)
-        b.withUnsafeMutableBytes {
-            h.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<512]))
-            h.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[512..<1024]))
-        }
-        for off in FileHeader.copyOffsets {
-            var p = Poke(bytes: Array(b[off..<(off + 512)]))
+    /// A valid header of `version` (both copies, in the first
+    /// `HeaderCopies.span` bytes) with fields changed by `edit`, checksums fixed.
+    static func headerBytes(version: UInt16, _ edit: (inout Poke) -> Void) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: HeaderCopies.span)
+        let h = FileHeader(version: version, blockSize: 65536, encoding: .deflate, level: 1, generation: 5, logicalSize: 300_000)
+        let size = h.size
+        for off in FileHeader.copyOffsets(version: version) {
+            var p = Poke(bytes: [UInt8](repeating: 0, count: size))
+            p.bytes.withUnsafeMutableBytes { h.encode(into: $0) }
             edit(&p)
-            b.replaceSubrange(off..<(off + 512), with: p.bytes)
+            b.replaceSubrange(off..<(off + size), with: p.bytes)
         }
-        fixHeaderChecksums(&b)
+        fixHeaderChecksum(&b, at: FileHeader.copyOffsets(version: version)[1])
+        fixHeaderChecksum(&b, at: 0)
         return b
     }
 
-    /// A valid slot header of block 3 with fields changed by `edit`, checksum fixed.
-    static func slotBytes(_ edit: (inout Poke) -> Void) -> [UInt8] {
-        var b = [UInt8](repeating: 0, count: 32)
-        let h = SlotHeader(encoding: .deflate, block: 3, generation: 9, storedLength: 5000, payloadChecksum: 0x1234_5678, page: 10)
-        b.withUnsafeMutableBytes { h.encode(into: $0) }
-        var p = Poke(bytes: b)
+    /// A valid version-2 copy A (generation 5) and, at 512 where version 2
+    /// keeps copy B, a valid version-3 copy of generation 6.
+    static func mixedVersionCopies() -> [UInt8] {
+        var b = headerBytes(version: 2) { _ in }
+        b.replaceSubrange(512..<1024, with: [UInt8](repeating: 0, count: 512))
+        let newer = FileHeader(version: 3, blockSize: 65536, encoding: .deflate, level: 1, generation: 6, logicalSize: 300_000)
+        b.withUnsafeMutableBytes { newer.encode(into: UnsafeMutableRawBufferPointer(rebasing: $0[512..<(512 + newer.size)])) }
+        return b
+    }
+
+    /// A valid slot header of `block` (3 unless told) in a container of
+    /// `version` with 64 KiB blocks, with fields changed by `edit`, checksum fixed.
+    static func slotBytes(version: UInt16, block: Int = 3, _ edit: (inout Poke) -> Void) -> [UInt8] {
+        let h = SlotHeader(encoding: .deflate, block: UInt64(block), generation: 9, storedLength: 5000, payloadChecksum: 0x1234_5678,
+                           offset: 10 * BlockLayout.pageSize)
+        var p = Poke(bytes: encodedSlot(h, BlockLayout(blockSize: 65536, version: version)))
         edit(&p)
-        b = p.bytes
+        var b = p.bytes
         fixSlotChecksum(&b)
         return b
     }

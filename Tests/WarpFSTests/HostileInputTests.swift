@@ -8,8 +8,9 @@ import WarpFSFormat
 
 /// Damaged backing files on real mounts: flipped bits, truncation, and
 /// crafted headers and slot headers with correct checksums. Files are made
-/// through a mount (block_size=16k), damaged while unmounted, and read
-/// through a fresh mount. For every case: each read returns data or EIO
+/// through a mount (block_size=16k), in containers of each format version
+/// (a fixture per version), damaged while unmounted, and read through a
+/// fresh mount; offsets and fields follow the container's layout. For every case: each read returns data or EIO
 /// (an open may fail with EIO) within a deadline, the file-system process
 /// survives and still serves an undamaged file intact, its peak memory
 /// stays bounded, and an EIO is logged with the file's name.
@@ -23,18 +24,19 @@ import WarpFSFormat
     /// flip: a block reads back as its data, as zeros (its slot header is
     /// lost) or as EIO, never as other bytes. The magic (bytes 0..<8) is
     /// left alone: `aFlippedMagicIsNotShownAsAPlainFile` covers it.
-    @Test(arguments: 1...6 as ClosedRange<UInt64>)
-    func randomBitFlips(seed: UInt64) throws {
-        let f = try Fixture.shared()
-        try withDamaged { backing in
+    @Test(arguments: 1...6 as ClosedRange<UInt64>, FileHeader.versions)
+    func randomBitFlips(seed: UInt64, version: UInt16) throws {
+        let f = try Fixture.shared(version)
+        try withDamaged(version) { backing in
             var r = Rng(seed &* 7919)
+            let magic = FileHeader.magic.count
             for name in Fixture.damageable {
                 let extents = try dataExtents(backing + "/" + name)
                 for _ in 0..<(1 + r.int(6)) {
                     let offset: Int
-                    if r.int(5) < 2 { offset = 8 + r.int(4096 - 8) } else {
+                    if r.int(5) < 2 { offset = magic + r.int(BlockLayout.pageSize - magic) } else {
                         let e = extents[r.int(extents.count)]
-                        offset = max(8, e.lowerBound + r.int(e.count))
+                        offset = max(magic, e.lowerBound + r.int(e.count))
                     }
                     try flipBit(backing + "/" + name, offset: offset, bit: r.int(8))
                 }
@@ -45,21 +47,21 @@ import WarpFSFormat
     }
 
     /// Truncated inside the header page, inside a slot table and inside a payload.
-    @Test(arguments: 1...3 as ClosedRange<UInt64>)
-    func truncation(seed: UInt64) throws {
-        let f = try Fixture.shared()
+    @Test(arguments: 1...3 as ClosedRange<UInt64>, FileHeader.versions)
+    func truncation(seed: UInt64, version: UInt16) throws {
+        let f = try Fixture.shared(version)
         var names: [(String, String)] = []   // (damaged copy, original)
-        try withDamaged { backing in
+        try withDamaged(version) { backing in
             var r = Rng(seed &* 104_729)
-            let layout = BlockLayout(blockSize: Self.blockSize)
+            let magic = FileHeader.magic.count
             for name in Fixture.damageable {
+                let layout = try containerLayout(backing + "/" + name)
                 let slots = try liveSlots(backing + "/" + name, blockSize: Self.blockSize).filter { $0.header.storedLength > 0 }
                 let groups = (slots.map { $0.block }.max() ?? 0) / BlockLayout.blocksPerGroup
                 let payload = slots[r.int(slots.count)]
                 let points: [(String, Int)] = [
-                    ("header", 8 + r.int(4096 - 8)),
-                    ("table", groups == 0 ? BlockLayout.firstTableOffset + r.int(BlockLayout.tableSize)
-                        : layout.tableOffset(group: 1 + r.int(groups)) + r.int(BlockLayout.tableSize)),
+                    ("header", magic + r.int(BlockLayout.pageSize - magic)),
+                    ("table", layout.tableOffset(group: groups == 0 ? 0 : 1 + r.int(groups)) + r.int(BlockLayout.tableSize)),
                     ("payload", layout.payloadOffset(block: payload.block, slot: payload.slot, header: payload.header) + r.int(payload.header.storedLength)),
                 ]
                 for (what, length) in points {
@@ -76,7 +78,9 @@ import WarpFSFormat
 
     // MARK: Crafted file headers (correct checksums)
 
-    /// Header fields out of range: opening the file is EIO with the reason logged.
+    /// Header fields out of range: opening the file is EIO with the reason
+    /// logged. (The other version's number in a copy: the header size no
+    /// longer matches the version.)
     @Test(arguments: [
         Edit("logical size 2^60", reason: "logical size") { w in w.u64(32, 1 << 60) },
         Edit("logical size Int64.max / 4", reason: "logical size") { w in w.u64(32, UInt64(Int64.max) / 4) },
@@ -86,17 +90,18 @@ import WarpFSFormat
         Edit("block size 2 MiB", reason: "block size") { w in w.u32(12, 2 << 20) },
         Edit("block size 2^32 - 1", reason: "block size") { w in w.u32(12, .max) },
         Edit("version 1", reason: "format version 1") { w in w.u16(8, 1) },
-        Edit("version 3", reason: "format version 3") { w in w.u16(8, 3) },
+        Edit("version 4", reason: "format version 4") { w in w.u16(8, 4) },
+        Edit("the other version's number", reason: "header size") { w in w.u16(8, w.bytes[8] == 2 ? 3 : 2) },
         Edit("version 0xFFFF", reason: "format version 65535") { w in w.u16(8, 0xFFFF) },
         Edit("header size 4096", reason: "header size") { w in w.u16(10, 4096) },
         Edit("encoding 9", reason: "encoding") { w in w.u8(16, 9) },
         Edit("encoding raw", reason: "encoding") { w in w.u8(16, 0) },
         Edit("flags 1", reason: "flags") { w in w.u16(18, 1) },
         Edit("generation 2^64 - 1", reason: "generation") { w in w.u64(24, .max) },
-    ])
-    func headerFieldOutOfRange(_ e: Edit) throws {
+    ], FileHeader.versions)
+    func headerFieldOutOfRange(_ e: Edit, version: UInt16) throws {
         for file in ["multi", "small"] {
-            try withDamaged { backing in
+            try withDamaged(version) { backing in
                 try editHeader(backing + "/" + file, e.edit)
             } check: { m in
                 try readBack(m, file, expect: .openFails)
@@ -108,10 +113,11 @@ import WarpFSFormat
     /// A header saying new blocks are stored raw: writing through the mount
     /// must not store compressed payloads labelled raw (they would read back
     /// as compressed bytes). The header is refused, so open is EIO.
-    @Test func writesUnderAHeaderSayingRawReadBackAsWritten() throws {
+    @Test(arguments: FileHeader.versions)
+    func writesUnderAHeaderSayingRawReadBackAsWritten(version: UInt16) throws {
         var r = Rng(8)
         let data = r.text(64 << 10)
-        try withDamaged { backing in
+        try withDamaged(version) { backing in
             try editHeader(backing + "/multi") { $0.u8(16, 0) }
         } check: { m in
             let fd = open(m.path("multi"), O_RDWR)
@@ -130,9 +136,9 @@ import WarpFSFormat
 
     /// A block size in range that does not match the payloads (larger and
     /// smaller than the real one): reads give data or EIO.
-    @Test(arguments: [4096, 64 << 10, 1 << 20])
-    func blockSizeNotMatchingThePayloads(blockSize: Int) throws {
-        try withDamaged { backing in
+    @Test(arguments: [4096, 64 << 10, 1 << 20], FileHeader.versions)
+    func blockSizeNotMatchingThePayloads(blockSize: Int, version: UInt16) throws {
+        try withDamaged(version) { backing in
             for file in Fixture.damageable { try editHeader(backing + "/" + file) { $0.u32(12, UInt32(blockSize)) } }
         } check: { m in
             for file in Fixture.damageable { try readBack(m, file, expect: .dataOrEIO) }
@@ -140,13 +146,20 @@ import WarpFSFormat
     }
 
     /// One copy out of range (with a good checksum), the other valid: the valid one is used.
-    @Test func oneAbsurdCopyAndOneValid() throws {
-        let f = try Fixture.shared()
-        try withDamaged { backing in
+    @Test(arguments: FileHeader.versions)
+    func oneAbsurdCopyAndOneValid(version: UInt16) throws {
+        let f = try Fixture.shared(version)
+        try withDamaged(version) { backing in
             for file in Fixture.damageable {
-                let raw = try readBytes(backing + "/" + file, 1024, at: 0)
+                let raw = try readBytes(backing + "/" + file, HeaderCopies.span, at: 0)
                 let newest = try raw.withUnsafeBytes { try FileHeader.decodeNewest($0) }.copy
                 try editHeader(backing + "/" + file, copies: [1 - newest]) { $0.u64(32, 1 << 62); $0.u64(24, .max) }
+                // The edited copy passes its checksum and is refused for its fields.
+                let edited = try readBytes(backing + "/" + file, HeaderCopies.span, at: 0).withUnsafeBytes { HeaderCopies($0) }
+                guard case .invalid(.unsupported) = edited.copies[1 - newest] else {
+                    Issue.record("\(file): the edited copy is \(edited.copies[1 - newest])")
+                    continue
+                }
             }
         } check: { m in
             for file in Fixture.damageable { try readBack(m, file, expect: .exactly(f.contents[file]!)) }
@@ -155,13 +168,13 @@ import WarpFSFormat
 
     /// The first page overwritten whole: without the magic the file is a
     /// plain file (its container bytes are shown as they are).
-    @Test(arguments: [UInt8(0x00), 0xFF])
-    func firstPageOverwritten(byte: UInt8) throws {
-        try withDamaged { backing in
+    @Test(arguments: [UInt8(0x00), 0xFF], FileHeader.versions)
+    func firstPageOverwritten(byte: UInt8, version: UInt16) throws {
+        try withDamaged(version) { backing in
             for file in Fixture.damageable {
                 let fd = open(backing + "/" + file, O_WRONLY)
                 defer { close(fd) }
-                try FileIO.pwrite(fd, [UInt8](repeating: byte, count: 4096), 0)
+                try FileIO.pwrite(fd, [UInt8](repeating: byte, count: BlockLayout.pageSize), 0)
             }
         } check: { m in
             for file in Fixture.damageable { try readBack(m, file, expect: .dataOrEIO) }
@@ -171,22 +184,23 @@ import WarpFSFormat
     // MARK: Crafted slot headers and payloads (correct checksums)
 
     /// Slot headers the decoder refuses: the block reads as never written
-    /// (zeros), the others as their data.
+    /// (zeros), the others as their data. (The inline flag is version 2's
+    /// alone: any flag is refused in version 3.)
     @Test(arguments: [
-        Edit("payload page outside the region", block: 17) { w in w.u16(22, UInt16(64 * 16 / 4 - 1)); w.u32(4, 16 << 10) },
-        Edit("stored length above the block size", block: 17) { w in w.u32(4, (16 << 10) + 1) },
-        Edit("stored length 2^32 - 1", block: 20) { w in w.u32(4, .max) },
-        Edit("inline outside block 0", block: 1) { w in w.u8(3, 1); w.u16(22, 0); w.u32(4, 100) },
-        Edit("inline payload above 1 KiB", block: 0) { w in w.u8(3, 1); w.u16(22, 0); w.u32(4, 2000) },
-        Edit("unknown flags", block: 33) { w in w.u8(3, 0x80) },
-        Edit("unknown encoding", block: 2) { w in w.u8(2, 77) },
-        Edit("a hole with a payload", block: 3) { w in w.u8(2, 4) },
-        Edit("another block's number", block: 18) { w in w.u64(8, 19) },
-    ])
-    func refusedSlotHeader(_ e: Edit) throws {
-        let f = try Fixture.shared()
+        SlotEdit("payload outside the region", block: 17) { w in w.offset(w.layout.regionSize - w.layout.placementUnit); w.length(16 << 10) },
+        SlotEdit("stored length above the block size", block: 17) { w in w.length((16 << 10) + 1) },
+        SlotEdit("stored length 2^32 - 1", block: 20) { w in w.length(.max) },
+        SlotEdit("inline outside block 0", block: 1) { w in w.flags(1); w.offset(0); w.length(100) },
+        SlotEdit("inline payload above 1 KiB", block: 0) { w in w.flags(1); w.offset(0); w.length(2000) },
+        SlotEdit("unknown flags", block: 33) { w in w.flags(0x80) },
+        SlotEdit("unknown encoding", block: 2) { w in w.encoding(77) },
+        SlotEdit("a hole with a payload", block: 3) { w in w.encoding(BlockEncoding.zero.rawValue) },
+        SlotEdit("another block's number", block: 18) { w in w.block(19) },
+    ], FileHeader.versions)
+    func refusedSlotHeader(_ e: SlotEdit, version: UInt16) throws {
+        let f = try Fixture.shared(version)
         let block = e.block
-        try withDamaged { backing in
+        try withDamaged(version) { backing in
             try editSlot(backing + "/multi", block: block, e.edit)
         } check: { m in
             var want = f.contents["multi"]!
@@ -197,33 +211,35 @@ import WarpFSFormat
     }
 
     /// The largest generation a slot can hold: the file reads as it is.
-    @Test func aSlotWithTheLargestGeneration() throws {
-        let f = try Fixture.shared()
-        try withDamaged { backing in
-            try editSlot(backing + "/multi", block: 17) { $0.put(16, SlotHeader.maxGeneration, 6) }
-            try editSlot(backing + "/small", block: 0) { $0.put(16, SlotHeader.maxGeneration, 6) }
+    @Test(arguments: FileHeader.versions)
+    func aSlotWithTheLargestGeneration(version: UInt16) throws {
+        let f = try Fixture.shared(version)
+        try withDamaged(version) { backing in
+            try editSlot(backing + "/multi", block: 17) { $0.generation(SlotHeader.maxGeneration) }
+            try editSlot(backing + "/small", block: 0) { $0.generation(SlotHeader.maxGeneration) }
         } check: { m in
             try readBack(m, "multi", expect: .exactly(f.contents["multi"]!))
             try readBack(m, "small", expect: .exactly(f.contents["small"]!))
         }
     }
 
-    /// Two blocks whose slot headers name the same pages. With block 17's
+    /// Two blocks whose slot headers name the same bytes. With block 17's
     /// checksum, block 18 reads as block 17's bytes (the payload checksum
     /// does not cover the block number, so this is undetectable); with its
     /// own checksum, block 18 is EIO.
-    @Test func overlappingPayloads() throws {
-        let f = try Fixture.shared()
+    @Test(arguments: FileHeader.versions)
+    func overlappingPayloads(version: UInt16) throws {
+        let f = try Fixture.shared(version)
         let bs = Self.blockSize
         for copyChecksum in [true, false] {
-            try withDamaged { backing in
+            try withDamaged(version) { backing in
                 let p = backing + "/multi"
                 let s17 = try #require(try liveSlots(p, blockSize: bs).first { $0.block == 17 })
                 try editSlot(p, block: 18) { w in
-                    w.u8(2, s17.header.encoding.rawValue)
-                    w.u32(4, UInt32(s17.header.storedLength))
-                    w.u16(22, UInt16(s17.header.page))
-                    if copyChecksum { w.u32(24, s17.header.payloadChecksum) }
+                    w.encoding(s17.header.encoding.rawValue)
+                    w.length(UInt32(s17.header.storedLength))
+                    w.offset(s17.header.offset)
+                    if copyChecksum { w.checksum(s17.header.payloadChecksum) }
                 }
             } check: { m in
                 let data = f.contents["multi"]!
@@ -240,34 +256,44 @@ import WarpFSFormat
 
     /// Payloads with a correct checksum that do not decompress to a block:
     /// garbage, a stream that expands past the block (a bomb), a short
-    /// stream, and garbage in another encoding than the file's. Each is
-    /// EIO for its block only.
-    @Test(arguments: ["garbage", "bomb", "short", "garbage gzip", "raw past the end of the backing file"])
-    func payloadsThatDoNotDecompressToABlock(kind: String) throws {
-        let f = try Fixture.shared()
+    /// stream, and garbage in another encoding than the file's (each written
+    /// at the end of the group's region, clear of the other payloads); and
+    /// a raw block whose place at the end of the last group's region lies
+    /// past the end of the backing file. Each is EIO for its block only.
+    @Test(arguments: ["garbage", "bomb", "short", "garbage gzip", "raw past the end of the backing file"], FileHeader.versions)
+    func payloadsThatDoNotDecompressToABlock(kind: String, version: UInt16) throws {
+        let f = try Fixture.shared(version)
         let bs = Self.blockSize
-        let block = kind.hasSuffix("backing file") ? 39 : 17
-        try withDamaged { backing in
+        let pastTheEnd = kind.hasSuffix("backing file")
+        let block = pastTheEnd ? 39 : 17
+        try withDamaged(version) { backing in
             let p = backing + "/multi"
+            let layout = try containerLayout(p)
             var r = Rng(3)
             let s = try #require(try liveSlots(p, blockSize: bs).first { $0.block == block })
             var payload: [UInt8]
             var encoding = s.header.encoding
-            var page = s.header.page
             switch kind {
             case "garbage": payload = r.bytes(3000)
             case "bomb": payload = try deflate([UInt8](repeating: 0x41, count: 1 << 20))
             case "short": payload = try deflate(Array(repeating: 0x42, count: 100))
             case "garbage gzip": payload = [0x1F, 0x8B, 8, 0] + r.bytes(2000); encoding = .gzip
-            default: payload = r.bytes(bs); encoding = .raw; page = BlockLayout(blockSize: bs).regionPages - 4
+            default: payload = r.bytes(bs); encoding = .raw
             }
             #expect(payload.count <= bs)
+            var h = s.header
+            h.encoding = encoding
+            h.storedLength = payload.count
+            h.payloadChecksum = payload.withUnsafeBytes { crc32Checksum($0) }
+            h.offset = layout.regionSize - layout.footprintLength(payload.count)
+            let at = layout.payloadOffset(block: block, slot: s.slot, header: h)
             let fd = open(p, O_RDWR)
             defer { close(fd) }
-            if page == s.header.page { try FileIO.pwrite(fd, payload, BlockLayout(blockSize: bs).payloadOffset(block: block, slot: s.slot, header: s.header)) }
-            let crc = payload.withUnsafeBytes { crc32Checksum($0) }
+            var st = stat()
+            #expect(fstat(fd, &st) == 0 && (Int(st.st_size) <= at) == pastTheEnd, "payload at \(at), backing file of \(st.st_size) bytes")
+            if !pastTheEnd { try FileIO.pwrite(fd, payload, at) }
             try editSlot(p, block: block) { w in
-                w.u8(2, encoding.rawValue); w.u32(4, UInt32(payload.count)); w.u16(22, UInt16(page)); w.u32(24, crc)
+                w.encoding(h.encoding.rawValue); w.length(UInt32(h.storedLength)); w.offset(h.offset); w.checksum(h.payloadChecksum)
             }
         } check: { m in
             let data = f.contents["multi"]!
@@ -285,11 +311,11 @@ import WarpFSFormat
 
     /// A header whose logical size the layout addresses but no backing file
     /// holds: opening it must not allocate per block of the claimed size.
-    @Test
-    func aHugeLogicalSizeDoesNotAllocatePerBlock() throws {
-        let max = BlockLayout(blockSize: Self.blockSize).maxLogicalSize
+    @Test(arguments: FileHeader.versions)
+    func aHugeLogicalSizeDoesNotAllocatePerBlock(version: UInt16) throws {
+        let max = BlockLayout(blockSize: Self.blockSize, version: version).maxLogicalSize
         for size in [max, 1 << 50, 1 << 36] {
-            try withDamaged { backing in
+            try withDamaged(version) { backing in
                 try editHeader(backing + "/multi") { $0.u64(32, size) }
             } check: { m in
                 try readBack(m, "multi", expect: .dataOrEIO)
@@ -298,9 +324,9 @@ import WarpFSFormat
     }
 
     /// The same through the mount, legitimately: a sparse 1 TiB file.
-    @Test
-    func truncatingToATebibyteDoesNotAllocatePerBlock() throws {
-        try withMount { m in
+    @Test(arguments: FileHeader.versions)
+    func truncatingToATebibyteDoesNotAllocatePerBlock(version: UInt16) throws {
+        try withMount(options: formatOption(version)) { m in
             try FileIO.write(m.path("big"), Array("head".utf8))
             #expect(truncate(m.path("big"), 1 << 40) == 0)
             #expect(try FileIO.stat(m.path("big")).st_size == 1 << 40)
@@ -316,10 +342,10 @@ import WarpFSFormat
     /// A write to a file whose newest slot holds the largest generation:
     /// the next generation does not fit in 48 bits. The write must fail
     /// (or succeed), not stop the file system.
-    @Test
-    func writingAfterTheLargestGenerationDoesNotStopTheFileSystem() throws {
-        try withDamaged { backing in
-            try editSlot(backing + "/multi", block: 17) { $0.put(16, SlotHeader.maxGeneration, 6) }
+    @Test(arguments: FileHeader.versions)
+    func writingAfterTheLargestGenerationDoesNotStopTheFileSystem(version: UInt16) throws {
+        try withDamaged(version) { backing in
+            try editSlot(backing + "/multi", block: 17) { $0.generation(SlotHeader.maxGeneration) }
         } check: { m in
             let fd = open(m.path("multi"), O_RDWR)
             _ = pwrite(fd, "x", 1, 5)
@@ -328,21 +354,21 @@ import WarpFSFormat
         }
     }
 
-    /// Block 18's slot header names block 17's pages (crafted, with a
+    /// Block 18's slot header names block 17's bytes (crafted, with a
     /// correct checksum). Rewriting block 18 and syncing drops its old
     /// version, and that must not punch the pages block 17 still uses.
-    @Test
-    func rewritingABlockWithAnOverlappingPayloadKeepsTheOtherBlock() throws {
-        let f = try Fixture.shared()
+    @Test(arguments: FileHeader.versions)
+    func rewritingABlockWithAnOverlappingPayloadKeepsTheOtherBlock(version: UInt16) throws {
+        let f = try Fixture.shared(version)
         let bs = Self.blockSize
         var r = Rng(18)
         let new = r.text(bs)
-        try withDamaged { backing in
+        try withDamaged(version) { backing in
             let p = backing + "/multi"
             let s17 = try #require(try liveSlots(p, blockSize: bs).first { $0.block == 17 })
             try editSlot(p, block: 18) { w in
-                w.u8(2, s17.header.encoding.rawValue); w.u32(4, UInt32(s17.header.storedLength))
-                w.u16(22, UInt16(s17.header.page)); w.u32(24, s17.header.payloadChecksum)
+                w.encoding(s17.header.encoding.rawValue); w.length(UInt32(s17.header.storedLength))
+                w.offset(s17.header.offset); w.checksum(s17.header.payloadChecksum)
             }
         } check: { m in
             let fd = open(m.path("multi"), O_RDWR)
@@ -358,10 +384,10 @@ import WarpFSFormat
 
     /// A flipped bit in the magic of copy A, with copy B intact: the file
     /// must not be shown as a plain file of its container bytes.
-    @Test
-    func aFlippedMagicIsNotShownAsAPlainFile() throws {
-        let f = try Fixture.shared()
-        try withDamaged { backing in
+    @Test(arguments: FileHeader.versions)
+    func aFlippedMagicIsNotShownAsAPlainFile(version: UInt16) throws {
+        let f = try Fixture.shared(version)
+        try withDamaged(version) { backing in
             try flipBit(backing + "/multi", offset: 3, bit: 2)
         } check: { m in
             try readBack(m, "multi", expect: .dataOrZeros(f.contents["multi"]!))
@@ -369,43 +395,73 @@ import WarpFSFormat
     }
 }
 
-/// A named edit of a header or slot header, for parameterized cases.
+/// A named edit of a file header copy, for parameterized cases.
 struct Edit: Sendable, CustomTestStringConvertible {
     let name: String
-    /// What the log must say (header cases).
-    var reason = ""
-    /// Which block's slot (slot cases).
-    var block = 0
+    /// What the log must say.
+    let reason: String
     let edit: @Sendable (inout Poke) -> Void
-    init(_ name: String, reason: String = "", block: Int = 0, _ edit: @escaping @Sendable (inout Poke) -> Void) {
-        self.name = name; self.reason = reason; self.block = block; self.edit = edit
+    init(_ name: String, reason: String, _ edit: @escaping @Sendable (inout Poke) -> Void) {
+        self.name = name; self.reason = reason; self.edit = edit
     }
     var testDescription: String { name }
 }
 
+/// A named edit of the live slot header of `block`, for parameterized cases.
+struct SlotEdit: Sendable, CustomTestStringConvertible {
+    let name: String
+    let block: Int
+    let edit: @Sendable (inout SlotPoke) -> Void
+    init(_ name: String, block: Int, _ edit: @escaping @Sendable (inout SlotPoke) -> Void) {
+        self.name = name; self.block = block; self.edit = edit
+    }
+    var testDescription: String { name }
+}
+
+/// Writes of a slot header's fields where the container's format version
+/// keeps them (`SlotHeader`), any value the field holds.
+struct SlotPoke {
+    var poke: Poke
+    let layout: BlockLayout
+    var v2: Bool { layout.version == 2 }
+    mutating func encoding(_ e: UInt8) { poke.u8(2, e) }
+    mutating func flags(_ f: UInt8) { poke.u8(3, f) }
+    mutating func length(_ n: UInt32) { poke.u32(4, n) }
+    /// Where the payload starts in the region, in bytes (a page number in version 2).
+    mutating func offset(_ bytes: Int) {
+        if v2 { poke.u16(22, UInt16(bytes / BlockLayout.pageSize)) } else { poke.u32(8, UInt32(bytes)) }
+    }
+    mutating func block(_ b: UInt64) { if v2 { poke.u64(8, b) } else { poke.put(16, b, 6) } }
+    mutating func generation(_ g: UInt64) { poke.put(v2 ? 16 : 22, g, 6) }
+    mutating func checksum(_ c: UInt32) { poke.u32(v2 ? 24 : 12, c) }
+}
+
 // MARK: - The fixture
 
-/// Files made through a real mount with 16 KiB blocks, kept in a directory
-/// and copied for each case: `small` (block 0 inline), `multi` (40 blocks
-/// in 3 groups, some raw, one a hole), `sparse` (two blocks 3 MiB apart)
-/// and `intact` (never damaged).
+/// Files made through a real mount with 16 KiB blocks in containers of
+/// format `version`, kept in a directory and copied for each case: `small`
+/// (block 0 in the first page: inline in version 2, at the start of group
+/// 0's region in version 3), `multi` (40 blocks in 3 groups, some raw, one
+/// a hole), `sparse` (two blocks 3 MiB apart) and `intact` (never damaged).
 final class Fixture: Sendable {
     static let blockSize = 16 << 10
     static let damageable = ["small", "multi", "sparse"]
+    let version: UInt16
     let dir: String
     let contents: [String: [UInt8]]
 
-    private static let made = Mutex<Result<Fixture, Errno>?>(nil)
+    private static let made = Mutex<[UInt16: Result<Fixture, Errno>]>([:])
 
-    /// The fixture, made on first use.
-    static func shared() throws -> Fixture {
+    /// The fixture of format `version`, made on first use.
+    static func shared(_ version: UInt16) throws -> Fixture {
         try made.withLock { made in
-            if made == nil { made = Result { () throws(Errno) in try Fixture() } }
-            return try made!.get()
+            if made[version] == nil { made[version] = Result { () throws(Errno) in try Fixture(version: version) } }
+            return try made[version]!.get()
         }
     }
 
-    private init() throws(Errno) {
+    private init(version: UInt16) throws(Errno) {
+        self.version = version
         dir = makeTempDir("warpfs-fixture")
         Fixture.removeAtExit(dir)
         let bs = Fixture.blockSize
@@ -419,7 +475,7 @@ final class Fixture: Sendable {
         let files = ["small": r.text(700), "multi": multi, "sparse": sparse, "intact": r.text(100_000)]
         contents = files
         do {
-            try withMount(options: "block_size=16k") { m in
+            try withMount(options: "block_size=16k,\(formatOption(version))") { m in
                 for (name, data) in files {
                     if name == "sparse" {
                         let fd = open(m.path(name), O_RDWR | O_CREAT, 0o644)
@@ -435,8 +491,15 @@ final class Fixture: Sendable {
                 guard cp.status == 0 else { throw Errno(EIO, "cp: \(cp.output)") }
             }
             // The shapes the cases rely on.
+            for name in files.keys {
+                let v = try containerVersion(dir + "/" + name)
+                guard v == version else { throw Errno(EINVAL, "\(name) is a version-\(v) container, not \(version)") }
+            }
+            let layout = try containerLayout(dir + "/small")
             let small = try liveSlots(dir + "/small", blockSize: bs)
-            guard small.count == 1, small[0].header.isInline else { throw Errno(EINVAL, "small is not inline: \(small)") }
+            guard small.count == 1, small[0].header.isInline == (version == 2),
+                  layout.payloadOffset(block: 0, slot: small[0].slot, header: small[0].header) + small[0].header.storedLength <= BlockLayout.pageSize
+            else { throw Errno(EINVAL, "small's block 0 is not in the first page: \(small)") }
             let multiSlots = try liveSlots(dir + "/multi", blockSize: bs)
             guard multiSlots.count == 40, multiSlots.contains(where: { $0.header.encoding == .raw && $0.block == 21 }),
                   multiSlots.contains(where: { $0.header.encoding == .zero && $0.block == 9 }) else { throw Errno(EINVAL, "multi: \(multiSlots)") }
@@ -452,13 +515,13 @@ final class Fixture: Sendable {
 
 // MARK: - Damage, mount, read back
 
-/// Copies the fixture to a new backing directory, damages it with
-/// `damage`, mounts it and runs `check`, then checks that the process
-/// survived, still serves the undamaged file intact, and stayed within
-/// 300 MiB of peak memory.
-func withDamaged(_ damage: (String) throws -> Void, check: (TestMount) throws -> Void,
+/// Copies the fixture of format `version` to a new backing directory,
+/// damages it with `damage`, mounts it and runs `check`, then checks that
+/// the process survived, still serves the undamaged file intact, and
+/// stayed within 300 MiB of peak memory.
+func withDamaged(_ version: UInt16, _ damage: (String) throws -> Void, check: (TestMount) throws -> Void,
                  sourceLocation: SourceLocation = #_sourceLocation) throws {
-    let f = try Fixture.shared()
+    let f = try Fixture.shared(version)
     let root = makeTempDir("warpfs-hostile")
     defer { removeTree(root) }
     let backing = root + "/backing"
@@ -627,33 +690,40 @@ func flipBit(_ path: String, offset: Int, bit: Int) throws {
     try FileIO.pwrite(fd, b, offset)
 }
 
-/// Edits header copies of a container in place and fixes their checksums.
+/// Edits header copies of a container in place (where its format version
+/// keeps them, each copy's size) and fixes their checksums where the
+/// version each copy then states puts them (copy A last: its checksum
+/// covers whatever copy B's touched).
 func editHeader(_ path: String, copies: [Int] = [0, 1], _ edit: (inout Poke) -> Void) throws {
     let fd = open(path, O_RDWR)
     guard fd >= 0 else { throw Errno(errno, path) }
     defer { close(fd) }
-    var raw = try FileIO.pread(fd, 1024, 0)
-    for c in copies {
-        let off = FileHeader.copyOffsets[c]
-        var p = Poke(bytes: Array(raw[off..<(off + 512)]))
+    var raw = try FileIO.pread(fd, HeaderCopies.span, 0)
+    let offsets = raw.withUnsafeBytes { HeaderCopies($0) }.copyOffsets
+    let size = offsets[1]   // copy B follows copy A
+    for c in copies.sorted(by: >) {
+        let off = offsets[c]
+        var p = Poke(bytes: Array(raw[off..<(off + size)]))
         edit(&p)
-        raw.replaceSubrange(off..<(off + 512), with: p.bytes)
+        raw.replaceSubrange(off..<(off + size), with: p.bytes)
+        FuzzTests.fixHeaderChecksum(&raw, at: off)
     }
-    FuzzTests.fixHeaderChecksums(&raw)
     try FileIO.pwrite(fd, raw, 0)
 }
 
-/// Edits the live slot header of `block` in place and fixes its checksum.
-func editSlot(_ path: String, block: Int, _ edit: (inout Poke) -> Void) throws {
+/// Edits the live slot header of `block` in place (its fields where the
+/// container's version keeps them) and fixes its checksum.
+func editSlot(_ path: String, block: Int, _ edit: (inout SlotPoke) -> Void) throws {
     let bs = Fixture.blockSize
     guard let s = try liveSlots(path, blockSize: bs).first(where: { $0.block == block }) else { throw Errno(ENOENT, "no slot for block \(block)") }
-    let at = BlockLayout(blockSize: bs).slotHeaderOffset(block: block, slot: s.slot)
+    let layout = BlockLayout(blockSize: bs, version: try containerLayout(path).version)
+    let at = layout.slotHeaderOffset(block: block, slot: s.slot)
     let fd = open(path, O_RDWR)
     guard fd >= 0 else { throw Errno(errno, path) }
     defer { close(fd) }
-    var p = Poke(bytes: try FileIO.pread(fd, 32, at))
+    var p = SlotPoke(poke: Poke(bytes: try FileIO.pread(fd, BlockLayout.slotHeaderSize, at)), layout: layout)
     edit(&p)
-    var raw = p.bytes
+    var raw = p.poke.bytes
     FuzzTests.fixSlotChecksum(&raw)
     try FileIO.pwrite(fd, raw, at)
 }
