@@ -26,6 +26,13 @@ public final class FUSEServer: @unchecked Sendable {
         var opts = "fsname=\(fsname.replacingComma()),subtype=warpfs,default_permissions"
         if fs.options.allowOther { opts += ",allow_other" }
         if fs.options.readOnly { opts += ",ro" }
+        // Generic mount flags the kernel applies (libfuse passes them to
+        // mount(2)). The kernel never updates a FUSE file's access time
+        // itself (WarpFS does, by `accessTimes`); noatime is set only so that
+        // the mount table shows the policy in force.
+        if !fs.options.executables { opts += ",noexec" }
+        if fs.options.synchronous { opts += ",sync" }
+        if fs.options.accessTimes == .noatime { opts += ",noatime" }
         // libfuse mounts nosuid,nodev unless told otherwise; only root may.
         if fs.options.devices || fs.options.setID {
             let asked = [fs.options.devices ? "dev" : nil, fs.options.setID ? "suid" : nil].compactMap { $0 }.joined(separator: "' and '")

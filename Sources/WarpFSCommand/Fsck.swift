@@ -216,9 +216,10 @@ final class ProgressBar {
 }
 
 /// The mountpoint of a live WarpFS mount whose backing directory is `root`,
-/// contains it or lies inside it, per /proc/self/mountinfo. `warpfs mount`
-/// names its source `warpfs:BACKING` (fsname, with commas turned into '_'),
-/// file system type `fuse.warpfs`.
+/// contains it or lies inside it, per /proc/self/mountinfo. A WarpFS mount
+/// has the file system type `fuse.warpfs` and its backing directory as its
+/// source (fsname, with commas turned into '_'; `warpfs:BACKING` as
+/// earlier builds named it is still recognised, for mounts that run on).
 func liveMount(of root: String) -> String? {
     guard let f = fopen("/proc/self/mountinfo", "r") else { return nil }
     defer { fclose(f) }
@@ -230,8 +231,7 @@ func liveMount(of root: String) -> String? {
         guard let dash = fields.firstIndex(of: "-"), fields.count > dash + 2, fields.count > 4 else { continue }
         guard fields[dash + 1] == "fuse.warpfs" else { continue }
         let source = unescapeMountPath(String(fields[dash + 2]))
-        guard source.hasPrefix("warpfs:") else { continue }
-        let theirs = String(source.dropFirst("warpfs:".count))
+        let theirs = source.hasPrefix("warpfs:") ? String(source.dropFirst("warpfs:".count)) : source
         if theirs == mine || mine.hasPrefix(theirs == "/" ? "/" : theirs + "/") || theirs.hasPrefix(mine == "/" ? "/" : mine + "/") {
             return unescapeMountPath(String(fields[4]))
         }

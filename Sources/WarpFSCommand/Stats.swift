@@ -202,8 +202,9 @@ struct StatsPlace {
     /// Resolves `path` (following symbolic links as given) and maps it to
     /// the backing tree when the mount it lies on is a WarpFS mount: the
     /// mount whose mountpoint is the longest prefix of the path (the last
-    /// one listed, on a tie), per /proc/self/mountinfo, with source
-    /// `warpfs:BACKING` and file system type `fuse.warpfs`.
+    /// one listed, on a tie), per /proc/self/mountinfo, with file system
+    /// type `fuse.warpfs` and the backing directory as its source
+    /// (`warpfs:BACKING` from earlier builds).
     static func locate(_ path: String) throws -> StatsPlace {
         guard let real = canonical(path) else { throw FSError.last("resolve") }
         guard let m = mountContaining(real) else { return StatsPlace(read: real, mount: nil) }
@@ -243,7 +244,7 @@ struct StatsPlace {
             if let b = best, b.mountpoint.count > mp.count { continue }
             best = (mp, fields[dash + 1], unescapeMountPath(String(fields[dash + 2])))
         }
-        guard let b = best, b.type == "fuse.warpfs", b.source.hasPrefix("warpfs:") else { return nil }
-        return (b.mountpoint, String(b.source.dropFirst("warpfs:".count)))
+        guard let b = best, b.type == "fuse.warpfs" else { return nil }
+        return (b.mountpoint, b.source.hasPrefix("warpfs:") ? String(b.source.dropFirst("warpfs:".count)) : b.source)
     }
 }

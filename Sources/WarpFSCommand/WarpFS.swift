@@ -13,6 +13,13 @@ struct WarpFS: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warpfs",
         abstract: "A transparent-compression file system on the WarpDrive accelerator queue layer.",
+        discussion: """
+        warpfs BACKING MOUNTPOINT -o OPTIONS, without a subcommand, is warpfs mount: the form mount(8) runs \
+        (through mount.fuse3) for mount -t fuse.warpfs BACKING MOUNTPOINT -o OPTIONS and for an fstab line \
+        BACKING MOUNTPOINT fuse.warpfs OPTIONS 0 0. umount MOUNTPOINT unmounts. See docs/SYSTEM.md for fstab and \
+        systemd mount units.
+        """,
+        version: Release.version,
         subcommands: [Mount.self, Unmount.self, Compress.self, Decompress.self, Fsck.self, Stats.self, BenchCommand.self, Devices.self])
 }
 
@@ -33,37 +40,24 @@ struct Mount: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show BACKING's files, uncompressed, at MOUNTPOINT.",
         discussion: """
-        Options (-o, comma separated): block_size=SIZE (4k..1m, multiple of 4k; default 64k), \
-        algorithm=deflate|zlib|gzip, level=0..9 (default 1), engines=N (accelerator engines, default 2), \
-        cache_blocks=N (decompressed blocks cached per open file), nocompress (new files stay plain), \
-        ro, allow_other, dev and suid (root only: honour device files and set-user-ID bits; nodev,nosuid \
-        by default), debug, log=FILE (messages of a background mount), memory=MiB (block buffer \
-        budget, default 128), readahead=KiB (kernel readahead, default 1024), no_writeback_cache, no_keep_cache, \
-        engine_timeout=S (seconds before an accelerator request fails, default 10), queues=N (accelerator \
-        queues, default 1024), fault_injection (fault commands on the mount root's user.warpfs.fault, for tests), \
-        device=SOCKET (use a running warpdrived instead of the in-process accelerator), \
-        noacl (no POSIX ACLs: setting one fails with EOPNOTSUPP; default: kept in the backing files and enforced).
+        Returns once the file system is mounted, leaving its process in the background (-f: stays in the \
+        foreground). A bad option, a missing backing directory or a mountpoint in use gives a message naming it, \
+        a non-zero exit, and nothing mounted. Options (-o, comma separated, in any number of lists; a later one \
+        wins) are WarpFS's own, generic mount options it honours, and options of mount(8) and systemd, which it \
+        accepts and ignores so that an fstab line or a mount unit works; any other is refused.
         """)
 
     @Argument(help: "The directory that holds the compressed files.") var backing: String
     @Argument(help: "Where to show them.") var mountpoint: String
-    @Option(name: .short, help: "Mount options, comma separated.") var o: [String] = []
+    @Option(name: .short, help: ArgumentHelp("Mount options, comma separated:", valueName: "options"))
+    var o: [MountOptionList] = []
     @Flag(name: .short, help: "Stay in the foreground.") var f = false
     @Option(name: .customLong("ready-fd"), help: .hidden) var readyFD: Int32?
 
     func run() throws {
-        var options = MountOptions()
-        var logPath: String?
-        for list in o {
-            var rest: [String] = []
-            for item in list.split(separator: ",") {
-                if item.hasPrefix("log=") { logPath = String(item.dropFirst(4)) } else { rest.append(String(item)) }
-            }
-            do { try options.apply(rest.joined(separator: ",")) } catch {
-                throw ValidationError("\(error)")
-            }
-        }
-        do { try options.check() } catch { throw ValidationError("\(error)") }
+        let options: MountOptions
+        do { options = try MountOptions(lists: o.map(\.text)) } catch { throw ValidationError("\(error)") }
+        let logPath = options.logPath
         guard let back = canonical(backing), isDirectory(back) else {
             throw ValidationError("backing directory '\(backing)' does not exist or is not a directory")
         }
@@ -97,7 +91,7 @@ struct Mount: ParsableCommand {
         let server: FUSEServer
         do {
             fs = try WarpFileSystem(backing: back, options: options)
-            server = try FUSEServer(fs: fs, mountpoint: mnt, fsname: "warpfs:" + back)
+            server = try FUSEServer(fs: fs, mountpoint: mnt, fsname: back)
             try server.mount()
         } catch {
             report(ready: readyFD, logging: logPath != nil, "warpfs: \(error)")
@@ -272,7 +266,8 @@ func isRunning(_ pid: pid_t) -> Bool {
     return buf[close + 2] != UInt8(ascii: "Z")
 }
 
-/// Processes serving `warpfs mount ... MNT`.
+/// Processes serving `warpfs mount ... MNT` (or the mount(8) form,
+/// `warpfs BACKING MNT ...`).
 func serverProcesses(for mnt: String) -> [pid_t] {
     guard let d = opendir("/proc") else { return [] }
     defer { closedir(d) }
@@ -285,7 +280,7 @@ func serverProcesses(for mnt: String) -> [pid_t] {
         let n = fread(&buf, 1, buf.count, f)
         fclose(f)
         let args = buf[0..<n].split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-        guard args.contains("mount"), args.first.map({ $0.hasSuffix("warpfs") }) ?? false else { continue }
+        guard args.count > 2, args[0].hasSuffix("warpfs"), withMountSubcommand(Array(args.dropFirst())).first == "mount" else { continue }
         if args.contains(where: { canonical($0) == mnt }) { pids.append(pid) }
     }
     return pids

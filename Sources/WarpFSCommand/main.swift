@@ -3,4 +3,4 @@
 import ArgumentParser
 
 Fsck.mainIfInvoked()   // fsck(8) exit statuses, usage errors included
-WarpFS.main()
+WarpFS.main(withMountSubcommand(Array(CommandLine.arguments.dropFirst())))

@@ -19,7 +19,14 @@ import Glibc
 struct Warpdrived: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warpdrived",
-        abstract: "Serve the emulated ZIP accelerator's queues to other processes over a Unix socket.")
+        abstract: "Serve the emulated ZIP accelerator's queues to other processes over a Unix socket.",
+        discussion: """
+        Runs in the foreground until SIGTERM or SIGINT, which stop it cleanly: every client's queues are reset and \
+        released and the socket file is removed. Clients connect with RemoteDevice(socket:) or, for a WarpFS mount, \
+        warpfs mount -o device=SOCKET. With --info it does not serve but prints the report of the warpdrived already \
+        serving --socket. See docs/warpdrive.md, "warpdrived".
+        """,
+        version: Release.version)
 
     @Option(help: "Path of the Unix socket to listen on.") var socket: String
     @Option(help: "Engine threads of the emulated device.") var engines: Int = 2
