@@ -106,28 +106,24 @@ public struct MountOptions: Sendable, Equatable {
             }
             return n
         }
+        /// One of the named values of `E`.
+        func choice<E: RawRepresentable & CaseIterable>(_: E.Type) throws -> E where E.RawValue == String {
+            let v = try need()
+            guard let e = E(rawValue: v) else {
+                throw FSError(EINVAL, "option '\(key)=\(v)': expected one of " + E.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            return e
+        }
         switch key {
         case "block_size", "blocksize":
             let n = try number(4096...(1 << 20))
             guard n % 4096 == 0 else { throw FSError(EINVAL, "option '\(key)=\(value!)': must be a multiple of 4096") }
             blockSize = n
-        case "algorithm", "compression":
-            let v = try need()
-            guard let a = CompressionAlgorithm(rawValue: v) else {
-                throw FSError(EINVAL, "option '\(key)=\(v)': expected one of "
-                    + CompressionAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))
-            }
-            algorithm = a
+        case "algorithm", "compression": algorithm = try choice(CompressionAlgorithm.self)
         case "level": level = try number(0...19)
         case "engines": engines = try number(1...64)
         case "format_version": formatVersion = UInt16(try number(Int(FileHeader.versions.lowerBound)...Int(FileHeader.versions.upperBound)))
-        case "deflate_engine":
-            let v = try need()
-            guard let e = DeflateEngine(rawValue: v) else {
-                throw FSError(EINVAL, "option 'deflate_engine=\(v)': expected one of "
-                    + DeflateEngine.allCases.map(\.rawValue).joined(separator: ", "))
-            }
-            deflateEngine = e
+        case "deflate_engine": deflateEngine = try choice(DeflateEngine.self)
         case "cache_blocks": cacheBlocksPerFile = try number(4...65536)
         case "compress": compressNewFiles = true
         case "nocompress": compressNewFiles = false
