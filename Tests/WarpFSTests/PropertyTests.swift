@@ -52,6 +52,38 @@ import WarpFSFormat
         return r.text(count)
     }
 
+    /// The stored form, without a mount: every valid set round-trips
+    /// through exactly its canonical bytes; anything else (random bytes, and
+    /// every one-byte change of a valid value that is not itself canonical)
+    /// is refused whole, without a crash.
+    @Test func storedValuesParseStrictly() throws {
+        var all: [DirectoryProperties] = []
+        for a in [nil] + CompressionAlgorithm.allCases.map(Optional.some) {
+            for l in [nil, a.map { $0.levels.upperBound }] {
+                for c in [nil, true, false] {
+                    for b in [nil, 4096, 1 << 20] { all.append(DirectoryProperties(algorithm: a, level: l, compress: c, blockSize: b)) }
+                }
+            }
+        }
+        var r = Rng(42)
+        for p in all {
+            #expect(try DirectoryProperties(stored: p.stored) == p, "\(p.text)")
+            #expect(try DirectoryProperties().applying(p.items.isEmpty ? ["clear"] : p.items) == p, "\(p.text)")
+            for _ in 0..<20 {
+                var bytes = p.stored
+                bytes[r.int(bytes.count)] = UInt8(truncatingIfNeeded: r.next())
+                if let q = try? DirectoryProperties(stored: bytes) { #expect(q.stored == bytes) }
+            }
+        }
+        for _ in 0..<2000 {
+            let bytes = r.bytes(r.int(80))
+            if let q = try? DirectoryProperties(stored: bytes) { #expect(q.stored == bytes) }
+        }
+        #expect(throws: (any Error).self) { try DirectoryProperties(stored: Array("v1 algorithm=zstd level=3 ".utf8)) }
+        #expect(throws: (any Error).self) { try DirectoryProperties(stored: Array("v1 block_size=1024k".utf8)) }
+        #expect(throws: (any Error).self) { try DirectoryProperties(stored: Array("v1 clear".utf8)) }
+    }
+
     /// zstd level 3 on a directory: a new file there is a zstd container
     /// of level 3 whose block is what the engine writes at level 3 (not at
     /// the mount's level 1); a new subdirectory gets the same properties, and
