@@ -341,7 +341,7 @@ private func opListxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int) {
 
 private func opRemovexattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
     serve(req) { r in
-        try r.fs.removexattr(ino, name: cString(name))
+        try r.fs.removexattr(ino, name: cString(name), caller: r.caller)
         r.replyOK()
     }
 }

@@ -19,7 +19,8 @@ import WarpFSFormat
 public final class BlockCodec: @unchecked Sendable {
     /// The accelerator: the in-process emulated device, or a `warpdrived` daemon.
     public let device: any AcceleratorDevice
-    /// Compression level of new blocks (each file's header names its encoding).
+    /// Compression level of new containers (`level=`); a container's own
+    /// blocks use the level its header records (`CompressedFile.compressionLevel`).
     public let level: Int
 
     /// Block buffers in shared memory registered with the device's IOMMU:
@@ -106,6 +107,8 @@ public final class BlockCodec: @unchecked Sendable {
 struct StreamKey: Hashable, Sendable {
     let direction: Direction
     let algorithm: CompressionAlgorithm
+    /// The compression level (0 for every decompressing stream: one serves any level).
+    let level: Int
     let capacity: Int
     /// The stream's job type.
     let job: ObjectIdentifier
@@ -238,8 +241,13 @@ extension BlockCodec {
     /// When the device has no queue left, idle streams of every kind are
     /// closed (their queues freed) and the call waits, up to the engine
     /// time-out, for a queue to come back.
-    func stream<Job>(_ direction: Direction, algorithm: CompressionAlgorithm, capacity: Int, of: Job.Type = Job.self) throws -> BlockStream<Job> {
-        let key = StreamKey(direction: direction, algorithm: algorithm, capacity: capacity, job: ObjectIdentifier(Job.self))
+    ///
+    /// `level` is a compressing stream's level (nil: the codec's); it must
+    /// be one `algorithm` has. Decompressing streams ignore it.
+    func stream<Job>(_ direction: Direction, algorithm: CompressionAlgorithm, level: Int? = nil, capacity: Int,
+                     of: Job.Type = Job.self) throws -> BlockStream<Job> {
+        let level = direction == .compress ? level ?? self.level : 0
+        let key = StreamKey(direction: direction, algorithm: algorithm, level: level, capacity: capacity, job: ObjectIdentifier(Job.self))
         let deadline = wd_now_ns() + UInt64(timeoutMilliseconds) * 1_000_000
         while true {
             // The key names the job type: what is parked under it is a BlockStream<Job>.

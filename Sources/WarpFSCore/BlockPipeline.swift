@@ -14,10 +14,22 @@ extension CompressedFile {
     /// The stream format of the file's compressed blocks (a header's encoding is always a compressed one).
     private var algorithm: CompressionAlgorithm { header.encoding.algorithm ?? .deflate }
 
+    /// The level the file's new blocks are compressed at: the one its header
+    /// records (set at creation from the mount's `level=` or the directory's
+    /// properties), so a file keeps its level under a mount with another
+    /// algorithm or level. A header level the encoding does not have (a
+    /// header written by hand) gives the mount's level, within the
+    /// encoding's range. Asked once per compressing stream, not per block.
+    var compressionLevel: Int {
+        let levels = algorithm.levels
+        let own = Int(header.level)
+        return levels.contains(own) ? own : min(max(codec.level, levels.lowerBound), levels.upperBound)
+    }
+
     private func compressStream() throws -> BlockStream<CompressJob> {
         if let s = compressor { return s }
         do {
-            let s = try codec.stream(.compress, algorithm: algorithm, capacity: writeDepth, of: CompressJob.self)
+            let s = try codec.stream(.compress, algorithm: algorithm, level: compressionLevel, capacity: writeDepth, of: CompressJob.self)
             compressor = s
             return s
         } catch { throw FSError(EIO, "\(name): no accelerator queue for compression: \(error)") }

@@ -36,10 +36,13 @@ extension CompressedFile {
         return buf.withUnsafeBytes { HeaderCopies(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
     }
 
-    /// Creates an empty container of format `version` in the (empty) file at `fd`.
+    /// Creates an empty container of format `version` in the (empty) file at
+    /// `fd`, whose blocks are compressed at `level` (nil: the codec's; it
+    /// must be one the encoding's algorithm has).
     public static func create(fd: Int32, name: String, codec: BlockCodec, blockSize: Int, encoding: BlockEncoding,
-                              version: UInt16 = FileHeader.version) throws -> CompressedFile {
-        let h = FileHeader(version: version, blockSize: blockSize, encoding: encoding, level: UInt8(codec.level), generation: 1, logicalSize: 0)
+                              level: Int? = nil, version: UInt16 = FileHeader.version) throws -> CompressedFile {
+        let h = FileHeader(version: version, blockSize: blockSize, encoding: encoding, level: UInt8(clamping: level ?? codec.level),
+                           generation: 1, logicalSize: 0)
         let f = CompressedFile(fd: fd, name: name, codec: codec, header: h, copy: nil)
         try f.writeHeader()
         return f

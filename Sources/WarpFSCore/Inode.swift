@@ -43,6 +43,10 @@ final class Inode: @unchecked Sendable {
     /// lock where maintenance and reads write it; `setattr` and `attributes`
     /// read and write it without.
     var changeTimeMark: timespec?
+    /// A directory's properties as last read or set (`WarpFileSystem+Properties.swift`).
+    /// Its own lock, a leaf: held for the one or two xattr calls that read
+    /// or replace them, nothing else taken under it.
+    let properties = Mutex<CachedProperties>(.unread)
 
     init(nodeID: UInt64, generation: UInt64, fd: Int32, dev: UInt64, ino: UInt64, type: mode_t) {
         self.nodeID = nodeID; self.generation = generation; self.fd = fd

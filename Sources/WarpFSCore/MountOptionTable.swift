@@ -69,11 +69,11 @@ extension MountOptions {
     /// Every mount option, in the order the documentation lists them.
     public static let table: [MountOptionSpec] = [
         .init("block_size=SIZE", ["block_size", "blocksize"], value: .required, .warpfs, default: "64k",
-              "logical block of new files, 4k..1m, a multiple of 4k; also spelled blocksize"),
+              "logical block of new files, 4k..1m, a multiple of 4k; also spelled blocksize (a directory's properties may set another: warpfs property)"),
         .init("algorithm=NAME", ["algorithm", "compression"], value: .required, .warpfs, default: "deflate",
-              "codec of new blocks: deflate, zlib, gzip, zstd or lz4; every mount reads every codec; also spelled compression"),
+              "codec of new files: deflate, zlib, gzip, zstd or lz4; every mount reads every codec; also spelled compression (a directory's properties may set another)"),
         .init("level=N", ["level"], value: .required, .warpfs, default: "1",
-              "compression level: 0..9 for the deflate family, 1..19 for zstd, 1..12 for lz4 (3 and up: lz4 HC)"),
+              "compression level of new files: 0..9 for the deflate family, 1..19 for zstd, 1..12 for lz4 (3 and up: lz4 HC); a file keeps its level"),
         .init("engines=N", ["engines"], value: .required, .warpfs, default: "2", "engine threads of the emulated accelerator, 1..64"),
         .init("format_version=3|2", ["format_version"], value: .required, .warpfs, default: "3",
               "container format of new files: 3 packs payloads byte by byte; 2 is the older page-per-payload layout, for trees older builds must read"),
@@ -81,7 +81,7 @@ extension MountOptions {
               "what compresses deflate, zlib and gzip on the emulated accelerator: ISA-L at levels 1-3, or zlib, stock zlib's output byte for byte"),
         .init("cache_blocks=N", ["cache_blocks"], value: .required, .warpfs, default: "64", "decompressed blocks cached per open file, 4..65536"),
         .init("nocompress, compress", ["nocompress", "compress"], .warpfs, default: "compress",
-              "nocompress: new files stay plain (existing containers still decode)"),
+              "nocompress: new files stay plain (existing containers still decode); a directory's properties may say otherwise"),
         .init("memory=MiB", ["memory"], value: .required, .warpfs, default: "128",
               "budget for block buffers across files; caches shrink and writers wait beyond it"),
         .init("readahead=KiB", ["readahead"], value: .required, .warpfs, default: "1024",

@@ -99,7 +99,10 @@ extension WarpFileSystem {
     /// `type` created, with no group or other bits yet and no other link.
     /// Anything else (a name swapped in the moment between, by a rename
     /// through the mount or in the backing directory) is refused untouched.
-    private func created(_ p: Inode, _ name: String, type: mode_t, mode: mode_t, caller: Caller) throws -> Entry {
+    /// `prepare` runs on the node's descriptor before it is settled (a new
+    /// directory takes its parent's properties there).
+    private func created(_ p: Inode, _ name: String, type: mode_t, mode: mode_t, caller: Caller,
+                         prepare: (Int32) -> Void = { _ in }) throws -> Entry {
         let fd = openat(p.fd, name, Int32(WD_O_PATH) | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw FSError.last("open new \(name)") }
         defer { close(fd) }
@@ -109,6 +112,7 @@ extension WarpFileSystem {
             && (type == S_IFLNK || st.st_mode & 0o077 == 0)
             && (type == S_IFDIR ? st.st_nlink <= 2 : st.st_nlink == 1)
         guard ours else { throw FSError(EEXIST, "\(name) was replaced while it was being created; left as it is") }
+        prepare(fd)
         do {
             try settle(fd, parent: p, mode: mode, caller: caller)
         } catch {
@@ -151,7 +155,7 @@ extension WarpFileSystem {
         let p = try inode(parent)
         try checkName(name); try writable()
         _ = try sys("mkdir \(name)") { mkdirat(p.fd, name, 0o700) }
-        return try created(p, name, type: S_IFDIR, mode: mode, caller: caller)
+        return try created(p, name, type: S_IFDIR, mode: mode, caller: caller) { inheritProperties(from: p, into: $0, name: name) }
     }
 
     public func symlink(parent: UInt64, name: String, target: String, caller: Caller) throws -> Entry {
@@ -190,8 +194,9 @@ extension WarpFileSystem {
         _ = try sys("rename \(name)") { wd_renameat2(p.fd, name, np.fd, newName, flags) }
     }
 
-    /// Creates a regular file (a compressed container unless disabled) and
-    /// returns its entry and a read-write descriptor.
+    /// Creates a regular file (a compressed container unless the mount's
+    /// options or the directory's properties say plain; its codec, level and
+    /// block size from the same) and returns its entry and a read-write descriptor.
     private func createFile(_ p: Inode, _ name: String, mode: mode_t, exclusive: Bool, caller: Caller) throws -> (Entry, Int32) {
         var fd = openat(p.fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         var created = fd >= 0
@@ -202,9 +207,10 @@ extension WarpFileSystem {
         guard fd >= 0 else { throw FSError.last("create \(name)") }
         if created {
             do {
-                if options.compressNewFiles {
-                    _ = try CompressedFile.create(fd: dup(fd), name: name, codec: codec, blockSize: options.blockSize,
-                                                  encoding: options.encoding, version: options.formatVersion)
+                let settings = newFileSettings(in: p)
+                if settings.compress {
+                    _ = try CompressedFile.create(fd: dup(fd), name: name, codec: codec, blockSize: settings.blockSize,
+                                                  encoding: settings.encoding, level: settings.level, version: options.formatVersion)
                 }
                 // After the header: a write by a process without CAP_FSETID clears set-user-ID.
                 try settle(fd, parent: p, mode: mode, caller: caller)

@@ -40,6 +40,7 @@ extension WarpFileSystem {
 
     public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32, caller: Caller) throws {
         if isMountPrivate(name) { throw FSError(EPERM, "\(name) belongs to the mount") }
+        if name == DirectoryProperties.interfaceName { return try setProperty(id, changes: value, caller: caller) }
         if id == 1 && name == WarpFileSystem.faultAttribute {
             guard mayControl(caller) else {
                 throw FSError(EPERM, "\(WarpFileSystem.faultAttribute): uid \(caller.uid) may not inject faults (only root and uid \(mounter))")
@@ -65,6 +66,7 @@ extension WarpFileSystem {
             return text.count
         }
         if isMountPrivate(name) { throw FSError(ENODATA) }
+        if name == DirectoryProperties.interfaceName { return try getProperty(id, into: buf) }
         let node = try inode(id)
         try refuseACLIfOff(name)
         let path = xattrPath(node)
@@ -121,8 +123,9 @@ extension WarpFileSystem {
         return kept.count
     }
 
-    public func removexattr(_ id: UInt64, name: String) throws {
+    public func removexattr(_ id: UInt64, name: String, caller: Caller) throws {
         if isMountPrivate(name) { throw FSError(EPERM, "\(name) belongs to the mount") }
+        if name == DirectoryProperties.interfaceName { return try clearProperties(id, caller: caller) }
         let node = try inode(id)
         try writable()
         try refuseACLIfOff(name)
