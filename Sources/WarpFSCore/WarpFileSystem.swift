@@ -102,6 +102,9 @@ public final class WarpFileSystem: @unchecked Sendable {
         }
     }
 
+    /// The mount's live counters (`warpfs iostat`, `user.warpfs.stats`).
+    public var statistics: IOStatistics { codec.stats }
+
     /// Whether the mount offers the kernel export support (file handles that
     /// survive FORGET and remounts, NFS re-export).
     public var exportSupport: Bool { stableHandles != nil }
