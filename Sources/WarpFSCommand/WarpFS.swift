@@ -20,7 +20,7 @@ struct WarpFS: ParsableCommand {
         systemd mount units.
         """,
         version: Release.version,
-        subcommands: [Mount.self, Unmount.self, Compress.self, Decompress.self, Fsck.self, Stats.self, BenchCommand.self, Devices.self])
+        subcommands: [Mount.self, Unmount.self, Compress.self, Decompress.self, Fsck.self, Stats.self, Iostat.self, BenchCommand.self, Devices.self])
 }
 
 /// Writes a line to standard error.
