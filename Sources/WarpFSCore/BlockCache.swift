@@ -146,8 +146,9 @@ extension CompressedFile {
     func cached(_ b: Int, load: Bool) throws -> CachedBlock {
         clock += 1
         if load && b < entries.count {
-            // A hit: in the cache, or on its way in (read ahead); a miss: loaded now.
-            if cache[b] != nil || loading.contains(b) {
+            // A hit: decompressed in the cache; a miss: the read waits for
+            // the block to be read and decompressed (read ahead or now).
+            if cache[b] != nil && !loading.contains(b) {
                 codec.stats.cacheHits.add(1, ordering: .relaxed)
             } else if !entries[b].isHole {
                 codec.stats.cacheMisses.add(1, ordering: .relaxed)

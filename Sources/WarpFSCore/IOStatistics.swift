@@ -25,8 +25,8 @@ public final class IOStatistics: Sendable {
     let storedLogical = Atomic<UInt64>(0), storedPayload = Atomic<UInt64>(0)
     /// Requests submitted and not yet reaped, per direction.
     let compressInFlight = Atomic<Int>(0), decompressInFlight = Atomic<Int>(0)
-    /// Reads of a block that found it cached (or already on its way in),
-    /// and reads that had to load it from the backing file.
+    /// Reads of a block that found it decompressed in the cache, and reads
+    /// that waited for it to be read and decompressed (read ahead or on demand).
     let cacheHits = Atomic<UInt64>(0), cacheMisses = Atomic<UInt64>(0)
     /// Error replies to applications.
     let eio = Atomic<UInt64>(0), enospc = Atomic<UInt64>(0), edquot = Atomic<UInt64>(0)

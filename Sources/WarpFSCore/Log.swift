@@ -10,7 +10,7 @@ import Synchronization
 /// log=FILE`, or syslog (a background mount without `log=`, each message
 /// prefixed with the mount point). See docs/SYSTEM.md, "Logging".
 ///
-/// Every line passes a global cap (`LogRateLimiter`: at most
+/// Every warning and error passes a global cap (`LogRateLimiter`: at most
 /// `linesPerSecond`, then one line saying how many were suppressed), and
 /// messages about one block of one file (`once`) are written once while
 /// the last `RecentKeys.capacity` such keys are remembered: a damaged block
@@ -106,6 +106,12 @@ public enum Log {
     }
 
     private static func emit(_ s: inout State, _ level: Level, _ message: String) {
+        // The cap is for floods of warnings and errors; the few lines at
+        // info level (mounted, unmounted, fault injection) always pass.
+        if level == .info {
+            s.logger.info("\(message)")
+            return
+        }
         let (admit, suppressed) = s.limiter.admit(nowSeconds: Int64(wd_now_ns() / 1_000_000_000))
         if suppressed > 0 { s.logger.warning("\(suppressedLine(suppressed))") }
         if admit { s.logger.log(level: level.swiftLog, "\(message)") }
