@@ -117,7 +117,8 @@ public enum Log {
         if admit { s.logger.log(level: level.swiftLog, "\(message)") }
     }
 
-    static func suppressedLine(_ n: Int) -> String {
+    /// The line that reports `n` suppressed lines.
+    public static func suppressedLine(_ n: Int) -> String {
         "\(n) message\(n == 1 ? "" : "s") suppressed (more than \(linesPerSecond) a second)"
     }
 
