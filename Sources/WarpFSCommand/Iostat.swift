@@ -126,7 +126,9 @@ struct IostatReport {
     /// The two header lines of the table (column groups, then columns).
     var header: String {
         func group(_ title: String, _ width: Int) -> String {
-            let dashes = max(0, width - title.count - 2)
+            let dashes = width - title.count - 2
+            // Too narrow for dashes on both sides: the title alone, right-aligned.
+            guard dashes >= 2 else { return String(repeating: " ", count: max(0, width - title.count)) + title }
             return String(repeating: "-", count: dashes / 2) + " " + title + " " + String(repeating: "-", count: dashes - dashes / 2)
         }
         let groups = [group("file system", 2 * w), group("compress", 3 * w), group("decompress", 2 * w), group("engines", 3 * w),
