@@ -44,7 +44,9 @@ struct Mount: ParsableCommand {
         foreground). A bad option, a missing backing directory or a mountpoint in use gives a message naming it, \
         a non-zero exit, and nothing mounted. Options (-o, comma separated, in any number of lists; a later one \
         wins) are WarpFS's own, generic mount options it honours, and options of mount(8) and systemd, which it \
-        accepts and ignores so that an fstab line or a mount unit works; any other is refused.
+        accepts and ignores so that an fstab line or a mount unit works; any other is refused. Messages go to \
+        syslog (ident warpfs, facility daemon, the mount point in each), to FILE with -o log=FILE, or to standard \
+        error with -f. warpfs iostat MOUNTPOINT shows the mount's figures as it runs.
         """)
 
     @Argument(help: "The directory that holds the compressed files.") var backing: String
