@@ -18,6 +18,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // The log's front end; its handlers implement log(event:), new in 1.16.
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
     ],
     targets: [
         // Linux calls Swift cannot see (variadics, macros), atomics on shared
@@ -69,7 +71,7 @@ let package = Package(
         // The file system: inodes, open files, block store, caches; no FUSE.
         .target(
             name: "WarpFSCore",
-            dependencies: ["WarpDrive", "WarpFSFormat", "CWarpSys"]
+            dependencies: ["WarpDrive", "WarpFSFormat", "CWarpSys", .product(name: "Logging", package: "swift-log")]
         ),
         // The FUSE low-level operations table, forwarding to WarpFSCore.
         .target(

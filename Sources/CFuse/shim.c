@@ -1,4 +1,7 @@
 #include "CFuse.h"
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
 
 int wf_session_loop_mt(struct fuse_session *se, int clone_fd, unsigned max_idle_threads) {
     struct fuse_loop_config cfg;
@@ -45,3 +48,22 @@ int wf_init_acl(struct fuse_conn_info *conn, int on) {
 
 void wf_fi_set_keep_cache(struct fuse_file_info *fi, int on) { fi->keep_cache = on ? 1 : 0; }
 int wf_fi_writepage(const struct fuse_file_info *fi) { return fi->writepage; }
+
+static void (*wf_log_sink)(int, const char *);
+
+static void wf_log(enum fuse_log_level level, const char *fmt, va_list ap) {
+    if (level >= FUSE_LOG_DEBUG || !wf_log_sink) {
+        vfprintf(stderr, fmt, ap);
+        return;
+    }
+    char line[1024];
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n > 0 && line[n - 1] == '\n') line[--n] = 0;
+    if (n > 0) wf_log_sink((int)level, line);
+}
+
+void wf_route_log(void (*sink)(int level, const char *line)) {
+    wf_log_sink = sink;
+    fuse_set_log_func(wf_log);
+}

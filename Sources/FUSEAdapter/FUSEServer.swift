@@ -55,6 +55,18 @@ public final class FUSEServer: @unchecked Sendable {
         session = se
     }
 
+    /// Sends libfuse's own messages to the mount's log (`Log`: syslog for a
+    /// background mount), at their level; its debug trace stays on
+    /// standard error.
+    public static func routeLibfuseMessages() {
+        wf_route_log { level, line in
+            guard let line else { return }
+            let text = "libfuse: " + String(cString: line)
+            // fuse_log_level: 0 emerg ... 3 err, 4 warning, 5 notice, 6 info.
+            Log.write(level <= 3 ? .error : level == 4 ? .warning : .info, text)
+        }
+    }
+
     /// Mounts at `mountpoint`, then raises the mount's kernel readahead.
     public func mount() throws {
         guard let se = session else { throw FSError(EINVAL, "no session") }

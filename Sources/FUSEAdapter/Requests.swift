@@ -44,7 +44,9 @@ struct Request {
     // MARK: Replies
 
     func fail(_ error: Error) {
-        fuse_reply_err(req, (error as? FSError)?.errno ?? EIO)
+        let errno = (error as? FSError)?.errno ?? EIO
+        fs.statistics.noteErrorReply(errno)
+        fuse_reply_err(req, errno)
     }
 
     func replyOK() { fuse_reply_err(req, 0) }

@@ -20,7 +20,7 @@ struct WarpFS: ParsableCommand {
         systemd mount units.
         """,
         version: Release.version,
-        subcommands: [Mount.self, Unmount.self, Compress.self, Decompress.self, Fsck.self, Stats.self, Property.self, BenchCommand.self, Devices.self])
+        subcommands: [Mount.self, Unmount.self, Compress.self, Decompress.self, Fsck.self, Stats.self, Property.self, Iostat.self, BenchCommand.self, Devices.self])
 }
 
 /// Writes a line to standard error.
@@ -44,7 +44,9 @@ struct Mount: ParsableCommand {
         foreground). A bad option, a missing backing directory or a mountpoint in use gives a message naming it, \
         a non-zero exit, and nothing mounted. Options (-o, comma separated, in any number of lists; a later one \
         wins) are WarpFS's own, generic mount options it honours, and options of mount(8) and systemd, which it \
-        accepts and ignores so that an fstab line or a mount unit works; any other is refused.
+        accepts and ignores so that an fstab line or a mount unit works; any other is refused. Messages go to \
+        syslog (ident warpfs, facility daemon, the mount point in each), to FILE with -o log=FILE, or to standard \
+        error with -f. warpfs iostat MOUNTPOINT shows the mount's figures as it runs.
         """)
 
     @Argument(help: "The directory that holds the compressed files.") var backing: String
@@ -79,9 +81,9 @@ struct Mount: ParsableCommand {
         sigemptyset(&term)
         for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&term, s) }
         pthread_sigmask(SIG_UNBLOCK, &term, nil)
-        if let logPath {
-            let fd = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-            if fd >= 0 { dup2(fd, 2); close(fd) }
+        do { try configureLog(logPath, background: readyFD != nil, mountpoint: mnt) } catch {
+            report(ready: readyFD, logging: false, "warpfs: \(error)")
+            throw ExitCode(1)
         }
         raiseFileLimit()
         // A write past RLIMIT_FSIZE fails with EFBIG instead of killing the mount.
@@ -103,7 +105,25 @@ struct Mount: ParsableCommand {
         let rc = server.run()
         fs.shutdown()
         Log.info("unmounted \(mnt)")
+        Log.flush()
         if rc != 0 { throw ExitCode(rc) }
+    }
+
+    /// Where the mount's messages go (docs/SYSTEM.md, "Logging"): to the
+    /// file of `-o log=FILE`, which also takes standard error (libfuse's
+    /// debug trace, the runtime's last words); else, in the background, to
+    /// syslog with the mount point in each message; else (`-f`) to
+    /// standard error. libfuse's own messages join them.
+    private func configureLog(_ logPath: String?, background: Bool, mountpoint mnt: String) throws {
+        if let logPath {
+            let fd = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw FSError.last("cannot open the log file '\(logPath)'") }
+            dup2(fd, 2)
+            Log.configure(.descriptor(fd))
+        } else if background {
+            Log.configure(.syslog(prefix: mnt))
+        }
+        FUSEServer.routeLibfuseMessages()
     }
 
     /// Tells the waiting parent how the mount went ("" = mounted).

@@ -145,13 +145,25 @@ extension CompressedFile {
     /// The cached block `b`, loading it (or starting it empty) when absent.
     func cached(_ b: Int, load: Bool) throws -> CachedBlock {
         clock += 1
+        if load && b < entries.count {
+            // A hit: decompressed in the cache; a miss: the read waits for
+            // the block to be read and decompressed (read ahead or now).
+            if cache[b] != nil && !loading.contains(b) {
+                codec.stats.cacheHits.add(1, ordering: .relaxed)
+            } else if !entries[b].isHole {
+                codec.stats.cacheMisses.add(1, ordering: .relaxed)
+            }
+        }
         while loading.contains(b) { reapDecompressions(minimum: 1) }
         if let c = cache[b] { c.lastUse = clock; return c }
         if load && b < entries.count && !entries[b].isHole {
             if loadErrors[b] == nil { try startLoads(b...b) }
             while loading.contains(b) { reapDecompressions(minimum: 1) }
-            if let e = loadErrors.removeValue(forKey: b) {
-                Log.error(e.description)
+            if var e = loadErrors.removeValue(forKey: b) {
+                // Once per file and block: a reader retrying a damaged block
+                // does not fill the log (the application gets EIO each time).
+                Log.once(.error, .damage, file: name, block: b, e.description)
+                e.logged = true
                 throw e
             }
             guard let c = cache[b] else { throw FSError(EIO, "\(name): block \(b) could not be loaded") }

@@ -14,8 +14,8 @@ import WarpFSFormat
 /// Concurrency: one codec serves every file of a mount, from any thread.
 /// Its mutable state is `idleStreams` (a leaf lock: taken under a file's
 /// lock, nothing else is locked while it is held, and streams it lets go
-/// of are closed after it is released), the atomics `liveBytes` and
-/// `quarantined`, and the pool's free list (the pool's own leaf lock).
+/// of are closed after it is released), the atomics `liveBytes`,
+/// `quarantined` and `stats`, and the pool's free list (the pool's own leaf lock).
 public final class BlockCodec: @unchecked Sendable {
     /// The accelerator: the in-process emulated device, or a `warpdrived` daemon.
     public let device: any AcceleratorDevice
@@ -41,6 +41,8 @@ public final class BlockCodec: @unchecked Sendable {
     public let timeoutMilliseconds: Int
     /// When a failed request is sent again (bounded by the time-out).
     let retry: RetryPolicy
+    /// The mount's live counters (`warpfs iostat`): atomics, no lock.
+    public let stats = IOStatistics()
 
     /// Whether block buffers exceed the memory budget.
     public var overBudget: Bool { liveBytes.load(ordering: .relaxed) > budgetBytes }
@@ -146,6 +148,8 @@ final class BlockStream<Job: BlockRequest>: @unchecked Sendable {
     let capacity: Int
     /// Which idle streams this one may stand in for (`BlockCodec.recycle`).
     let poolKey: StreamKey
+    /// The mount's counters: requests in flight, bytes through the engines, failures.
+    private let stats: IOStatistics
     private let results: CompletionSlots
     /// By tag: the job of each request in flight, and its submission number
     /// (results are returned in submission order, so blocks written in order
@@ -156,9 +160,10 @@ final class BlockStream<Job: BlockRequest>: @unchecked Sendable {
     private(set) var inFlight = 0
 
     init(device: any AcceleratorDevice, algorithm: CompressionAlgorithm, direction: Direction, level: Int, capacity: Int,
-         timeoutMilliseconds: Int, poolKey: StreamKey) throws {
+         timeoutMilliseconds: Int, poolKey: StreamKey, stats: IOStatistics) throws {
         self.capacity = capacity
         self.poolKey = poolKey
+        self.stats = stats
         let done = UnsafeMutablePointer<Result<Int, WarpDriveError>?>.allocate(capacity: capacity)
         done.initialize(repeating: nil, count: capacity)
         let results = CompletionSlots(done: done)
@@ -193,6 +198,11 @@ final class BlockStream<Job: BlockRequest>: @unchecked Sendable {
             throw error
         }
         inFlight += 1
+        if poolKey.direction == .compress {
+            stats.compressInFlight.add(1, ordering: .relaxed)
+        } else {
+            stats.decompressInFlight.add(1, ordering: .relaxed)
+        }
         jobs[tag] = (job, nextSequence)
         nextSequence += 1
     }
@@ -210,6 +220,7 @@ final class BlockStream<Job: BlockRequest>: @unchecked Sendable {
         }
         for tag in 0..<capacity {
             guard let r = results.done[tag], let entry = jobs[tag] else { continue }
+            count(entry.job, r)
             out.append((entry.job, r, entry.sequence))
             results.done[tag] = nil
             release(tag)
@@ -218,6 +229,7 @@ final class BlockStream<Job: BlockRequest>: @unchecked Sendable {
         if let waitError, out.count < minimum {
             for tag in 0..<capacity {
                 guard let entry = jobs[tag] else { continue }
+                count(entry.job, .failure(waitError))
                 out.append((entry.job, .failure(waitError), entry.sequence))
                 release(tag)
             }
@@ -230,6 +242,30 @@ final class BlockStream<Job: BlockRequest>: @unchecked Sendable {
         jobs[tag] = nil
         freeTags.append(tag)
         inFlight -= 1
+        if poolKey.direction == .compress {
+            stats.compressInFlight.subtract(1, ordering: .relaxed)
+        } else {
+            stats.decompressInFlight.subtract(1, ordering: .relaxed)
+        }
+    }
+
+    /// Adds a reaped request to the mount's counters: the bytes of one the
+    /// engine completed, or a failure (an output that does not fit is the
+    /// answer for an incompressible block, not a failure).
+    private func count(_ job: Job, _ result: Result<Int, WarpDriveError>) {
+        switch result {
+        case .success(let n):
+            let input = UInt64(job.engineInput.count)
+            if poolKey.direction == .compress {
+                stats.compressIn.add(input, ordering: .relaxed)
+                stats.compressOut.add(UInt64(n), ordering: .relaxed)
+            } else {
+                stats.decompressIn.add(input, ordering: .relaxed)
+                stats.decompressOut.add(UInt64(n), ordering: .relaxed)
+            }
+        case .failure(.destinationTooSmall): break
+        case .failure: stats.acceleratorFailures.add(1, ordering: .relaxed)
+        }
     }
 }
 
@@ -254,7 +290,7 @@ extension BlockCodec {
             if let s = idleStreams.withLock({ $0[key]?.popLast() }) { return s as! BlockStream<Job> }
             do {
                 return try BlockStream(device: device, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
-                                       timeoutMilliseconds: timeoutMilliseconds, poolKey: key)
+                                       timeoutMilliseconds: timeoutMilliseconds, poolKey: key, stats: stats)
             } catch WarpDriveError.busy(let d) {
                 let parked = idleStreams.withLock { idle -> [AnyObject] in
                     defer { idle = [:] }

@@ -55,6 +55,7 @@ extension CompressedFile {
         if len == 0 || EntropyCheck.looksIncompressible(content) {
             do {
                 try store(block: b, encoding: len == 0 ? .zero : .raw, payload: content)
+                codec.stats.noteStored(logical: len, payload: len)
                 c.stored(used: layout.footprintLength(len))
             } catch {
                 storeFailed(block: b, c, error)
@@ -88,7 +89,10 @@ extension CompressedFile {
     private func send<J: PipelineJob>(_ job: J, on s: BlockStream<J>) throws {
         var job = job
         while true {
-            do { return try s.submit(job) } catch let e as WarpDriveError where codec.retry.retry(after: e, &job.tries, now: wd_now_ns()) {}
+            do { return try s.submit(job) } catch let e as WarpDriveError where codec.retry.retry(after: e, &job.tries, now: wd_now_ns()) {
+                codec.stats.acceleratorFailures.add(1, ordering: .relaxed)
+                codec.stats.acceleratorRetries.add(1, ordering: .relaxed)
+            }
         }
     }
 
@@ -100,10 +104,10 @@ extension CompressedFile {
         guard codec.retry.retry(after: e, &job.tries, now: wd_now_ns()) else { return false }
         if case .timedOut = e { job.replaceOutput(codec, blockSize: layout.blockSize) }
         do { try send(job, on: s) } catch { return false }
-        // One line per try a failure used up, and one for the first reset:
-        // a device that keeps resetting does not fill the log.
-        if case .deviceReset = e, job.tries.resets > 1 { return true }
-        Log.error("\(name): block \(job.block): \(J.what) failed (\(e)); retrying")
+        codec.stats.acceleratorRetries.add(1, ordering: .relaxed)
+        // One line per file and block (Log.once): a device that keeps
+        // failing or resetting does not fill the log.
+        Log.once(.error, .accelerator, file: name, block: job.block, "\(name): block \(job.block): \(J.what) failed (\(e)); retrying")
         return true
     }
 
@@ -118,10 +122,12 @@ extension CompressedFile {
                 switch result {
                 case .success(let n) where n <= rawLength - rawLength / 16:
                     try store(block: b, encoding: header.encoding, payload: UnsafeRawBufferPointer(rebasing: output[0..<n]))
+                    codec.stats.noteStored(logical: rawLength, payload: n)
                     source.stored(used: layout.footprintLength(n))
                 case .success, .failure(.destinationTooSmall):
                     // Saves less than 6.25%: stored raw.
                     try store(block: b, encoding: .raw, payload: UnsafeRawBufferPointer(rebasing: source.data[0..<rawLength]))
+                    codec.stats.noteStored(logical: rawLength, payload: rawLength)
                     source.stored(used: layout.footprintLength(rawLength))
                 case .failure(let e):
                     throw FSError(EIO, "\(name): block \(b) could not be compressed: \(e)")

@@ -229,7 +229,11 @@ extension CompressedFile {
             c.dirty = true           // keep the data; a later flush retries
             if e.errno == ENOSPC || e.errno == EDQUOT { storeBlocked = e; storeBlocked?.logged = true }
             if lastLoggedStoreError != e.errno {
-                Log.error(e.description)
+                if e.errno == ENOSPC || e.errno == EDQUOT {
+                    Log.once(.error, .noSpace, file: name, block: b, e.description)
+                } else {
+                    Log.error(e.description)
+                }
                 lastLoggedStoreError = e.errno
             }
         }

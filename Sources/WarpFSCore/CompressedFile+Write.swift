@@ -72,7 +72,7 @@ extension CompressedFile {
                     let e = FSError(ENOSPC, "\(name): no space left in the backing file system for block \(needing[0]) "
                         + "(\(free >> 20) MiB free\(privileged ? "" : " to users other than root"), \(held >> 20) MiB held "
                         + "for blocks not yet stored)", logged: true)
-                    if !loggedNoSpace { Log.error(e.message); loggedNoSpace = true }
+                    if !loggedNoSpace { Log.once(.error, .noSpace, file: name, block: needing[0], e.message); loggedNoSpace = true }
                     throw e
                 }
                 loggedNoSpace = false

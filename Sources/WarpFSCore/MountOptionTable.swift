@@ -100,7 +100,8 @@ extension MountOptions {
               "POSIX ACLs kept in the backing files' ACL attributes and enforced by the kernel; with noacl setting one fails with EOPNOTSUPP"),
         .init("allow_other", ["allow_other"], .warpfs, default: "off", "other users may use the mount"),
         .init("debug", ["debug"], .warpfs, default: "off", "libfuse request trace on standard error"),
-        .init("log=FILE", ["log"], value: .required, .warpfs, default: "none", "where a background mount writes its messages"),
+        .init("log=FILE", ["log"], value: .required, .warpfs, default: "syslog in the background, standard error with -f",
+              "a file the mount appends its messages to instead"),
         .init("fault_injection", ["fault_injection"], .warpfs, default: "off",
               "accept fault commands on the mount root (for tests; see docs/RELIABILITY.md)"),
 

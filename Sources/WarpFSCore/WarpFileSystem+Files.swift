@@ -95,12 +95,14 @@ extension WarpFileSystem {
             switch try content(h.inode) {
             case .compressed(let f):
                 let n: Int
-                do { n = try f.read(offset: offset, count: count, into: buf) } catch { Log.error("\(error)"); throw error }
+                do { n = try f.read(offset: offset, count: count, into: buf) } catch { FSError.log(error); throw error }
                 touchAccessTime(h.inode)
+                codec.stats.noteRead(n)
                 return n
             case .plain(let fd):
                 let n = try preadFully(fd, buf, count, Int(offset), "read")
                 touchAccessTime(h.inode)
+                codec.stats.noteRead(n)
                 return n
             }
         }
@@ -128,6 +130,7 @@ extension WarpFileSystem {
                 if h.append && !options.writebackCache { var st = stat(); fstat(fd, &st); off = Int(st.st_size) }
                 try pwriteFully(fd, buf, count, off, "write")
             }
+            codec.stats.noteWrite(count)
             return count
         }
     }

@@ -40,6 +40,7 @@ extension WarpFileSystem {
 
     public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32, caller: Caller) throws {
         if isMountPrivate(name) { throw FSError(EPERM, "\(name) belongs to the mount") }
+        if isStatisticsAttribute(id, name) { throw refuseStatisticsChange() }
         if name == DirectoryProperties.interfaceName { return try setProperty(id, changes: value, caller: caller) }
         if id == 1 && name == WarpFileSystem.faultAttribute {
             guard mayControl(caller) else {
@@ -57,6 +58,7 @@ extension WarpFileSystem {
 
     /// Size when `into` is empty, else the bytes copied (ERANGE if too small).
     public func getxattr(_ id: UInt64, name: String, into buf: UnsafeMutableRawBufferPointer, caller: Caller) throws -> Int {
+        if isStatisticsAttribute(id, name) { return try readStatistics(into: buf) }
         if id == 1 && name == WarpFileSystem.deviceAttribute {
             guard mayControl(caller) else { throw FSError(EPERM) }
             let text = Array(deviceReport.utf8)
@@ -125,6 +127,7 @@ extension WarpFileSystem {
 
     public func removexattr(_ id: UInt64, name: String, caller: Caller) throws {
         if isMountPrivate(name) { throw FSError(EPERM, "\(name) belongs to the mount") }
+        if isStatisticsAttribute(id, name) { throw refuseStatisticsChange() }
         if name == DirectoryProperties.interfaceName { return try clearProperties(id, caller: caller) }
         let node = try inode(id)
         try writable()

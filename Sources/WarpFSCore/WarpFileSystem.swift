@@ -48,7 +48,8 @@ public final class WarpFileSystem: @unchecked Sendable {
     //   3. Leaves, held for a few instructions or one system call, with
     //      nothing taken or waited for under them: `inodes`' lock (node ids,
     //      backing keys, every inode's kernel lookup count), `codec`'s idle
-    //      streams, its `SpaceAccount`, the registered buffers' free list.
+    //      streams, its `SpaceAccount`, the registered buffers' free list,
+    //      `Log`'s lock. The counters (`statistics`) are atomics.
 
     public let backingPath: String
     public let options: MountOptions
@@ -101,6 +102,9 @@ public final class WarpFileSystem: @unchecked Sendable {
             Log.info("export support off, file handles last only while the kernel caches their file: \(error)")
         }
     }
+
+    /// The mount's live counters (`warpfs iostat`, `user.warpfs.stats`).
+    public var statistics: IOStatistics { codec.stats }
 
     /// Whether the mount offers the kernel export support (file handles that
     /// survive FORGET and remounts, NFS re-export).

@@ -22,6 +22,11 @@ void wf_init_conn(struct fuse_conn_info *conn, int writeback_cache, unsigned max
    asks for neither. Returns what was granted: 1 POSIX_ACL, 2 DONT_MASK. */
 int wf_init_acl(struct fuse_conn_info *conn, int on);
 
+/* Sends libfuse's own messages (fuse_log: a failed mount, a bad request)
+   to sink, one formatted line each without the newline, with their
+   fuse_log_level; the debug trace (-o debug) stays on standard error. */
+void wf_route_log(void (*sink)(int level, const char *line));
+
 /* fuse_file_info bitfields, which Swift cannot reach. */
 void wf_fi_set_keep_cache(struct fuse_file_info *fi, int on);
 /* Whether a write is the kernel's write-back of cached pages (FUSE_WRITE_CACHE). */
