@@ -326,7 +326,14 @@ import Testing
         let filler = open(fs.path + "/filler", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         var free = StorageLimitTests.space(fs.path).available
         while free > 0 && wd_fallocate(filler, 0, 0, Int64(free)) != 0 { free -= 1 << 16 }
-        #expect(fsync(fd) == -1 && errno == ENOSPC)
+        // What the first could not take (up to 64 KiB) goes to a second, page by page.
+        let rest = open(fs.path + "/filler2", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        var left = StorageLimitTests.space(fs.path).available
+        while left > 0 && wd_fallocate(rest, 0, 0, Int64(left)) != 0 { left -= 4096 }
+        let unfilled = StorageLimitTests.space(fs.path).available
+        #expect(unfilled < 40 << 10, "the fillers left \(unfilled) bytes free: room for a block")
+        let synced = fsync(fd), syncErrno = errno
+        #expect(synced == -1 && syncErrno == ENOSPC, "fsync: \(synced), errno \(syncErrno), \(unfilled) bytes free; log: \(m.log)")
         var refused = 0
         for i in 32..<132 {
             do { try FileIO.pwrite(fd, r.bytes(1 << 16), i << 16) } catch let e as Errno where e.code == ENOSPC { refused += 1 }
@@ -338,6 +345,8 @@ import Testing
         // Space comes back: the next write stores what was kept, and goes in.
         close(filler)
         unlink(fs.path + "/filler")
+        close(rest)
+        unlink(fs.path + "/filler2")
         let last = r.bytes(1 << 16)
         do { try FileIO.pwrite(fd, last, 200 << 16) } catch { Issue.record("\(error); log: \(m.log)"); close(fd); return }
         #expect(fsync(fd) == 0, "errno \(errno)")
