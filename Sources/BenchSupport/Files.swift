@@ -1,6 +1,7 @@
 // Reading directories and writing result files.
 #if canImport(Glibc)
 import Glibc
+import CWarpSys
 #endif
 
 /// The names in the directory at `path`, without "." and "..", in the
@@ -10,7 +11,7 @@ public func directoryNames(_ path: String) -> [String]? {
     defer { closedir(d) }
     var names: [String] = []
     while let e = readdir(d) {
-        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let name = String(cString: wd_dirent_name(e))
         if name != "." && name != ".." { names.append(name) }
     }
     return names

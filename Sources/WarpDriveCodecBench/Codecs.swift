@@ -159,7 +159,7 @@ final class CodecCorpus: @unchecked Sendable {
                 guard let d = opendir(dir) else { continue }
                 var names: [String] = []
                 while let e = readdir(d) {
-                    let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                    let name = String(cString: wd_dirent_name(e))
                     if name != "." && name != ".." { names.append(name) }
                 }
                 closedir(d)

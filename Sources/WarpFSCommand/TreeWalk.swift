@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import WarpFSCore
+import CWarpSys
 
 /// A name inside a directory as the kernel gave it: bytes, not necessarily
 /// UTF-8, kept NUL-terminated for system calls (a `String` would replace
@@ -96,7 +97,8 @@ enum TreeWalk {
                 if errno != 0 { throw FSError.last("read directory") }
                 break
             }
-            let n = withUnsafeBytes(of: e.pointee.d_name) { EntryName(bytes: $0.prefix(while: { $0 != 0 })) }
+            let raw = wd_dirent_name(e)!
+            let n = EntryName(bytes: UnsafeRawBufferPointer(start: raw, count: strlen(raw)))
             if n.cString != [46, 0] && n.cString != [46, 46, 0] { names.append(n) }
         }
         return names.sorted()

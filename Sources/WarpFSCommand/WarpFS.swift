@@ -293,7 +293,7 @@ func serverProcesses(for mnt: String) -> [pid_t] {
     defer { closedir(d) }
     var pids: [pid_t] = []
     while let e = readdir(d) {
-        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        let name = String(cString: wd_dirent_name(e))
         guard let pid = pid_t(name), pid != getpid() else { continue }
         guard let f = fopen("/proc/\(pid)/cmdline", "r") else { continue }
         var buf = [UInt8](repeating: 0, count: 8192)

@@ -24,7 +24,7 @@ extension WarpFileSystem {
             if let d = h.dir {
                 rewinddir(d)
                 while let e = Glibc.readdir(d) {
-                    let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                    let name = String(cString: wd_dirent_name(e))
                     list.append((name, UInt64(e.pointee.d_ino), e.pointee.d_type))
                 }
             }

@@ -111,7 +111,7 @@ final class Daemon: @unchecked Sendable {
         // Whatever else a test left there (files only).
         if let d = opendir(directory) {
             while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                let name = String(cString: wd_dirent_name(e))
                 if name != "." && name != ".." { unlink(directory + "/" + name) }
             }
             closedir(d)

@@ -111,7 +111,7 @@ import Testing
         defer { closedir(d) }
         var names: [String] = []
         while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            let name = String(cString: wd_dirent_name(e))
             if name != "." && name != ".." { names.append(name) }
         }
         return .success((names.sorted(), path))

@@ -206,7 +206,7 @@ func stopServers(under root: String) {
         defer { closedir(d) }
         var pids: [pid_t] = []
         while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            let name = String(cString: wd_dirent_name(e))
             guard let pid = pid_t(name), pid != getpid(), let raw = try? FileIO.read("/proc/\(pid)/cmdline") else { continue }
             let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
             if args.first?.hasSuffix("warpfs") == true && args.contains(where: { $0.hasPrefix(root + "/") }) { pids.append(pid) }

@@ -44,7 +44,7 @@ import Testing
         defer { closedir(d) }
         var found: [(pid_t, String, [String])] = []
         while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            let name = String(cString: wd_dirent_name(e))
             guard let pid = pid_t(name), alive(pid) else { continue }
             var buf = [CChar](repeating: 0, count: 4096)
             let n = readlink("/proc/\(pid)/exe", &buf, 4095)

@@ -7,6 +7,13 @@
 #include <zlib.h>
 #include <sys/xattr.h>
 #include <linux/falloc.h>
+#include <dirent.h>
+
+/* The name of an entry readdir(3) returned, read in place. An entry is
+   only d_reclen bytes long, not sizeof(struct dirent): copying the whole
+   struct (as `e.pointee.d_name` by value does in Swift) can read past the
+   end of the stream's buffer and fault on the last entry of a page. */
+static inline const char *wd_dirent_name(const struct dirent *e) { return e->d_name; }
 
 /* GNU constants the Swift importer does not see without _GNU_SOURCE. */
 enum {

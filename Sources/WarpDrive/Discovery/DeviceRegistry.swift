@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Synchronization
+import CWarpSys
 
 /// Lists accelerator devices: the emulated ZIP device(s) this process runs,
 /// and real uacce devices found under `<sysfsRoot>/class/uacce`.
@@ -63,7 +64,7 @@ public final class DeviceRegistry: Sendable {
         defer { closedir(d) }
         var names: [String] = []
         while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            let name = String(cString: wd_dirent_name(e))
             if name.hasPrefix(".") { continue }
             names.append(name)
         }
