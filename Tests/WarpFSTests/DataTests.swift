@@ -114,6 +114,34 @@ import WarpFSFormat
         }
     }
 
+    /// Directory entries are read in place: an entry from readdir(3) is only
+    /// `d_reclen` bytes long, and copying `struct dirent`'s 256-byte `d_name`
+    /// by value (through `pointee`) reads past it, which faulted the mount
+    /// in READDIRPLUS when an entry ended a page of the stream's buffer
+    /// (the fault needs that placement, so the rule is checked in the
+    /// sources: every reader goes through `wd_dirent_name`).
+    @Test func directoryEntryNamesAreReadInPlace() throws {
+        let root = String(#filePath.dropLast("Tests/WarpFSTests/DataTests.swift".count))
+        var offenders: [String] = []
+        for top in ["Sources", "Tests"] {
+            let out = runCommand(["/usr/bin/grep", "-rlF", "--include=*.swift", "pointee." + "d_name", root + top])
+            offenders += out.output.split(separator: "\n").map(String.init)
+        }
+        #expect(offenders.isEmpty, "struct dirent's name copied by value in: \(offenders)")
+        // The search did look at the sources: the readers that use the helper are found.
+        let readers = runCommand(["/usr/bin/grep", "-rlF", "--include=*.swift", "wd_dirent_name(", root + "Sources"]).output
+        #expect(readers.split(separator: "\n").count >= 6, "readers of directories found under \(root)Sources: \(readers)")
+        // The helper reads an entry that ends right before an unmapped page.
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let map = mmap(nil, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
+        defer { munmap(map, 2 * page) }
+        #expect(mprotect(map + page, page, PROT_NONE) == 0)
+        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+        let record = map + page - (nameOffset + 8)          // a name of 7 bytes and its NUL end the page
+        (record + nameOffset).copyMemory(from: "entry-7\0", byteCount: 8)
+        #expect(String(cString: wd_dirent_name(record.assumingMemoryBound(to: dirent.self))) == "entry-7")
+    }
+
     @Test func thousandsOfSmallFiles() throws {
         try withMount { m in
             #expect(mkdir(m.path("many"), 0o755) == 0)

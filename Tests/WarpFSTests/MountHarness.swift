@@ -67,7 +67,7 @@ enum FileIO {
         defer { closedir(d) }
         var names: [String] = []
         while let e = readdir(d) {
-            let n = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            let n = String(cString: wd_dirent_name(e))
             if n != "." && n != ".." { names.append(n) }
         }
         return names.sorted()
