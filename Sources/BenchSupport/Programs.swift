@@ -39,31 +39,17 @@ public func runCapturing(_ path: String, _ arguments: [String]) -> ProgramResult
     posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
     posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
     wd_spawn_close_from(&actions, 3)
-    var attr = posix_spawnattr_t()
-    posix_spawnattr_init(&attr)
-    var none = sigset_t()
-    sigemptyset(&none)
-    posix_spawnattr_setsigmask(&attr, &none)
-    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
     let cargs = ([path] + arguments).map { strdup($0) } + [nil]
     defer { cargs.forEach { free($0) } }
     var pid: pid_t = 0
-    let rc = posix_spawn(&pid, path, &actions, &attr, cargs, environ)
+    let rc = withUnblockedSignals { attr in posix_spawn(&pid, path, &actions, &attr, cargs, environ) }
     posix_spawn_file_actions_destroy(&actions)
-    posix_spawnattr_destroy(&attr)
     close(fds[1])
     guard rc == 0 else {
         close(fds[0])
         return ProgramResult(status: -1, output: "cannot run \(path): \(String(cString: strerror(rc)))")
     }
-    var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = read(fds[0], &buf, buf.count)
-        if n > 0 { out += buf[0..<n]; continue }
-        if n < 0 && errno == EINTR { continue }
-        break
-    }
+    let out = readToEnd(fds[0])
     close(fds[0])
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
@@ -73,6 +59,33 @@ public func runCapturing(_ path: String, _ arguments: [String]) -> ProgramResult
 
 /// The executable `name` in PATH or in the sbin and bin directories (which
 /// a root shell has but a test's environment may not); nil when none.
+/// Spawn attributes that give the child an empty signal mask (a caller
+/// blocking SIGTERM or SIGINT for its own handling must not pass that on),
+/// handed to `body` and destroyed after it.
+public func withUnblockedSignals<R>(_ body: (inout posix_spawnattr_t) throws -> R) rethrows -> R {
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    var none = sigset_t()
+    sigemptyset(&none)
+    posix_spawnattr_setsigmask(&attr, &none)
+    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
+    return try body(&attr)
+}
+
+/// Everything readable from `fd` until end of file (reads interrupted by a
+/// signal are retried; another error ends the read).
+public func readToEnd(_ fd: Int32) -> [UInt8] {
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = read(fd, &buf, buf.count)
+        if n > 0 { out += buf[0..<n]; continue }
+        if n < 0 && errno == EINTR { continue }
+        return out
+    }
+}
+
 public func findProgram(_ name: String) -> String? {
     let path = getenv("PATH").map { String(cString: $0) } ?? ""
     let dirs = path.split(separator: ":").map(String.init) + ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]

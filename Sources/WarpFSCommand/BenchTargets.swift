@@ -114,14 +114,9 @@ final class WarpFSTarget: BenchTarget, @unchecked Sendable {
             let args = [exe, "mount", backing, dir, "-f", "-o", options + ",log=" + backing + ".log"]
             let cargs = args.map { strdup($0) } + [nil]
             defer { cargs.forEach { free($0) } }
-            var attr = posix_spawnattr_t()
-            posix_spawnattr_init(&attr)
-            var none = sigset_t()
-            sigemptyset(&none)
-            posix_spawnattr_setsigmask(&attr, &none)
-            posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
-            defer { posix_spawnattr_destroy(&attr) }
-            guard posix_spawn(&pid, exe, nil, &attr, cargs, environ) == 0 else { throw ValidationError("cannot start \(name)") }
+            guard withUnblockedSignals({ attr in posix_spawn(&pid, exe, nil, &attr, cargs, environ) }) == 0 else {
+                throw ValidationError("cannot start \(name)")
+            }
             cleanupID = Cleanup.shared.add { [self] in unmount() }
             let deadline = wd_now_ns() + 20_000_000_000
             while !isMountpoint(dir) {

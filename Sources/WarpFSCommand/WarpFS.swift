@@ -7,6 +7,7 @@ import FUSEAdapter
 import WarpDrive
 import WarpFSCore
 import WarpFSFormat
+import BenchSupport
 
 /// `warpfs`: the command line.
 struct WarpFS: ParsableCommand {
@@ -173,14 +174,7 @@ struct Mount: ParsableCommand {
         posix_spawnattr_destroy(&attr)
         close(fds[1])
         guard rc == 0 else { close(fds[0]); throw ValidationError("cannot start the file system process: errno \(rc)") }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = read(fds[0], &buf, buf.count)
-            if n > 0 { out += buf[0..<n]; continue }
-            if n < 0 && errno == EINTR { continue }
-            break
-        }
+        let out = readToEnd(fds[0])
         close(fds[0])
         let msg = String(decoding: out, as: UTF8.self)
         if msg == "OK" { return }
