@@ -24,10 +24,10 @@ extension CompressedFile {
     /// (at most 16 blocks) in format version 3 are compacted, only when
     /// every block has a single durable version and nothing is buffered,
     /// and only when pages are freed (a no-op otherwise: no write, no sync).
-    /// Returns the number of blocks moved.
+    /// `plan` is `compactionPlan()`'s, taken under the same lock. Returns
+    /// the number of blocks moved.
     @discardableResult
-    public func compactIfItFreesPages() throws -> Int {
-        guard let plan = compactionPlan() else { return 0 }
+    public func compact(_ plan: [Int]) throws -> Int {
         var moved = 0
         for b in plan {
             guard let cur = entries[b].current, let h = entries[b].header(cur), h.storedLength > 0 else { continue }
@@ -48,7 +48,7 @@ extension CompressedFile {
     /// The blocks to move, in the order `store` places them (lowest fit,
     /// the old versions still in place), when moving them leaves fewer
     /// pages touched; nil when compaction does not apply or frees nothing.
-    func compactionPlan() -> [Int]? {
+    public func compactionPlan() -> [Int]? {
         guard layout.version >= 3, entries.count > 0, fcntl(fd, F_GETFL) & O_ACCMODE != O_RDONLY, entries.count <= BlockLayout.blocksPerGroup,
               !hasUnstoredBlocks, changedSinceSync.isEmpty, (0..<entries.count).allSatisfy({ !entries[$0].hasStale }) else { return nil }
         var now: [Int: Range<Int>] = [:]

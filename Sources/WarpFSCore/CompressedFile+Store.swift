@@ -94,7 +94,7 @@ extension CompressedFile {
         // more pages than a fresh copy takes once the old version is gone,
         // the new version goes past the place a fresh copy takes, starting
         // on a page, so that compaction at the last close
-        // (`compactIfItFreesPages`) can move it there.
+        // (`compact`) can move it there.
         if layout.version >= 3, b == 0, entries.count == 1, entries[0].durable != nil {
             let fresh = 0..<length
             if pagesTouched([at..<(at + length)]) > pagesTouched([fresh]) {

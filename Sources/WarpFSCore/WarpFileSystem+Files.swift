@@ -161,11 +161,7 @@ extension WarpFileSystem {
             switch c {
             case .compressed(let f):
                 do {
-                    try f.flush()
-                    if f.hasStaleCopies { try preservingTimes(h.inode, f.fd) { () throws in try f.sync() } }
-                    if f.compactionPlan() != nil, !options.readOnly {
-                        try preservingTimes(h.inode, f.fd) { () throws in try f.compactIfItFreesPages() }
-                    }
+                    try settleForLastClose(h.inode, f)
                 } catch {
                     // Keep the content (and its unstored blocks) in memory: the
                     // next open, fsync or the unmount retries; nothing is dropped.

@@ -14,14 +14,23 @@ extension WarpFileSystem {
             node.lock.withLock { _ in
                 if case .compressed(let f)? = node.content {
                     do {
-                        try f.flush()
-                        if f.hasStaleCopies { try preservingTimes(node, f.fd) { () throws in try f.sync() } }
-                        if f.compactionPlan() != nil, !options.readOnly {
-                            try preservingTimes(node, f.fd) { () throws in try f.compactIfItFreesPages() }
-                        }
+                        try settleForLastClose(node, f)
                     } catch { Log.error("\(f.name): storing at unmount failed: \(error)") }
                 }
             }
+        }
+    }
+
+    /// What a file's last close does (and the unmount, for a release the
+    /// kernel had not delivered): stores buffered blocks and the header,
+    /// syncs and drops superseded copies when there are any, and compacts a
+    /// small file rewritten in place; the file's times stay what the
+    /// application set. Called under the inode's lock.
+    func settleForLastClose(_ node: Inode, _ f: CompressedFile) throws {
+        try f.flush()
+        if f.hasStaleCopies { try preservingTimes(node, f.fd) { () throws in try f.sync() } }
+        if !options.readOnly, let plan = f.compactionPlan() {
+            try preservingTimes(node, f.fd) { () throws in try f.compact(plan) }
         }
     }
 
