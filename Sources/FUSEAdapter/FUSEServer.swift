@@ -150,7 +150,8 @@ final class BufferStack: @unchecked Sendable {
     }
 }
 
-/// The periodic memory reclaimer thread.
+/// The maintenance thread: every 200 ms it gives memory back over the
+/// budget and packs the small files whose `pack_delay` has passed.
 final class Reclaimer: @unchecked Sendable {
     private let fs: WarpFileSystem
     private let running = Atomic<Bool>(true)
@@ -169,6 +170,7 @@ final class Reclaimer: @unchecked Sendable {
             while r.running.load(ordering: .relaxed) {
                 usleep(200_000)
                 r.fs.reclaimMemory()
+                r.fs.packWaitingFiles()
             }
             return nil
         }, me)

@@ -162,6 +162,10 @@ struct Converter {
         let kind = try CompressedFile.kind(fd: src, name: display)
         switch (kind, toCompressed) {
         case (.compressed(let h), true) where h.version == options.formatVersion: return .alreadyDone
+        // Packed files are version-3 containers kept in the pack.
+        case (.packed, true): return .alreadyDone
+        case (.packed, false):
+            throw FSError(EOPNOTSUPP, "packed into the backing directory's pack; not converted (unpack it through a mount first)")
         case (.plain, false): return .alreadyDone
         default: break
         }

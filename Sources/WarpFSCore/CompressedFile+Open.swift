@@ -13,13 +13,18 @@ extension CompressedFile {
     /// What the first bytes of a backing file say it is.
     public enum Kind {
         case compressed(FileHeader)
+        /// Packed into the backing directory's pack file (its backing file
+        /// holds a reference, and no container that counts).
+        case packed(PackReference)
         case plain
     }
 
     /// Classifies the file open at `fd`: a WarpFS container, or a plain file.
     /// A file with the magic but no valid header copy is an error (EIO),
-    /// never silently shown as plain bytes.
+    /// never silently shown as plain bytes. A packed-file reference comes
+    /// first: it is the truth whatever else the file holds.
     public static func kind(fd: Int32, name: String) throws -> Kind {
+        if let ref = try packReference(fd: fd, name: name) { return .packed(ref) }
         switch try headerCopies(fd: fd, name: name).kind {
         case .plain: return .plain
         case .container(let h, _): return .compressed(h)
@@ -168,6 +173,7 @@ extension CompressedFile {
     /// Reads a slot's payload into `buf` (at least `storedLength` bytes) and
     /// checks it: nil when intact, else why not, naming file and block.
     func readPayload(block b: Int, slot: Int, header h: SlotHeader, into buf: UnsafeMutableRawBufferPointer) throws -> FSError? {
+        if let source = packed { return readPackedPayload(source, into: buf) }
         let n = try preadFully(fd, buf.baseAddress!, h.storedLength, layout.payloadOffset(block: b, slot: slot, header: h),
                                "read \(name) block \(b)")
         switch h.damage(ofPayload: UnsafeRawBufferPointer(buf), read: n) {

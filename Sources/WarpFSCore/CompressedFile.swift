@@ -22,6 +22,9 @@ import WarpFSFormat
 /// - `CompressedFile+Write.swift`: writes (space reserved first, EFBIG),
 ///   size changes, holes
 /// - `CompressedFile+Allocation.swift`, `BlockRanges.swift`: fallocate
+/// - `CompressedFile+Compaction.swift`: a small file's payloads moved down at its last close
+/// - `CompressedFile+Packing.swift`: a file packed into the pack file
+///   (`PackStore`), read from there and unpacked before it changes
 ///
 /// Concurrency. Not thread-safe: every call is made under the owner's lock
 /// (`Inode.lock` in the mount; the offline commands use a file from one
@@ -73,6 +76,10 @@ public final class CompressedFile {
     /// The format version the container takes when it is emptied (truncated
     /// to 0 bytes): the mount's `format_version`. Offline tools leave it.
     public var versionWhenEmptied: UInt16?
+    /// Set while the file is packed (its backing file holds a reference to
+    /// its record in the pack, and no container): block 0 is read from the
+    /// pack, and the first change unpacks it (`unpackIfPacked`).
+    var packed: PackedSource?
     /// The tail of the last partial block past `size` was checked to be zeros
     /// (growing the file then needs no look at it).
     var tailVerified = false

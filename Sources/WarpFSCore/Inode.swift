@@ -174,6 +174,9 @@ final class InodeTable: @unchecked Sendable {
         }
     }
 
+    /// The inode of a backing object, if the table knows it.
+    func find(dev: UInt64, ino: UInt64) -> Inode? { state.withLock { $0.byKey[Key(dev: dev, ino: ino)] } }
+
     /// Every inode currently known (for flushing at unmount).
     var all: [Inode] { state.withLock { Array($0.byID.values) } }
 }

@@ -21,6 +21,12 @@ public struct MountOptions: Sendable, Equatable {
     /// ISA-L where it has the level (the default), or zlib, the reference
     /// whose output equals stock zlib's byte for byte.
     public var deflateEngine: DeflateEngine = .isal
+    /// Pack small files (one block, payload at most `PackPage.maxPayload`
+    /// bytes) into the backing directory's pack file once they have been
+    /// closed `packDelaySeconds` (docs/FORMAT.md, "Packed small files").
+    public var packSmallFiles = true
+    /// Seconds a small file stays closed before it is packed (at unmount: at once).
+    public var packDelaySeconds = 5
     /// Decompressed blocks cached per open file.
     public var cacheBlocksPerFile = 64
     /// Compress new files (false: new files are plain, only existing containers are decoded).
@@ -125,6 +131,9 @@ public struct MountOptions: Sendable, Equatable {
         case "format_version": formatVersion = UInt16(try number(Int(FileHeader.versions.lowerBound)...Int(FileHeader.versions.upperBound)))
         case "deflate_engine": deflateEngine = try choice(DeflateEngine.self)
         case "cache_blocks": cacheBlocksPerFile = try number(4...65536)
+        case "pack": packSmallFiles = true
+        case "nopack": packSmallFiles = false
+        case "pack_delay": packDelaySeconds = try number(0...86400)
         case "compress": compressNewFiles = true
         case "nocompress": compressNewFiles = false
         case "ro": readOnly = true

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CWarpSys
+import WarpFSFormat
 
 // A node's attributes as the mount shows them (the logical size of a
 // container, the recorded ctime), their changes, and the file system's.
@@ -12,6 +13,10 @@ extension WarpFileSystem {
         _ = try sys("stat node \(node.nodeID)") { fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
         if node.isRegular {
             st.st_size = off_t(logicalSize(node, backingSize: UInt64(st.st_size)))
+            // A packed file's share of the pack: its record's bytes.
+            if st.st_blocks == 0, st.st_size > 0, let ref = packReference(node) {
+                st.st_blocks = blkcnt_t((ref.recordLength + 511) / 512)
+            }
             if let ctime = recordedChangeTime(node, st) { st.st_ctim = ctime }
         }
         return st
@@ -29,10 +34,19 @@ extension WarpFileSystem {
                 defer { close(fd) }
                 switch try? CompressedFile.kind(fd: fd, name: "node \(node.nodeID)") {
                 case .compressed(let h)?: node.cachedSize = h.logicalSize; return h.logicalSize
+                case .packed(let ref)?: node.cachedSize = ref.logicalSize; return ref.logicalSize
                 default: return backingSize
                 }
             }
         }
+    }
+
+    /// The packed-file reference on `node`'s backing file, if it has one.
+    private func packReference(_ node: Inode) -> PackReference? {
+        var buf = [UInt8](repeating: 0, count: PackReference.size)
+        let n = buf.withUnsafeMutableBytes { CWarpSys.getxattr(node.procPath, PackReference.attributeName, $0.baseAddress, $0.count) }
+        guard n == PackReference.size else { return nil }
+        return try? PackReference.decode(buf)
     }
 
     public func getattr(_ node: UInt64) throws -> stat { try attributes(inode(node)) }

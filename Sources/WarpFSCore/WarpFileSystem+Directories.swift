@@ -25,6 +25,7 @@ extension WarpFileSystem {
                 rewinddir(d)
                 while let e = Glibc.readdir(d) {
                     let name = String(cString: wd_dirent_name(e))
+                    if WarpFileSystem.isReservedName(name) { continue }
                     list.append((name, UInt64(e.pointee.d_ino), e.pointee.d_type))
                 }
             }

@@ -15,10 +15,16 @@ extension WarpFileSystem {
         let name = displayName(node)
         do {
             let c: FileContent
-            switch try CompressedFile.kind(fd: fd, name: name) {
+            let kind = try CompressedFile.kind(fd: fd, name: name)
+            switch kind {
             case .plain: c = .plain(fd)
-            case .compressed:
-                let f = try CompressedFile.open(fd: fd, name: name, codec: codec)
+            case .compressed, .packed:
+                let f: CompressedFile
+                if case .packed(let ref) = kind {
+                    f = try packedContent(fd: fd, name: name, reference: ref)
+                } else {
+                    f = try CompressedFile.open(fd: fd, name: name, codec: codec)
+                }
                 f.versionWhenEmptied = options.formatVersion
                 f.cacheLimit = options.cacheBlocksPerFile
                 f.readahead = max(2, min(32, options.cacheBlocksPerFile / 2))

@@ -19,6 +19,7 @@ extension WarpFileSystem {
                 }
             }
         }
+        packWaitingFiles(all: true)
     }
 
     /// What a file's last close does (and the unmount, for a release the
@@ -32,6 +33,7 @@ extension WarpFileSystem {
         if !options.readOnly, let plan = f.compactionPlan() {
             try preservingTimes(node, f.fd) { () throws in try f.compact(plan) }
         }
+        afterLastClose(node, f)
     }
 
     /// Drops clean cached blocks of files nobody is using right now (their

@@ -124,9 +124,12 @@ extension WarpFileSystem {
 
     public func lookup(parent: UInt64, name: String) throws -> Entry {
         switch name {
-        case ".": try entry(of: parent)
-        case "..": try parentEntry(of: parent)
-        default: try entry(parent: inode(parent), name: name)
+        case ".": return try entry(of: parent)
+        case "..": return try parentEntry(of: parent)
+        default:
+            // The pack is not a name of the mount.
+            if WarpFileSystem.isReservedName(name) { throw FSError(ENOENT) }
+            return try entry(parent: inode(parent), name: name)
         }
     }
 
@@ -179,19 +182,30 @@ extension WarpFileSystem {
     public func unlink(parent: UInt64, name: String) throws {
         let p = try inode(parent)
         try writable()
+        if WarpFileSystem.isReservedName(name) { throw FSError(ENOENT) }
+        // A packed file's record is freed once its last name is gone.
+        let held = holdForRemoval(p, name)
+        defer { if let held { close(held.fd) } }
         _ = try sys("unlink \(name)") { unlinkat(p.fd, name, 0) }
+        if let held { releaseIfGone(held.fd, node: held.node) }
     }
 
     public func rmdir(parent: UInt64, name: String) throws {
         let p = try inode(parent)
         try writable()
+        if WarpFileSystem.isReservedName(name) { throw FSError(ENOENT) }
         _ = try sys("rmdir \(name)") { unlinkat(p.fd, name, AT_REMOVEDIR) }
     }
 
     public func rename(parent: UInt64, name: String, newParent: UInt64, newName: String, flags: UInt32) throws {
         let p = try inode(parent), np = try inode(newParent)
         try checkName(newName); try writable()
+        if WarpFileSystem.isReservedName(name) { throw FSError(ENOENT) }
+        // A file renamed over is removed: its record, if packed, is freed.
+        let held = flags & 2 == 0 ? holdForRemoval(np, newName) : nil       // not RENAME_EXCHANGE
+        defer { if let held { close(held.fd) } }
         _ = try sys("rename \(name)") { wd_renameat2(p.fd, name, np.fd, newName, flags) }
+        if let held { releaseIfGone(held.fd, node: held.node) }
     }
 
     /// Creates a regular file (a compressed container unless the mount's

@@ -69,6 +69,8 @@ public final class WarpFileSystem: @unchecked Sendable {
     let runsAsRoot = geteuid() == 0
     /// The user who mounted: this process's real uid (see `mayControl`).
     let mounter = getuid()
+    /// The pack and the small files waiting to be packed (`WarpFileSystem+Packing.swift`).
+    let packing = Packing()
     /// What the kernel agreed to at FUSE init about POSIX ACLs (`WarpFileSystem+Xattrs.swift`).
     let aclState = Atomic<UInt8>(0)
 
@@ -127,6 +129,7 @@ public final class WarpFileSystem: @unchecked Sendable {
     func checkName(_ name: String) throws {
         guard !name.isEmpty, name != ".", name != "..", !name.contains("/") else { throw FSError(EINVAL, "bad name '\(name)'") }
         guard name.utf8.count <= 255 else { throw FSError(ENAMETOOLONG) }
+        guard !WarpFileSystem.isReservedName(name) else { throw FSError(EPERM, "'\(name)' is reserved for the backing directory's pack") }
     }
 
     func writable() throws {

@@ -1,0 +1,223 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import Synchronization
+import WarpFSFormat
+
+/// The mount's packing of small files: its pack (`PackStore`, opened when
+/// first needed) and the closed small files waiting to be packed.
+///
+/// Its lock is a leaf: held for the queue's dictionary work and for opening
+/// the pack, nothing else is taken under it.
+final class Packing: @unchecked Sendable {
+    struct Waiting {
+        let node: Inode
+        /// When it was queued (monotonic nanoseconds).
+        let since: UInt64
+    }
+    struct State {
+        var store: PackStore?
+        /// Why the pack could not be opened (logged once, not per file).
+        var failure: String?
+        var waiting: [UInt64: Waiting] = [:]
+    }
+    let state = Mutex(State())
+}
+
+extension WarpFileSystem {
+    /// Names a mount reserves in every directory: its own pack.
+    static func isReservedName(_ name: String) -> Bool { name == PackStore.directoryName }
+
+    /// The backing directory's pack; created when `create` (and packing is
+    /// on). Nil when there is none.
+    func packStore(create: Bool) throws -> PackStore? {
+        try packing.state.withLock { s in
+            if let store = s.store { return store }
+            do {
+                let store = try PackStore.open(root: inodes.root.fd, create: create && options.packSmallFiles && !options.readOnly,
+                                               readOnly: options.readOnly)
+                s.store = store
+                return store
+            } catch {
+                if s.failure == nil { Log.error("the pack (\(PackStore.directoryName)): \(error)") }
+                s.failure = "\(error)"
+                throw error
+            }
+        }
+    }
+
+    /// The content of a packed file, read from the pack.
+    func packedContent(fd: Int32, name: String, reference: PackReference) throws -> CompressedFile {
+        guard let store = try packStore(create: false) else {
+            throw FSError(EIO, "\(name): packed, but the backing directory has no pack (\(PackStore.directoryName))")
+        }
+        return CompressedFile.openPacked(fd: fd, name: name, codec: codec, reference: reference, store: store)
+    }
+
+    /// After a file's last close (`settleForLastClose`): a packed file that
+    /// was unlinked frees its record, and one that still carries the
+    /// container a crash or a reader left beside its reference is cut to
+    /// nothing; a container that qualifies waits to be packed.
+    func afterLastClose(_ node: Inode, _ f: CompressedFile) {
+        if let ref = f.packReference {
+            var st = stat()
+            guard fstat(f.fd, &st) == 0 else { return }
+            if st.st_nlink == 0 {
+                if let store = try? packStore(create: false) {
+                    do { try store.release(ref) } catch { Log.error("\(f.name): deleted, but its record in the pack stays: \(error)") }
+                }
+            } else if st.st_size > 0, !options.readOnly, fcntl(f.fd, F_GETFL) & O_ACCMODE != O_RDONLY {
+                var times = [st.st_atim, st.st_mtim]
+                if ftruncate(f.fd, 0) == 0 { futimens(f.fd, &times) }
+            }
+            return
+        }
+        guard options.packSmallFiles, !options.readOnly, f.mayBePacked else { return }
+        packing.state.withLock { $0.waiting[node.nodeID] = Packing.Waiting(node: node, since: wd_now_ns()) }
+    }
+
+    /// Packs the small files that have waited `pack_delay` seconds since
+    /// their last close (`all`: every one, as the unmount does). Runs on the
+    /// maintenance thread, and at unmount; never while holding a lock.
+    public func packWaitingFiles(all: Bool = false) {
+        let delay = UInt64(options.packDelaySeconds) * 1_000_000_000
+        while true {
+            let now = wd_now_ns()
+            let due: [Inode] = packing.state.withLock { s in
+                let ready = s.waiting.values.filter { all || now - $0.since >= delay }.sorted { $0.since < $1.since }.prefix(1024)
+                for w in ready { s.waiting[w.node.nodeID] = nil }
+                return ready.map(\.node)
+            }
+            if due.isEmpty { return }
+            pack(due)
+            if !all { return }
+        }
+    }
+
+    /// One file on its way into the pack.
+    private struct Staged {
+        let node: Inode
+        let fd: Int32
+        let name: String
+        let reference: PackReference
+        /// The backing file when its container was read: it must not change
+        /// before its reference is set.
+        let before: stat
+        let dropChangeTimeRecord: Bool
+    }
+
+    /// Packs `nodes` by the protocol of docs/FORMAT.md, "Packed small files":
+    /// 1. each closed container's payload is written into the pack, and the
+    ///    pack made durable (one sync for all);
+    /// 2. each backing file gets its reference, if it has not changed since
+    ///    its container was read, and the references are made durable;
+    /// 3. each container is cut off (its times kept).
+    /// A file opened, changed or removed meanwhile is skipped and its record
+    /// freed. A crash leaves each file with its container, its reference,
+    /// or both (the same data): never neither.
+    private func pack(_ nodes: [Inode]) {
+        let store: PackStore
+        do {
+            guard let s = try packStore(create: true) else { return }
+            store = s
+        } catch { return }
+        guard store.writable else { return }
+        var staged: [Staged] = []
+        for node in nodes {
+            node.lock.withLock { _ in
+                // Opened again: its next last close queues it again.
+                guard node.content == nil else { return }
+                let fd = openBacking(node, O_RDWR)
+                guard fd >= 0 else { return }
+                let name = displayName(node)
+                do {
+                    var st = stat()
+                    guard fstat(fd, &st) == 0, try CompressedFile.packReference(fd: fd, name: name) == nil,
+                          let input = try CompressedFile.packingInput(fd: fd, name: name) else { close(fd); return }
+                    var ref = PackReference(blockSize: input.header.blockSize, fileEncoding: input.header.encoding, level: input.header.level,
+                                            payloadEncoding: input.encoding, payloadLength: input.payload.count,
+                                            logicalSize: input.header.logicalSize, payloadChecksum: input.checksum, packID: store.id,
+                                            page: 0, offset: 0, key: 0)
+                    if !input.payload.isEmpty {
+                        ref.key = UInt64.random(in: 1...UInt64.max)
+                        let at = try input.payload.withUnsafeBytes { try store.append(key: ref.key, payload: $0) }
+                        ref.page = at.page
+                        ref.offset = at.offset
+                    }
+                    staged.append(Staged(node: node, fd: fd, name: name, reference: ref, before: st,
+                                         dropChangeTimeRecord: input.dropChangeTimeRecord))
+                } catch {
+                    Log.error("\(name): not packed: \(error)")
+                    close(fd)
+                }
+            }
+        }
+        guard !staged.isEmpty else { return }
+        defer { for s in staged { close(s.fd) } }
+        func abandon(_ s: Staged) { _ = try? store.release(s.reference) }
+        do { try store.sync() } catch {
+            Log.error("packing \(staged.count) files: \(error)")
+            staged.forEach(abandon)
+            return
+        }
+        var referenced: [Staged] = []
+        for s in staged {
+            let set = s.node.lock.withLock { _ -> Bool in
+                var st = stat()
+                guard s.node.content == nil, fstat(s.fd, &st) == 0, st.st_nlink > 0, st.st_size == s.before.st_size,
+                      st.st_mtim.tv_sec == s.before.st_mtim.tv_sec, st.st_mtim.tv_nsec == s.before.st_mtim.tv_nsec,
+                      st.st_ctim.tv_sec == s.before.st_ctim.tv_sec, st.st_ctim.tv_nsec == s.before.st_ctim.tv_nsec else { return false }
+                if s.dropChangeTimeRecord {
+                    _ = fremovexattr(s.fd, WarpFileSystem.changeTimeAttribute)
+                    s.node.changeTimeMark = nil
+                }
+                let value = s.reference.encoded()
+                guard value.withUnsafeBytes({ fsetxattr(s.fd, PackReference.attributeName, $0.baseAddress, $0.count, Int32(XATTR_CREATE)) }) == 0 else {
+                    Log.error("\(s.name): not packed: \(FSError.last("set its packed-file reference"))")
+                    return false
+                }
+                return true
+            }
+            if set { referenced.append(s) } else { abandon(s) }
+        }
+        // On journaling file systems the first fsync commits every reference set above.
+        var durable: [Staged] = []
+        for s in referenced {
+            if Glibc.fsync(s.fd) == 0 { durable.append(s) } else { Log.error("\(s.name): \(FSError.last("fsync after packing"))") }
+        }
+        for s in durable {
+            s.node.lock.withLock { _ in
+                guard s.node.content == nil, (try? CompressedFile.packReference(fd: s.fd, name: s.name)) == s.reference else { return }
+                var times = [s.before.st_atim, s.before.st_mtim]
+                if ftruncate(s.fd, 0) == 0 { futimens(s.fd, &times) }
+                s.node.cachedSize = s.reference.logicalSize
+            }
+        }
+    }
+
+    /// Frees the record of a packed file whose last name was just removed
+    /// (`fd`: the file, held across the removal), unless the mount has it
+    /// open: then its last close does (`afterLastClose`).
+    func releaseIfGone(_ fd: Int32, node: Inode?) {
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_nlink == 0, st.st_mode & S_IFMT == S_IFREG,
+              let ref = try? CompressedFile.packReference(fd: fd, name: "a removed file"), ref.hasRecord else { return }
+        let open = node?.lock.withLock { _ in node?.content != nil } ?? false
+        guard !open, let store = try? packStore(create: false) else { return }
+        do { try store.release(ref) } catch { Log.error("a removed packed file's record stays in the pack: \(error)") }
+    }
+
+    /// Opens a name about to be removed or replaced, to see after the
+    /// change whether its file is gone (`releaseIfGone`): a regular file
+    /// whose backing file may be packed (at most one page long).
+    func holdForRemoval(_ parent: Inode, _ name: String) -> (fd: Int32, node: Inode?)? {
+        var st = stat()
+        guard fstatat(parent.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_nlink == 1,
+              st.st_size <= off_t(PackPage.size) else { return nil }
+        var fd = openat(parent.fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | 0o1000000)     // O_NOATIME
+        if fd < 0 && errno == EPERM { fd = openat(parent.fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK) }
+        guard fd >= 0 else { return nil }
+        return (fd, inodes.find(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino)))
+    }
+}
