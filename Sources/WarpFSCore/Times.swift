@@ -48,10 +48,14 @@ extension WarpFileSystem {
 
     /// Records `ctime` as the change time of `node`, valid for its current
     /// backing mtime, and remembers the backing ctime this write leaves.
+    /// A packed file keeps it in its reference instead (a second attribute
+    /// would not fit in the inode beside it).
     func recordChangeTime(_ node: Inode, _ ctime: timespec) {
-        guard keepsChangeTimes, node.isRegular else { return }
+        guard node.isRegular else { return }
         var st = stat()
         guard fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) == 0 else { return }
+        if st.st_size == 0 && st.st_blocks == 0, setPackedChangeTime(node, ctime) { return }
+        guard keepsChangeTimes else { return }
         let raw: [Int64] = [Int64(ctime.tv_sec), Int64(ctime.tv_nsec), Int64(st.st_mtim.tv_sec), Int64(st.st_mtim.tv_nsec)]
         let rc = raw.withUnsafeBytes { CWarpSys.setxattr(node.procPath, WarpFileSystem.changeTimeAttribute, $0.baseAddress, $0.count, 0) }
         guard rc == 0 else { node.changeTimeMark = nil; return }
@@ -60,7 +64,9 @@ extension WarpFileSystem {
 
     /// The backing ctime is the truth again (a change the mount shows as a change).
     func forgetChangeTime(_ node: Inode) {
-        guard keepsChangeTimes, node.isRegular else { return }
+        guard node.isRegular else { return }
+        forgetPackedChangeTime(node)
+        guard keepsChangeTimes else { return }
         node.changeTimeMark = nil
         _ = CWarpSys.removexattr(node.procPath, WarpFileSystem.changeTimeAttribute)
     }

@@ -12,12 +12,14 @@ extension WarpFileSystem {
         var st = stat()
         _ = try sys("stat node \(node.nodeID)") { fstatat(node.fd, "", &st, Int32(WD_AT_EMPTY_PATH) | AT_SYMLINK_NOFOLLOW) }
         if node.isRegular {
+            // A packed file: its share of the pack (its record's bytes), and
+            // the change time it had before it was packed.
+            let ref = st.st_blocks == 0 && st.st_size == 0 ? packReference(node) : nil
             st.st_size = off_t(logicalSize(node, backingSize: UInt64(st.st_size)))
-            // A packed file's share of the pack: its record's bytes.
-            if st.st_blocks == 0, st.st_size > 0, let ref = packReference(node) {
+            if let ref {
                 st.st_blocks = blkcnt_t((ref.recordLength + 511) / 512)
-            }
-            if let ctime = recordedChangeTime(node, st) { st.st_ctim = ctime }
+                if let t = ref.changeTime { st.st_ctim = timespec(tv_sec: Int(t.seconds), tv_nsec: Int(t.nanoseconds)) }
+            } else if let ctime = recordedChangeTime(node, st) { st.st_ctim = ctime }
         }
         return st
     }
@@ -42,7 +44,7 @@ extension WarpFileSystem {
     }
 
     /// The packed-file reference on `node`'s backing file, if it has one.
-    private func packReference(_ node: Inode) -> PackReference? {
+    func packReference(_ node: Inode) -> PackReference? {
         var buf = [UInt8](repeating: 0, count: PackReference.size)
         let n = buf.withUnsafeMutableBytes { CWarpSys.getxattr(node.procPath, PackReference.attributeName, $0.baseAddress, $0.count) }
         guard n == PackReference.size else { return nil }

@@ -139,6 +139,9 @@ extension WarpFileSystem {
                                             payloadEncoding: input.encoding, payloadLength: input.payload.count,
                                             logicalSize: input.header.logicalSize, payloadChecksum: input.checksum, packID: store.id,
                                             page: 0, offset: 0, key: 0)
+                    // The change time shown now stays what the mount shows once packed.
+                    let ctime = recordedChangeTime(node, st) ?? st.st_ctim
+                    ref.changeTime = (Int64(ctime.tv_sec), UInt32(ctime.tv_nsec))
                     if !input.payload.isEmpty {
                         ref.key = UInt64.random(in: 1...UInt64.max)
                         let at = try input.payload.withUnsafeBytes { try store.append(key: ref.key, payload: $0) }
@@ -194,6 +197,28 @@ extension WarpFileSystem {
                 s.node.cachedSize = s.reference.logicalSize
             }
         }
+    }
+
+    /// A change of a packed file's metadata: the backing file's change time
+    /// is the one shown from now on (the reference's is cleared).
+    func forgetPackedChangeTime(_ node: Inode) {
+        guard var ref = packReference(node), ref.changeTime != nil else { return }
+        ref.changeTime = nil
+        replaceReference(node, ref)
+    }
+
+    /// Records the change time a packed file shows in its reference; false
+    /// when the file is not packed.
+    func setPackedChangeTime(_ node: Inode, _ ctime: timespec) -> Bool {
+        guard var ref = packReference(node) else { return false }
+        ref.changeTime = (Int64(ctime.tv_sec), UInt32(ctime.tv_nsec))
+        replaceReference(node, ref)
+        return true
+    }
+
+    private func replaceReference(_ node: Inode, _ ref: PackReference) {
+        let value = ref.encoded()
+        _ = value.withUnsafeBytes { CWarpSys.setxattr(node.procPath, PackReference.attributeName, $0.baseAddress, $0.count, Int32(XATTR_REPLACE)) }
     }
 
     /// Frees the record of a packed file whose last name was just removed

@@ -7,21 +7,23 @@
 /// beside others' in a page of the pack file (`PackPage`), and the backing
 /// file takes no data block at all: the reference fits in the inode's own
 /// extended-attribute space (ext4 holds 96 bytes of them in a 256-byte
-/// inode; this attribute takes 88 of them). See docs/FORMAT.md, "Packed small files".
+/// inode; this attribute takes all 96, with its entry and the area's header). See docs/FORMAT.md, "Packed small files".
 ///
-/// Layout (little endian, 48 bytes): `0 u8 version (1)`, `1 u8 log2 block size`,
+/// Layout (little endian, 56 bytes): `0 u8 version (1)`, `1 u8 log2 block size`,
 /// `2 u8 encoding of the file's compressed blocks`, `3 u8 level`,
 /// `4 u8 encoding of the payload`, `5 u8 flags (0)`, `6 u16 payload length`,
 /// `8 u32 logical size`, `12 u32 payload CRC-32C`, `16 u64 pack id`,
 /// `24 u32 page`, `28 u16 offset in the page`, `30 u16 reserved (0)`,
-/// `32 u64 record key`, `40 u32 reserved (0)`, `44 u32 CRC-32C of bytes 0..<44`.
+/// `32 u64 record key`, `40 i64 seconds and 48 u32 nanoseconds of the
+/// change time the mount shows (0 and 0: the backing file's own)`,
+/// `52 u32 CRC-32C of bytes 0..<52`.
 ///
 /// A payload of length 0 (an empty file, or one that reads as zeros) has no
 /// record: page, offset and key are 0.
 public struct PackReference: Sendable, Equatable {
     /// The extended attribute that holds it on the backing file.
     public static let attributeName = "user.warpfs.packed"
-    public static let size = 48
+    public static let size = 56
     public static let version: UInt8 = 1
 
     /// Block size of the file (a power of two in `FileHeader.blockSizeRange`).
@@ -43,12 +45,23 @@ public struct PackReference: Sendable, Equatable {
     /// record only (another file's record, or a freed and reused place,
     /// has another key).
     public var key: UInt64
+    /// The change time the mount shows for the file (seconds, nanoseconds):
+    /// packing changes the backing file's own, not the file's. Nil: the
+    /// backing file's (cleared when the file's metadata changes).
+    public var changeTime: (seconds: Int64, nanoseconds: UInt32)?
 
     public init(blockSize: Int, fileEncoding: BlockEncoding, level: UInt8, payloadEncoding: BlockEncoding, payloadLength: Int,
                 logicalSize: UInt64, payloadChecksum: UInt32, packID: UInt64, page: UInt32, offset: Int, key: UInt64) {
         self.blockSize = blockSize; self.fileEncoding = fileEncoding; self.level = level; self.payloadEncoding = payloadEncoding
         self.payloadLength = payloadLength; self.logicalSize = logicalSize; self.payloadChecksum = payloadChecksum
         self.packID = packID; self.page = page; self.offset = offset; self.key = key
+    }
+
+    public static func == (a: PackReference, b: PackReference) -> Bool {
+        a.blockSize == b.blockSize && a.fileEncoding == b.fileEncoding && a.level == b.level && a.payloadEncoding == b.payloadEncoding
+            && a.payloadLength == b.payloadLength && a.logicalSize == b.logicalSize && a.payloadChecksum == b.payloadChecksum
+            && a.packID == b.packID && a.page == b.page && a.offset == b.offset && a.key == b.key
+            && a.changeTime?.seconds == b.changeTime?.seconds && a.changeTime?.nanoseconds == b.changeTime?.nanoseconds
     }
 
     /// Whether the file has a record in the pack (a non-empty payload).
@@ -78,7 +91,11 @@ public struct PackReference: Sendable, Equatable {
             w.set(24, page)
             w.set(28, UInt16(offset))
             w.set(32, key)
-            w.set(44, crc32Checksum(UnsafeRawBufferPointer(rebasing: b[0..<44])))
+            if let t = changeTime {
+                w.set(40, UInt64(bitPattern: t.seconds))
+                w.set(48, t.nanoseconds)
+            }
+            w.set(52, crc32Checksum(UnsafeRawBufferPointer(rebasing: b[0..<52])))
         }
         return out
     }
@@ -90,7 +107,7 @@ public struct PackReference: Sendable, Equatable {
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(FileHeader.DecodeError) -> PackReference {
         guard bytes.count == size else { throw .unsupported("packed-file reference of \(bytes.count) bytes, not \(size)") }
         let r = LE(UnsafeMutableRawPointer(mutating: bytes.baseAddress!))
-        guard r.u32(44) == crc32Checksum(UnsafeRawBufferPointer(rebasing: bytes[0..<44])) else { throw .badChecksum }
+        guard r.u32(52) == crc32Checksum(UnsafeRawBufferPointer(rebasing: bytes[0..<52])) else { throw .badChecksum }
         guard r.u8(0) == version else { throw .unsupported("packed-file reference version \(r.u8(0))") }
         let shift = Int(r.u8(1))
         guard shift >= 12, shift <= 20 else { throw .unsupported("block size 2^\(shift)") }
@@ -99,7 +116,9 @@ public struct PackReference: Sendable, Equatable {
             throw .unsupported("file encoding \(r.u8(2))")
         }
         guard let enc = BlockEncoding(rawValue: r.u8(4)) else { throw .unsupported("payload encoding \(r.u8(4))") }
-        guard r.u8(5) == 0, r.u16(30) == 0, r.u32(40) == 0 else { throw .unsupported("flags or reserved fields set") }
+        guard r.u8(5) == 0, r.u16(30) == 0 else { throw .unsupported("flags or reserved fields set") }
+        let seconds = Int64(bitPattern: r.u64(40)), nanoseconds = r.u32(48)
+        guard nanoseconds < 1_000_000_000 else { throw .unsupported("change time with \(nanoseconds) nanoseconds") }
         let length = Int(r.u16(6)), logical = UInt64(r.u32(8))
         guard logical <= UInt64(bs) else { throw .unsupported("logical size \(logical) over one block of \(bs)") }
         guard length <= PackPage.maxPayload, length <= bs else { throw .unsupported("payload of \(length) bytes") }
@@ -112,9 +131,11 @@ public struct PackReference: Sendable, Equatable {
         } else {
             guard offset == 0, r.u32(24) == 0, r.u64(32) == 0 else { throw .unsupported("a record for an empty payload") }
         }
-        return PackReference(blockSize: bs, fileEncoding: fileEnc, level: r.u8(3), payloadEncoding: enc, payloadLength: length,
-                             logicalSize: logical, payloadChecksum: r.u32(12), packID: r.u64(16), page: r.u32(24), offset: offset,
-                             key: r.u64(32))
+        var ref = PackReference(blockSize: bs, fileEncoding: fileEnc, level: r.u8(3), payloadEncoding: enc, payloadLength: length,
+                                logicalSize: logical, payloadChecksum: r.u32(12), packID: r.u64(16), page: r.u32(24), offset: offset,
+                                key: r.u64(32))
+        if seconds != 0 || nanoseconds != 0 { ref.changeTime = (seconds, nanoseconds) }
+        return ref
     }
 
     public static func decode(_ bytes: [UInt8]) throws(FileHeader.DecodeError) -> PackReference {

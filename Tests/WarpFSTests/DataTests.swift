@@ -540,8 +540,10 @@ func containerVersion(_ path: String) throws -> UInt16 {
     return UInt16(raw[8]) | UInt16(raw[9]) << 8
 }
 
-/// The mount option that makes new containers of format `version`.
-func formatOption(_ version: UInt16) -> String { "format_version=\(version)" }
+/// The mount options that make new containers of format `version` and keep
+/// small files in containers of their own (not packed), for tests that
+/// read or damage the container layout itself.
+func formatOption(_ version: UInt16) -> String { "format_version=\(version),nopack" }
 
 /// `h` as the 32 bytes a container of `layout` stores.
 func encodedSlot(_ h: SlotHeader, _ layout: BlockLayout) -> [UInt8] {

@@ -182,7 +182,7 @@ import WarpFSFormat
         try expectClean(backing)
 
         for mountVersion in [nil, UInt16(2)] {
-            let m = try TestMount(options: mountVersion.map(formatOption) ?? "", backing: backing)
+            let m = try TestMount(options: mountVersion.map(formatOption) ?? "nopack", backing: backing)
             defer { m.close() }
             let tag = mountVersion.map { "v\($0)" } ?? "default"
             for (name, data) in want { #expect(try FileIO.read(m.path(name)) == data, "\(name) under the \(tag) mount") }
