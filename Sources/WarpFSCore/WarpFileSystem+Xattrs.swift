@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CWarpSys
+import WarpFSFormat
 import WarpDrive
 
 // Extended attributes: the backing object's, minus the mount's own
@@ -31,11 +32,12 @@ extension WarpFileSystem {
 
     /// Attributes of backing objects that belong to the mount itself
     /// (`trusted.warpfs.*`: the file-handle key on the root, the recorded
-    /// change time on files): not shown through the mount, not readable or
-    /// writable through it, so no copy made through the mount (`cp -a`)
-    /// carries them and nobody changes them under the mount.
+    /// change time on files; `user.warpfs.packed`: a packed file's
+    /// reference): not shown through the mount, not readable or writable
+    /// through it, so no copy made through the mount (`cp -a`) carries them
+    /// and nobody changes them (or forges a reference) under the mount.
     private func isMountPrivate(_ name: String) -> Bool {
-        name.hasPrefix("trusted.warpfs.")
+        name.hasPrefix("trusted.warpfs.") || name == PackReference.attributeName
     }
 
     public func setxattr(_ id: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32, caller: Caller) throws {

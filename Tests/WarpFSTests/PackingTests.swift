@@ -212,6 +212,17 @@ import WarpFSFormat
             #expect(rename(m.path("a"), m.path(PackStore.directoryName)) == -1 && errno == EPERM)
             #expect(mkdir(m.path("sub"), 0o755) == 0)
             #expect(mkdir(m.path("sub/" + PackStore.directoryName), 0o755) == -1 && errno == EPERM)
+            // The reference is the mount's: not listed, read, set or removed through it.
+            var buf = [UInt8](repeating: 0, count: 256)
+            #expect(getxattr(m.path("a"), PackReference.attributeName, &buf, buf.count) == -1 && errno == ENODATA)
+            let listed = listxattr(m.path("a"), &buf, buf.count)
+            #expect(listed >= 0 && !String(decoding: buf[0..<max(listed, 0)], as: UTF8.self).contains("warpfs"))
+            let forged = PackReference(blockSize: 65536, fileEncoding: .deflate, level: 1, payloadEncoding: .raw, payloadLength: 2,
+                                       logicalSize: 2, payloadChecksum: 0, packID: 1, page: 0, offset: 272, key: 1).encoded()
+            #expect(setxattr(m.path("a"), PackReference.attributeName, forged, forged.count, 0) == -1 && errno == EPERM)
+            #expect(removexattr(m.path("a"), PackReference.attributeName) == -1 && errno == EPERM)
+            #expect(PackingTests.isPacked(m.backingPath("a")))
+            #expect(try FileIO.read(m.path("a")) == Array("a\n".utf8))
         }
     }
 
