@@ -141,6 +141,7 @@ struct Stats: ParsableCommand {
                 for e in walk.errors { bar.print(e, error: true); failed = true }
                 tally.otherNodes += walk.otherNodes
                 tally.otherAllocated += UInt64(walk.otherBytes)
+                for p in walk.packs where p.first { tally.addPack(allocated: p.bytes) }
                 for file in walk.files {
                     let before = bar.done
                     do {
