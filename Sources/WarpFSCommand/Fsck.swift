@@ -203,7 +203,7 @@ struct Fsck: ParsableCommand {
             let blind = unchecked.filter { walk.directory($0, isIn: p.directory) }.count
             if blind > 0 { blockers.append("\(blind) file\(blind == 1 ? "" : "s") could not be checked") }
             let opaque = undecodable.filter { walk.directory($0, isIn: p.directory) }.count
-            if opaque > 0 { blockers.append("\(opaque) file\(opaque == 1 ? " keeps a reference" : "s keep references") that do not decode") }
+            if opaque > 0 { blockers.append(opaque == 1 ? "1 file keeps a reference that does not decode" : "\(opaque) files keep references that do not decode") }
             do {
                 let result = try PackCheck.check(store, label: label, references: references.filter { $0.reference.packID == store.id },
                                                 repair: repair, blockers: blockers)

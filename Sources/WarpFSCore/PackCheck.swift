@@ -43,10 +43,12 @@ public enum PackCheck {
         var live: [Place: PackStore.Record] = [:]
         for r in found.records { live[Place(page: r.page, offset: r.offset, key: r.key)] = r }
         var referenced: Set<Place> = []
+        var placeOf: [[Int]: String] = [:]     // [page, offset] -> a file whose reference names it
         for r in references {
             let ref = r.reference
             let place = Place(page: ref.page, offset: ref.offset, key: ref.key)
             referenced.insert(place)
+            placeOf[[Int(ref.page), ref.offset]] = r.name
             guard r.recordChecked, damaged[ref.page] == nil else { continue }
             if let record = live[place] {
                 guard record.length != ref.recordLength else { continue }
@@ -64,8 +66,12 @@ public enum PackCheck {
         for r in found.records where !referenced.contains(Place(page: r.page, offset: r.offset, key: r.key)) {
             let what = "page \(r.page), offset \(r.offset): a record of \(r.length) bytes that no file refers to "
                 + "(left by a crash while packing or unpacking, or after a removal)"
-            guard kept == nil else {
-                out.problems.append((label, ContainerProblem(kind: .unreferenced, block: nil, message: what + kept!, fix: nil)))
+            // A reference naming this place with another key: it may be that
+            // file's record with a damaged key (its only copy).
+            let claimed = placeOf[[Int(r.page), r.offset]].map { " (kept: \($0)'s reference names this place with another key; "
+                + "it may be that file's record, its key damaged)" }
+            if let why = claimed ?? kept {
+                out.problems.append((label, ContainerProblem(kind: .unreferenced, block: nil, message: what + why, fix: nil)))
                 continue
             }
             var problem = ContainerProblem(kind: .unreferenced, block: nil, message: what, fix: "freed")
