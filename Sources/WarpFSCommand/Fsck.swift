@@ -21,11 +21,27 @@ struct Fsck: ParsableCommand {
         payloads that overlap and allocated space nothing refers to. One line per problem on \
         standard output, naming the file (relative to BACKING) and the block, then a summary.
 
+        Packed small files (an empty backing file whose user.warpfs.packed attribute refers to a \
+        record in the pack, .warpfs-pack) are checked against the pack in their directory or the \
+        nearest one above: the reference decodes, names that pack's id, and its record is there \
+        with its key and checksum, entered in its page, and decompresses to one block. Container \
+        bytes a crash left beside a reference are reported, and so is a reference whose record \
+        cannot be read (by file name; the file cannot be read unless a whole container beside the \
+        reference holds its data). The pack itself is not walked as files. When BACKING holds the \
+        pack, its damaged pages are reported and so are its orphans: records no file in BACKING \
+        refers to (page, offset, bytes), left by a crash while packing or unpacking or after a \
+        removal. When BACKING is a subdirectory of the directory holding the pack, orphans are not \
+        looked for (fsck says so).
+
         --repair rewrites a damaged header copy from the valid one, drops stale and torn \
         versions, slots past the end and damaged slot headers next to a valid version, and \
-        punches unreferenced space. It never touches a version that can still be read, never \
-        writes a file that has a hard link outside BACKING or that was replaced during the check, \
-        and refuses to run while BACKING is mounted.
+        punches unreferenced space. For packed files it cuts off container bytes beside a good \
+        reference (keeping the file's times), removes a reference whose record cannot be read when \
+        a whole container beside it holds the data, and frees orphaned records, unless a file \
+        that could not be checked or a reference that does not decode might still name them (or a \
+        reference names the same place with another key). It never touches a version that can \
+        still be read, never writes a file that has a hard link outside BACKING or that was \
+        replaced during the check, and refuses to run while BACKING is mounted.
 
         Exit status: 0 no problem; 1 problems found and all repaired; 4 problems left (any \
         problem without --repair); 8 operational error (BACKING missing or unreadable, a file \
