@@ -11,8 +11,13 @@ import WarpFSCore
 ///
 /// The other nodes of the tree (the root, directories, symbolic links,
 /// devices, pipes, sockets) are not listed; their allocated space is
-/// summed in `otherBytes`, so files and other nodes together are what
-/// `du -B1 -s` counts for the tree.
+/// summed in `otherBytes`, so files, other nodes and the packs' pages
+/// together are what `du -B1 -s` counts for the tree.
+///
+/// A directory's pack (`.warpfs-pack`, the pages of its packed small files)
+/// is not user data: it is not walked as files, but listed in `packs` (its
+/// pages file) and counted (the pack directory and its other entries among
+/// the other nodes). A mount reserves the name in every directory.
 struct BackingWalk {
     struct Directory {
         let parent: Int
@@ -32,6 +37,16 @@ struct BackingWalk {
         /// (device, inode) as the walk found them.
         let key: [UInt64]
     }
+    /// A pack found in the tree.
+    struct Pack {
+        /// Index in `directories` of the directory holding `.warpfs-pack`.
+        let directory: Int
+        /// Allocated space of its pages file (0 when it has none), unless
+        /// an earlier walk counted it.
+        let bytes: Int
+        /// No earlier walk (of another argument) counted this pack.
+        let first: Bool
+    }
     let rootfd: Int32
     /// What messages start with ("warpfs fsck").
     let label: String
@@ -39,6 +54,10 @@ struct BackingWalk {
     private(set) var directories: [Directory] = []
     var files: [File] = []
     var errors: [String] = []
+    /// The packs found, by the directory that holds each.
+    private(set) var packs: [Pack] = []
+    /// Their pages' allocated space.
+    var packBytes: Int { packs.reduce(0) { $0 + $1.bytes } }
     /// Allocated space of the listed files, when the walk found them.
     var totalBytes = 0
     /// Nodes that are not regular files (the root included) and their allocated space.
@@ -87,6 +106,10 @@ struct BackingWalk {
                 continue
             }
             switch st.st_mode & S_IFMT {
+            case S_IFDIR where n == BackingWalk.packName:
+                let first = !counted.contains([UInt64(st.st_dev), UInt64(st.st_ino)])
+                countOther(st)
+                countPack(top.fd, top.index, name, first: first)
             case S_IFDIR:
                 countOther(st)
                 guard top.depth + 1 < TreeWalk.maxDepth else {
@@ -120,6 +143,65 @@ struct BackingWalk {
                 countOther(st)
             }
         }
+    }
+
+    static let packName = EntryName(PackStore.directoryName)
+
+    /// The pack directory in `dirfd` (directory `index`): its pages file is
+    /// the pack's space, the other entries (its id) are other nodes. Not
+    /// descended into further.
+    private mutating func countPack(_ dirfd: Int32, _ index: Int, _ name: String, first: Bool) {
+        var bytes = 0
+        do {
+            let fd = try TreeWalk.openDirectory(dirfd, BackingWalk.packName)
+            defer { Glibc.close(fd) }
+            for entry in try TreeWalk.names(fd) {
+                let st = try TreeWalk.lstatAt(fd, entry)
+                if entry.display == PackStore.pagesName && st.st_mode & S_IFMT == S_IFREG {
+                    if counted.insert([UInt64(st.st_dev), UInt64(st.st_ino)]).inserted { bytes = Int(st.st_blocks) * 512 }
+                } else {
+                    countOther(st)
+                }
+            }
+        } catch {
+            errors.append("\(label): \(name): \(error)")
+        }
+        packs.append(Pack(directory: index, bytes: bytes, first: first))
+    }
+
+    /// The pack that serves directory `index`: the nearest one found in it
+    /// or in a directory above it in the tree; nil when none is.
+    func pack(serving index: Int) -> Pack? {
+        var i = index
+        while i >= 0 {
+            if let p = packs.first(where: { $0.directory == i }) { return p }
+            i = directories[i].parent
+        }
+        return nil
+    }
+
+    /// Directory `index` relative to the root ("" for the root), for messages.
+    func path(of index: Int) -> String {
+        var parts: [String] = []
+        var i = index
+        while i > 0 { parts.append(directories[i].name.display); i = directories[i].parent }
+        return parts.reversed().joined(separator: "/")
+    }
+
+    /// How messages call the pack held by directory `index`.
+    func packLabel(_ index: Int) -> String {
+        let dir = path(of: index)
+        return (dir.isEmpty ? "" : dir + "/") + PackStore.directoryName
+    }
+
+    /// Whether directory `index` is `ancestor` or lies below it.
+    func directory(_ index: Int, isIn ancestor: Int) -> Bool {
+        var i = index
+        while i >= 0 {
+            if i == ancestor { return true }
+            i = directories[i].parent
+        }
+        return false
     }
 
     /// The descriptor of directory `index`, opened from the root one name at

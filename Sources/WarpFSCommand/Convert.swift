@@ -56,6 +56,12 @@ struct Converter {
             failed += 1
             return
         }
+        if let real = canonical(argument), real.split(separator: "/").contains(Substring(PackStore.directoryName)) {
+            report(display, "inside the pack of a backing directory's packed small files; not converted")
+            close(parent)
+            skipped += 1
+            return
+        }
         var stack: [Frame] = []
         if let leaf {
             if let frame = visit(parent, leaf, display, depth: 0) { stack.append(frame) }
@@ -88,6 +94,13 @@ struct Converter {
             return nil
         }
         switch st.st_mode & S_IFMT {
+        case S_IFDIR where name == BackingWalk.packName:
+            // The pack of packed small files: not user data, never converted.
+            if depth == 0 {
+                report(display, "the pack of a backing directory's packed small files; not converted")
+                skipped += 1
+            }
+            return nil
         case S_IFDIR:
             guard depth < TreeWalk.maxDepth else {
                 report(display, "directories nested more than \(TreeWalk.maxDepth) deep; not entered")
@@ -164,8 +177,6 @@ struct Converter {
         case (.compressed(let h), true) where h.version == options.formatVersion: return .alreadyDone
         // Packed files are version-3 containers kept in the pack.
         case (.packed, true): return .alreadyDone
-        case (.packed, false):
-            throw FSError(EOPNOTSUPP, "packed into the backing directory's pack; not converted (unpack it through a mount first)")
         case (.plain, false): return .alreadyDone
         default: break
         }
@@ -175,6 +186,16 @@ struct Converter {
         guard st.st_nlink <= 1 else {
             throw FSError(EMLINK, "has \(st.st_nlink) hard links; not converted (converting would break them: "
                 + "to convert it, give each name its own copy first)")
+        }
+
+        // A packed file is read from the pack that serves its directory;
+        // its record is freed once the plain file has replaced it.
+        var pack: (store: PackStore, reference: PackReference)?
+        if case .packed(let ref) = kind {
+            guard let found = try PackStore.locate(from: dirfd, readOnly: false) else {
+                throw FSError(EIO, "packed, but no pack (\(PackStore.directoryName)) was found in its directory or above it; not converted")
+            }
+            pack = (found.store, ref)
         }
 
         let (dst, tmp) = try createTemporary(in: dirfd)
@@ -213,7 +234,8 @@ struct Converter {
                 if let input, UInt64(off) < input.size { try out.truncate(to: input.size) }
                 try out.sync()
             } else {
-                let input = try CompressedFile.open(fd: dup(src), name: display, codec: codec)
+                let input = try pack.map { CompressedFile.openPacked(fd: dup(src), name: display, codec: codec, reference: $0.reference, store: $0.store) }
+                    ?? CompressedFile.open(fd: dup(src), name: display, codec: codec)
                 var off: UInt64 = 0
                 while off < input.size {
                     let n = try input.read(offset: off, count: chunk, into: buf)
@@ -241,7 +263,19 @@ struct Converter {
             guard stillOurs(tmp, dstStat) else { throw FSError(EAGAIN, "the temporary file was replaced during the conversion; the file is left as it was") }
             guard renameat(dirfd, tmp.cString, dirfd, name.cString) == 0 else { throw FSError.last("rename the temporary file over it") }
             close(dst)
-            _ = fsync(dirfd)
+            let durable = fsync(dirfd) == 0
+            if let pack {
+                // The packed file's only name is gone: once that is durable
+                // its record is nobody's. Otherwise the record stays, an
+                // orphan for `warpfs fsck --repair`, never one still referred to.
+                do {
+                    guard durable else { throw FSError.last("fsync the directory") }
+                    try pack.store.release(pack.reference)
+                    try pack.store.sync()
+                } catch {
+                    report(display, "decompressed, but its old record in the pack stays (warpfs fsck --repair frees it): \(error)")
+                }
+            }
             return .converted
         } catch {
             close(dst)
@@ -275,6 +309,14 @@ struct Converter {
         return done
     }
 
+    /// Attributes that describe the old backing file itself, never copied:
+    /// a packed file's reference (on the new file it would name the old
+    /// file's record, freed after the conversion) and the mount's own
+    /// records (`trusted.warpfs.*`: the old file's recorded change time).
+    static func belongsToTheOldFile(_ attribute: [UInt8]) -> Bool {
+        attribute == Array(PackReference.attributeName.utf8) || attribute.starts(with: Array("trusted.warpfs.".utf8))
+    }
+
     /// Owner, extended attributes, mode and times of the source onto the new
     /// file, through descriptors only. The owner first: chown clears the
     /// set-user-ID and set-group-ID bits (and security.capability), so the
@@ -289,6 +331,7 @@ struct Converter {
             for raw in names[0..<n].split(separator: 0) {
                 let attr = Array(raw) + [0]
                 let shown = displayName(raw.map { UInt8(bitPattern: $0) })
+                if Converter.belongsToTheOldFile(raw.map { UInt8(bitPattern: $0) }) { continue }
                 let len = fgetxattr(src, attr, &value, value.count)
                 if len < 0 {
                     if errno == ENODATA { continue }
@@ -313,6 +356,13 @@ let conversionDiscussion = """
     then renamed over it; on any error the original is left as it was. A file with more than one \
     hard link is not converted (that would break the link): it is reported and counted as failed. \
     Exit status 1 when any file failed.
+
+    Packed small files (an empty backing file whose user.warpfs.packed attribute refers to a record \
+    in the backing directory's pack, .warpfs-pack) count as compressed: compress leaves them as \
+    they are; decompress reads each from the pack in its directory or the nearest one above it (on \
+    the same file system), writes the plain file, and frees the record once the plain file has \
+    replaced it. The pack itself is never walked or converted, and neither the reference nor the \
+    mount's own trusted.warpfs.* attributes are copied onto a new file.
     """
 
 struct ConvertOptions: ParsableArguments {

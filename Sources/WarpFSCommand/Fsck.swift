@@ -21,11 +21,27 @@ struct Fsck: ParsableCommand {
         payloads that overlap and allocated space nothing refers to. One line per problem on \
         standard output, naming the file (relative to BACKING) and the block, then a summary.
 
+        Packed small files (an empty backing file whose user.warpfs.packed attribute refers to a \
+        record in the pack, .warpfs-pack) are checked against the pack in their directory or the \
+        nearest one above: the reference decodes, names that pack's id, and its record is there \
+        with its key and checksum, entered in its page, and decompresses to one block. Container \
+        bytes a crash left beside a reference are reported, and so is a reference whose record \
+        cannot be read (by file name; the file cannot be read unless a whole container beside the \
+        reference holds its data). The pack itself is not walked as files. When BACKING holds the \
+        pack, its damaged pages are reported and so are its orphans: records no file in BACKING \
+        refers to (page, offset, bytes), left by a crash while packing or unpacking or after a \
+        removal. When BACKING is a subdirectory of the directory holding the pack, orphans are not \
+        looked for (fsck says so).
+
         --repair rewrites a damaged header copy from the valid one, drops stale and torn \
         versions, slots past the end and damaged slot headers next to a valid version, and \
-        punches unreferenced space. It never touches a version that can still be read, never \
-        writes a file that has a hard link outside BACKING or that was replaced during the check, \
-        and refuses to run while BACKING is mounted.
+        punches unreferenced space. For packed files it cuts off container bytes beside a good \
+        reference (keeping the file's times), removes a reference whose record cannot be read when \
+        a whole container beside it holds the data, and frees orphaned records, unless a file \
+        that could not be checked or a reference that does not decode might still name them (or a \
+        reference names the same place with another key). It never touches a version that can \
+        still be read, never writes a file that has a hard link outside BACKING or that was \
+        replaced during the check, and refuses to run while BACKING is mounted.
 
         Exit status: 0 no problem; 1 problems found and all repaired; 4 problems left (any \
         problem without --repair); 8 operational error (BACKING missing or unreadable, a file \
@@ -118,38 +134,112 @@ struct Fsck: ParsableCommand {
         let bar = ProgressBar(total: walk.totalBytes, enabled: progress == "always" || (progress == "auto" && isatty(2) != 0))
         checker.progress = { bar.advance($0) }
 
-        var files = 0, plain = 0, blocks = 0, found = 0, repaired = 0, operational = walk.errors.count
+        var files = 0, plain = 0, packed = 0, blocks = 0, found = 0, repaired = 0, operational = walk.errors.count
         for e in walk.errors { bar.print(e, error: true) }
+        func report(_ label: String, _ p: ContainerProblem) {
+            found += 1
+            var line = "\(label): \(p.message)"
+            if p.repaired {
+                repaired += 1
+                line += "; repaired: \(p.fix!)"
+            } else if let e = p.repairError {
+                line += "; repair failed: \(e)"
+            } else if let fix = p.fix {
+                line += repair ? "; not repaired" : "; --repair: \(fix)"
+            } else {
+                line += "; cannot be repaired"
+            }
+            bar.print(line)
+        }
+
+        // The packs in the tree (by the directory holding each), and the
+        // one above it that serves the files no pack in the tree does.
+        var packs: [Int: Result<PackStore?, Error>] = [:]
+        for p in walk.packs {
+            let label = walk.packLabel(p.directory)
+            packs[p.directory] = Result {
+                try PackStore.open(root: try walk.directory(p.directory, for: label), create: false, readOnly: !repair)
+            }
+            if case .failure(let e) = packs[p.directory]! {
+                operational += 1
+                bar.print("warpfs fsck: \(label): \(e)", error: true)
+            }
+        }
+        var above: Result<(store: PackStore, levels: Int)?, Error>?
+        func packAbove() throws -> (store: PackStore, levels: Int)? {
+            if above == nil { above = Result { try PackStore.locate(from: rootfd, readOnly: !repair) } }
+            return try above!.get()
+        }
+        func pack(serving directory: Int, for name: String) throws -> PackStore? {
+            do {
+                guard let p = walk.pack(serving: directory) else { return try packAbove()?.store }
+                return try packs[p.directory]!.get()
+            } catch {
+                throw FSError((error as? FSError)?.errno ?? EIO, "\(name): packed, and its pack cannot be opened: \(error)")
+            }
+        }
+
+        var references: [PackCheck.Reference] = []
+        var unchecked: [Int] = []                 // directories of files that could not be checked
+        var undecodable: [Int] = []               // directories of files keeping a reference that does not decode
         for file in walk.files {
             let before = bar.done
             do {
                 let dirfd = try walk.directory(file.directory, for: file.name)
-                let r = try checker.check(at: dirfd, leaf: file.leaf.cString, name: file.name, repair: repair, namesInTree: file.names)
-                guard r.isContainer else { plain += 1; bar.set(before + file.bytes); continue }
+                let r = try checker.check(at: dirfd, leaf: file.leaf.cString, name: file.name, repair: repair, namesInTree: file.names,
+                                          pack: { try pack(serving: file.directory, for: file.name) })
+                guard r.isContainer || r.isPacked else { plain += 1; bar.set(before + file.bytes); continue }
                 files += 1
+                if r.isPacked { packed += 1 }
                 blocks += r.blocks
-                for p in r.problems {
-                    found += 1
-                    var line = "\(file.name): \(p.message)"
-                    if p.repaired {
-                        repaired += 1
-                        line += "; repaired: \(p.fix!)"
-                    } else if let e = p.repairError {
-                        line += "; repair failed: \(e)"
-                    } else if let fix = p.fix {
-                        line += repair ? "; not repaired" : "; --repair: \(fix)"
-                    } else {
-                        line += "; cannot be repaired"
-                    }
-                    bar.print(line)
+                if let ref = r.packReference, ref.hasRecord {
+                    references.append(PackCheck.Reference(name: file.name, reference: ref,
+                                                         recordChecked: !r.problems.contains { $0.kind == .packedRecord }))
                 }
+                if r.keepsUndecodableReference { undecodable.append(file.directory) }
+                for p in r.problems { report(file.name, p) }
             } catch {
                 operational += 1
+                unchecked.append(file.directory)
                 bar.print("warpfs fsck: \(error)", error: true)
             }
             bar.set(before + file.bytes)
         }
+
+        // Each pack of the tree against the references found: damaged
+        // pages, references whose record is not entered in its page, and
+        // records nobody refers to (orphans, freed by --repair unless a
+        // file that could not be read may refer to them).
+        var records = 0
+        for p in walk.packs {
+            guard case .success(let store?) = packs[p.directory] else { continue }
+            let label = walk.packLabel(p.directory)
+            var blockers: [String] = []
+            if !walk.errors.isEmpty { blockers.append("parts of the tree could not be walked") }
+            let blind = unchecked.filter { walk.directory($0, isIn: p.directory) }.count
+            if blind > 0 { blockers.append("\(blind) file\(blind == 1 ? "" : "s") could not be checked") }
+            let opaque = undecodable.filter { walk.directory($0, isIn: p.directory) }.count
+            if opaque > 0 { blockers.append(opaque == 1 ? "1 file keeps a reference that does not decode" : "\(opaque) files keep references that do not decode") }
+            do {
+                let result = try PackCheck.check(store, label: label, references: references.filter { $0.reference.packID == store.id },
+                                                repair: repair, blockers: blockers)
+                records += result.records
+                for (name, problem) in result.problems { report(name, problem) }
+            } catch {
+                operational += 1
+                bar.print("warpfs fsck: \(label): \(error)", error: true)
+            }
+        }
         bar.finish()
+        if walk.pack(serving: 0) == nil, case .some(let p?) = try? packAbove() {
+            let up = Array(repeating: "..", count: p.levels).joined(separator: "/")
+            print("orphaned records in the pack were not looked for: the pack is in \(up) (\(p.levels) level\(p.levels == 1 ? "" : "s") "
+                + "above \(displayName(root))); check that directory to look for them")
+        }
+        if packed > 0 || !walk.packs.isEmpty {
+            print("\(packed) packed file\(packed == 1 ? "" : "s") checked" + (walk.packs.isEmpty ? "" : ", \(records) record"
+                + "\(records == 1 ? "" : "s") in \(walk.packs.count) pack\(walk.packs.count == 1 ? "" : "s")"))
+        }
         print("\(files) file\(files == 1 ? "" : "s") checked, \(plain) plain file\(plain == 1 ? "" : "s") skipped, "
             + "\(blocks) block\(blocks == 1 ? "" : "s") checked, \(found) problem\(found == 1 ? "" : "s") found, \(repaired) repaired"
             + (operational > 0 ? ", \(operational) file\(operational == 1 ? "" : "s") could not be checked" : ""))

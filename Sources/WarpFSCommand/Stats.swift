@@ -25,6 +25,14 @@ struct Stats: ParsableCommand {
         Directories and other nodes are not in TOTAL; the line under it adds them, which is what \
         du -B1 -s counts for the same paths.
 
+        Packed small files (their one block a record in the backing directory's pack, \
+        .warpfs-pack, their backing files empty) count as containers, in the row of their \
+        payload's encoding: logical = their size, stored = the payload's length. A tree that holds \
+        a pack counts its pages file once in TOTAL allocated (the pack directory and its id file \
+        are other nodes), so TOTAL and the line under it still make du -B1 -s; the pack is not \
+        walked as files. The packed line (and "packed" in --json: files, logical, stored, \
+        allocated by their own backing files, packs, pack_allocated) gives the figures.
+
         Through a live mount, blocks the mount still buffers (written since the file was last closed or \
         synced) are not counted yet. Exit status 1 when some path or file could not be read (reported, \
         left out of the figures).
@@ -141,6 +149,7 @@ struct Stats: ParsableCommand {
                 for e in walk.errors { bar.print(e, error: true); failed = true }
                 tally.otherNodes += walk.otherNodes
                 tally.otherAllocated += UInt64(walk.otherBytes)
+                for p in walk.packs where p.first { tally.addPack(allocated: p.bytes) }
                 for file in walk.files {
                     let before = bar.done
                     do {

@@ -33,14 +33,22 @@ struct StatsTally {
     }
 
     var rows: [String: Row] = [:]
-    /// Regular files counted, containers and plain ones.
+    /// Regular files counted, containers (packed ones included) and plain ones.
     var files = 0, containers = 0, plain = 0
+    /// Packed small files: their logical bytes, payloads (in the pack) and
+    /// the space their own backing files take (none, but for container
+    /// bytes a crash left beside a reference).
+    var packed = 0, packedLogical: UInt64 = 0, packedStored: UInt64 = 0, packedAllocated: UInt64 = 0
+    /// Packs (`.warpfs-pack`) of the trees read, and what their pages files take.
+    var packs = 0, packAllocated: UInt64 = 0
     /// Sizes as applications see them.
     var logical: UInt64 = 0
-    /// st_blocks * 512 of the regular files (each inode once).
+    /// st_blocks * 512 of the regular files (each inode once) and of the
+    /// packs' pages files (each pack once).
     var allocated: UInt64 = 0
-    /// The same for containers alone, and what their payloads occupy in the
-    /// format's unit of placement (whole 4 KiB pages in version 2).
+    /// The same for containers with a backing file of their own (not
+    /// packed), and what their payloads occupy in the format's unit of
+    /// placement (whole 4 KiB pages in version 2).
     var containerAllocated: UInt64 = 0, containerStored: UInt64 = 0, payloadFootprint: UInt64 = 0
     /// Payloads that take no page of their own (version 2: block 0 inline in the first page).
     var unpagedPayloads = 0
@@ -61,7 +69,14 @@ struct StatsTally {
         containers += 1
         logical += u.logicalSize
         allocated += UInt64(a)
-        containerAllocated += UInt64(a)
+        if u.packed != nil {
+            packed += 1
+            packedLogical += u.logicalSize
+            packedStored += u.stored.reduce(0) { $0 + UInt64($1.storedLength) }
+            packedAllocated += UInt64(a)
+        } else {
+            containerAllocated += UInt64(a)
+        }
         var seen: Set<String> = []
         for b in u.stored {
             let k = StatsTally.key(b.encoding)
@@ -69,6 +84,7 @@ struct StatsTally {
             rows[k, default: Row()].blocks += 1
             rows[k, default: Row()].logical += UInt64(b.logicalBytes)
             rows[k, default: Row()].stored += UInt64(b.storedLength)
+            guard u.packed == nil else { continue }
             containerStored += UInt64(b.storedLength)
             payloadFootprint += UInt64(b.footprint)
             if b.inHeaderPage { unpagedPayloads += 1 }
@@ -80,6 +96,13 @@ struct StatsTally {
         }
         supersededVersions += u.supersededVersions
         supersededBytes += UInt64(u.supersededBytes)
+    }
+
+    /// A pack of a tree read: its pages file's allocated space, once.
+    mutating func addPack(allocated a: Int) {
+        packs += 1
+        packAllocated += UInt64(a)
+        allocated += UInt64(a)
     }
 
     mutating func addPlain(size: Int, allocated a: Int) {
@@ -109,13 +132,19 @@ struct StatsTally {
                 c == 0 ? s + String(repeating: " ", count: widths[c] - s.count) : String(repeating: " ", count: widths[c] - s.count) + s
             }.joined(separator: "  ").trimmingSuffixSpaces()
         }
-        out.append("\(files) file\(files == 1 ? "" : "s"): \(containers) container\(containers == 1 ? "" : "s"), \(plain) plain")
-        if containers > 0 {
+        out.append("\(files) file\(files == 1 ? "" : "s"): \(containers) container\(containers == 1 ? "" : "s")"
+            + (packed > 0 ? " (\(packed) packed)" : "") + ", \(plain) plain")
+        if containers > packed {
             let rounding = payloadFootprint >= containerStored ? payloadFootprint - containerStored : 0
             let rest = Int64(containerAllocated) - Int64(payloadFootprint)
             out.append("containers: \(size(containerAllocated)) allocated for \(size(containerStored)) of payloads: "
                 + "\(size(rounding)) rounding payloads up to whole pages, \(rest < 0 ? "-" : "")\(size(UInt64(abs(rest)))) headers, slot tables "
                 + "and the rest; \(unpagedPayloads) payload\(unpagedPayloads == 1 ? "" : "s") inside the header page")
+        }
+        if packed > 0 || packs > 0 {
+            out.append("packed: \(packed) file\(packed == 1 ? "" : "s"), \(size(packedLogical)) logical in \(size(packedStored)) of payloads "
+                + "in \(packs == 1 ? "the pack" : "\(packs) packs"), whose pages take \(size(packAllocated)) (counted once in TOTAL allocated)"
+                + (packedAllocated > 0 ? "; \(size(packedAllocated)) of container bytes beside references (warpfs fsck --repair cuts them off)" : ""))
         }
         if supersededVersions > 0 {
             out.append("superseded versions still stored: \(supersededVersions) (\(size(supersededBytes)) of payloads)")
@@ -151,7 +180,7 @@ struct StatsTally {
             })),
             ("encodings", .object(encodings)),
             ("total", .object([
-                ("files", .int(files)), ("containers", .int(containers)), ("plain", .int(plain)), ("blocks", .int(blocks)),
+                ("files", .int(files)), ("containers", .int(containers)), ("packed", .int(packed)), ("plain", .int(plain)), ("blocks", .int(blocks)),
                 ("logical", int(logical)), ("stored", int(stored)), ("allocated", int(allocated)),
                 ("ratio", ratio.map { JSON.number($0) } ?? .number(.nan)),
             ])),
@@ -159,6 +188,10 @@ struct StatsTally {
                 ("allocated", int(containerAllocated)), ("stored", int(containerStored)), ("payload_pages", int(payloadFootprint)),
                 ("unpaged_payloads", .int(unpagedPayloads)),
                 ("superseded_versions", .int(supersededVersions)), ("superseded_bytes", int(supersededBytes)),
+            ])),
+            ("packed", .object([
+                ("files", .int(packed)), ("logical", int(packedLogical)), ("stored", int(packedStored)), ("allocated", int(packedAllocated)),
+                ("packs", .int(packs)), ("pack_allocated", int(packAllocated)),
             ])),
             ("other_nodes", .line(.object([("count", .int(otherNodes)), ("allocated", int(otherAllocated))]))),
             ("unreadable", .int(unreadable)),

@@ -28,6 +28,15 @@ public struct ContainerProblem: Sendable {
         case unreferenced
         /// A block with no readable version.
         case damagedBlock
+        /// A packed file's backing file still holds container bytes beside
+        /// its reference (a crash while packing or unpacking).
+        case packedLeftover
+        /// A packed file's reference does not decode.
+        case packedReference
+        /// A packed file's record cannot be read through its reference: no
+        /// pack, another pack's id, the record gone or another file's, a
+        /// payload that fails its checksum or does not decompress.
+        case packedRecord
     }
 
     public let kind: Kind
@@ -50,6 +59,15 @@ public struct ContainerCheckResult: Sendable {
     /// Logical blocks checked (holes included).
     public var blocks = 0
     public var problems: [ContainerProblem] = []
+    /// The file is packed: it has a `user.warpfs.packed` reference.
+    public var isPacked = false
+    /// The reference the file keeps after the check (and its repair): the
+    /// record it names is in use. Nil when the file is not packed, when its
+    /// reference does not decode, or when the repair removed it.
+    public var packReference: PackReference?
+    /// The file keeps a reference that does not decode: it may name any
+    /// record of the pack, so none may be freed as an orphan.
+    public var keepsUndecodableReference = false
 }
 
 /// Checks, and on request repairs, one container offline: both header
@@ -100,7 +118,12 @@ public final class ContainerCheck {
     /// has a name elsewhere, and is checked but not repaired. Throws
     /// `FSError` when the file cannot be read (or, with `repair`, opened for
     /// writing); problems in the file are returned, not thrown.
-    public func check(at dirfd: Int32, leaf: [CChar], name: String, repair: Bool, namesInTree: Int = 1) throws -> ContainerCheckResult {
+    ///
+    /// A packed file (one with a `user.warpfs.packed` reference) is checked
+    /// against its pack, which `pack` gives when first needed (nil: no pack
+    /// found; it throws when the pack cannot be opened): see `checkPacked`.
+    public func check(at dirfd: Int32, leaf: [CChar], name: String, repair: Bool, namesInTree: Int = 1,
+                      pack: () throws -> PackStore? = { nil }) throws -> ContainerCheckResult {
         let flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY
         var fd = openat(dirfd, leaf, flags | ContainerCheck.noAtime)
         if fd < 0 && errno == EPERM { fd = openat(dirfd, leaf, flags) }
@@ -115,6 +138,20 @@ public final class ContainerCheck {
             throw FSError(EINVAL, "\(name): replaced by something other than a regular file during the check; not checked")
         }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        // A packed-file reference comes first: it is the truth whatever else the file holds.
+        var raw = [UInt8](repeating: 0, count: PackReference.size + 16)
+        let got = raw.withUnsafeMutableBytes { fgetxattr(fd, PackReference.attributeName, $0.baseAddress, $0.count) }
+        if got >= 0 || errno == ERANGE {
+            return try checkPacked(fd: fd, st, reference: got >= 0 ? Array(raw[0..<got]) : nil, at: dirfd, leaf: leaf, name: name,
+                                   repair: repair, namesInTree: namesInTree, pack: pack)
+        }
+        guard errno == ENODATA || errno == ENOTSUP else { throw FSError.last("read the packed-file reference of \(name)") }
+        return try checkContainer(fd: fd, st, at: dirfd, leaf: leaf, name: name, repair: repair, namesInTree: namesInTree)
+    }
+
+    /// The check of a container (`check`), on the file open at `fd` whose stat is `st`.
+    private func checkContainer(fd: Int32, _ st: stat, at dirfd: Int32, leaf: [CChar], name: String, repair: Bool,
+                                namesInTree: Int) throws -> ContainerCheckResult {
         var result = ContainerCheckResult()
         var steps: [[Step]] = []   // parallel to result.problems
         func add(_ kind: ContainerProblem.Kind, _ block: Int?, _ message: String, fix: String? = nil, _ s: [Step] = []) {
@@ -362,7 +399,20 @@ public final class ContainerCheck {
             }
             if let algorithm = h.encoding.algorithm { jobs.append((i, buf, algorithm)) }
         }
-        // Decompression, as the file system does it: through a stream per algorithm.
+        for (i, damage) in try decompressionDamage(jobs, blockSize: layout.blockSize, name: name, label: { "block \(list[$0].block)" }) {
+            list[i].damage = damage
+        }
+    }
+
+    /// Decompresses the payloads of `jobs` as the file system does it
+    /// (through a stream per algorithm of the accelerator), each of which
+    /// must give exactly one block of `blockSize` bytes; returns what is
+    /// wrong with those that do not, by job index. A failure of the
+    /// accelerator is no verdict on a payload: it throws (`label` names the
+    /// payload in the message), after what is in flight has finished.
+    private func decompressionDamage(_ jobs: [(index: Int, payload: BlockBuffer, algorithm: CompressionAlgorithm)], blockSize: Int,
+                                     name: String, label: (Int) -> String) throws -> [Int: String] {
+        var damage: [Int: String] = [:]
         struct Decompression: BlockRequest {
             let index: Int
             let payload: BlockBuffer
@@ -378,32 +428,32 @@ public final class ContainerCheck {
                 throw FSError(EIO, "\(name): no accelerator queue for decompression: \(error)")
             }
             defer { codec.recycle(stream) }
-            // A failure of the accelerator is no verdict on a block: finish
-            // what is in flight (the stream holds its buffers), then stop.
+            // Finish what is in flight (the stream holds its buffers), then stop.
             var deviceFailure: FSError?
             for job in mine where deviceFailure == nil {
                 do {
-                    try stream.submit(Decompression(index: job.index, payload: job.payload, output: codec.takeBuffer(layout.blockSize)))
+                    try stream.submit(Decompression(index: job.index, payload: job.payload, output: codec.takeBuffer(blockSize)))
                 } catch {
-                    deviceFailure = FSError(EIO, "\(name): block \(list[job.index].block) could not be sent for decompression (\(error)); nothing was changed")
+                    deviceFailure = FSError(EIO, "\(name): \(label(job.index)) could not be sent for decompression (\(error)); nothing was changed")
                 }
             }
             while stream.inFlight > 0 {
                 for (job, r) in stream.reap(minimum: stream.inFlight) {
                     let i = job.index
                     switch r {
-                    case .success(let n) where n == layout.blockSize: break
-                    case .success(let n): list[i].damage = "decompresses to \(n) bytes, not \(layout.blockSize)"
-                    case .failure(.destinationTooSmall): list[i].damage = "decompresses to more than \(layout.blockSize) bytes"
+                    case .success(let n) where n == blockSize: break
+                    case .success(let n): damage[i] = "decompresses to \(n) bytes, not \(blockSize)"
+                    case .failure(.destinationTooSmall): damage[i] = "decompresses to more than \(blockSize) bytes"
                     case .failure(let e) where RetryPolicy.isDeviceFailure(e):
                         deviceFailure = deviceFailure
-                            ?? FSError(EIO, "\(name): block \(list[i].block): the accelerator failed while checking it (\(e)); nothing was changed")
-                    case .failure(let e): list[i].damage = "cannot be decompressed (\(e))"
+                            ?? FSError(EIO, "\(name): \(label(i)): the accelerator failed while checking it (\(e)); nothing was changed")
+                    case .failure(let e): damage[i] = "cannot be decompressed (\(e))"
                     }
                 }
             }
             if let deviceFailure { throw deviceFailure }
         }
+        return damage
     }
 
     /// Carries out the repair steps: header copies first, then slot headers
@@ -473,5 +523,139 @@ public final class ContainerCheck {
         for i in result.problems.indices where !steps[i].isEmpty {
             if let e = failed[i] { result.problems[i].repairError = e } else { result.problems[i].repaired = true }
         }
+    }
+}
+
+// Packed files (docs/FORMAT.md, "Packed small files"): the reference is the
+// truth, whatever container bytes the backing file also holds.
+extension ContainerCheck {
+    /// A repair of a packed file.
+    private enum PackedRepair {
+        /// Cut the container a crash left beside a good reference.
+        case truncate
+        /// Drop a reference whose record cannot be read, when the container
+        /// beside it is whole: that container is then the file's data.
+        case removeReference
+    }
+
+    /// Checks the packed file open at `fd` (`st`): its reference (`raw`;
+    /// nil when it is longer than a reference) decodes; the pack
+    /// (`pack()`) is the one it names; its record is there with its key
+    /// and checksum and decompresses to one block, as a container's blocks
+    /// must. A good reference with container bytes beside it is repaired by
+    /// cutting them off; a reference that cannot be read, beside a whole
+    /// container, by removing the reference; without one the file cannot be
+    /// read, and nothing is changed.
+    private func checkPacked(fd: Int32, _ st: stat, reference raw: [UInt8]?, at dirfd: Int32, leaf: [CChar], name: String, repair: Bool,
+                             namesInTree: Int, pack: () throws -> PackStore?) throws -> ContainerCheckResult {
+        var result = ContainerCheckResult()
+        result.isPacked = true
+        var reference: PackReference?
+        var damage: String?
+        var kind = ContainerProblem.Kind.packedRecord
+        if let raw {
+            do { reference = try PackReference.decode(raw) } catch {
+                damage = "its packed-file reference (\(PackReference.attributeName)) is damaged (\(error.reason))"
+                kind = .packedReference
+            }
+        } else {
+            damage = "its packed-file reference (\(PackReference.attributeName)) is damaged (longer than \(PackReference.size) bytes)"
+            kind = .packedReference
+        }
+        if let ref = reference {
+            result.blocks = ref.logicalSize > 0 ? 1 : 0
+            if ref.hasRecord { damage = try recordDamage(ref, name: name, pack: pack) }
+        }
+
+        var problem: ContainerProblem?
+        var step: PackedRepair?
+        if let damage {
+            // A whole container beside it (a crash while packing or
+            // unpacking leaves the same data in both) is the file's data.
+            var whole = false
+            if st.st_size > 0 {
+                let container = try checkContainer(fd: fd, st, at: dirfd, leaf: leaf, name: name, repair: false, namesInTree: namesInTree)
+                whole = container.isContainer && container.problems.isEmpty
+            }
+            if whole {
+                problem = ContainerProblem(kind: kind, block: nil, message: "packed, but \(damage); its backing file also holds a whole "
+                    + "container (left by a crash while packing or unpacking)", fix: "reference removed: the container is the file's data")
+                step = .removeReference
+            } else {
+                problem = ContainerProblem(kind: kind, block: nil, message: "packed, but \(damage); reading it is an I/O error"
+                    + (st.st_size > 0 ? " (the \(st.st_size) bytes beside the reference are not a whole container)" : "")
+                    + ": its data is lost unless the pack is restored", fix: nil)
+            }
+        } else if st.st_size > 0 {
+            problem = ContainerProblem(kind: .packedLeftover, block: nil, message: "packed, but its backing file still holds \(st.st_size) "
+                + "bytes of a container beside its reference (a crash while packing or unpacking); the reference is the file's data",
+                fix: "container bytes cut off (times kept)")
+            step = .truncate
+        }
+        if var problem {
+            if repair, let step {
+                if Int(st.st_nlink) > namesInTree {
+                    problem.repairError = "not repaired: the file has \(st.st_nlink) hard links and only \(namesInTree) "
+                        + "\(namesInTree == 1 ? "is" : "are") in the checked tree"
+                } else {
+                    do {
+                        try carryOut(step, at: dirfd, leaf: leaf, checked: st, name: name)
+                        problem.repaired = true
+                    } catch {
+                        problem.repairError = "\(error)"
+                    }
+                }
+            }
+            let removed = problem.repaired && step == .removeReference
+            result.packReference = removed ? nil : reference
+            result.keepsUndecodableReference = reference == nil && !removed
+            result.problems.append(problem)
+        } else {
+            result.packReference = reference
+        }
+        return result
+    }
+
+    /// What keeps the record of `ref` from being read: nil when it reads
+    /// back intact and decompresses to one block. Throws when the pack
+    /// cannot be opened or read, or the accelerator fails.
+    private func recordDamage(_ ref: PackReference, name: String, pack: () throws -> PackStore?) throws -> String? {
+        guard let store = try pack() else {
+            return "no pack (\(PackStore.directoryName)) was found in the checked directory or above it"
+        }
+        guard ref.packID == store.id else {
+            return "it was packed into pack \(String(ref.packID, radix: 16)), not this tree's (\(String(store.id, radix: 16))): "
+                + "its record is not in this pack"
+        }
+        let buf = codec.takeBuffer(ref.payloadLength)
+        if let damage = try store.recordDamage(ref, into: buf.bytes, name: name) { return damage }
+        progress?(ref.payloadLength)
+        guard let algorithm = ref.payloadEncoding.algorithm else { return nil }
+        let damage = try decompressionDamage([(0, buf, algorithm)], blockSize: ref.blockSize, name: name, label: { _ in "its packed block" })
+        return damage[0].map { "its record in the pack (page \(ref.page), offset \(ref.offset)) \($0)" }
+    }
+
+    /// Carries out a packed file's repair on the file opened again for
+    /// writing by its name, if it is still the inode checked; durable before
+    /// it returns.
+    private func carryOut(_ step: PackedRepair, at dirfd: Int32, leaf: [CChar], checked st: stat, name: String) throws {
+        let fd = openat(dirfd, leaf, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+        guard fd >= 0 else { throw FSError.last("open \(name) for repair") }
+        defer { close(fd) }
+        var now = stat()
+        guard fstat(fd, &now) == 0, now.st_dev == st.st_dev, now.st_ino == st.st_ino else {
+            throw FSError(ESTALE, "\(name) was replaced during the check; nothing written")
+        }
+        switch step {
+        case .truncate:
+            _ = try sys("truncate \(name)") { ftruncate(fd, 0) }
+            var t = [st.st_atim, st.st_mtim]
+            _ = futimens(fd, &t)
+        case .removeReference:
+            if fremovexattr(fd, PackReference.attributeName) != 0 && errno != ENODATA {
+                throw FSError.last("remove the packed-file reference of \(name)")
+            }
+        }
+        _ = try sys("fsync \(name)") { fsync(fd) }
     }
 }

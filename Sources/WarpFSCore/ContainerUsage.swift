@@ -56,11 +56,28 @@ public struct ContainerUsage: Sendable, Equatable {
     /// a file open for writing since the last sync), and their payload bytes.
     public let supersededVersions: Int
     public let supersededBytes: Int
+    /// The file is packed (docs/FORMAT.md, "Packed small files"): its one
+    /// block's payload is a record in the pack, not in its backing file
+    /// (whatever container bytes a crash left there do not count).
+    public let packed: PackReference?
 
-    public init(formatVersion: Int, blockSize: Int, logicalSize: UInt64, stored: [Block], supersededVersions: Int = 0, supersededBytes: Int = 0) {
+    public init(formatVersion: Int, blockSize: Int, logicalSize: UInt64, stored: [Block], supersededVersions: Int = 0, supersededBytes: Int = 0,
+                packed: PackReference? = nil) {
         self.formatVersion = formatVersion; self.blockSize = blockSize; self.logicalSize = logicalSize
         self.blockCount = Int((logicalSize + UInt64(blockSize) - 1) / UInt64(blockSize))
         self.stored = stored; self.supersededVersions = supersededVersions; self.supersededBytes = supersededBytes
+        self.packed = packed
+    }
+
+    /// A packed file's usage, from its reference: one block stored in the
+    /// payload's encoding (none for an empty payload: a hole), taking no
+    /// place in the backing file (its footprint is in the pack).
+    public init(packed ref: PackReference) {
+        let stored = ref.hasRecord
+            ? [Block(index: 0, encoding: ref.payloadEncoding, storedLength: ref.payloadLength, logicalBytes: Int(ref.logicalSize),
+                     footprint: 0, inHeaderPage: false)]
+            : []
+        self.init(formatVersion: Int(ref.header.version), blockSize: ref.blockSize, logicalSize: ref.logicalSize, stored: stored, packed: ref)
     }
 
     /// O_NOATIME (not exported to Swift).
@@ -77,7 +94,12 @@ public struct ContainerUsage: Sendable, Equatable {
     /// not part of the file and are left out. Groups whose table is a hole
     /// in the backing file are skipped with `SEEK_DATA`, so a sparse file
     /// costs no reads.
+    ///
+    /// A packed file (one with a `user.warpfs.packed` reference) is read
+    /// from its reference alone (`init(packed:)`); a reference that does
+    /// not decode is an error (EIO).
     public static func read(fd: Int32, name: String) throws -> ContainerUsage? {
+        if let ref = try CompressedFile.packReference(fd: fd, name: name) { return ContainerUsage(packed: ref) }
         // The header copies and group 0's slot table in one read (version 2's
         // table ends last: at 2048).
         let firstSpan = BlockLayout(blockSize: 4096, version: 2).tableOffset(group: 0) + BlockLayout.tableSize

@@ -29,7 +29,8 @@ import WarpFSFormat
 public final class PackStore: @unchecked Sendable {
     /// The directory's name, reserved in every directory of a mount.
     public static let directoryName = ".warpfs-pack"
-    static let pagesName = "pages"
+    /// The pages file's name in the pack directory.
+    public static let pagesName = "pages"
     static let idName = "id"
 
     /// The pack's id (references carry it).
@@ -79,6 +80,42 @@ public final class PackStore: @unchecked Sendable {
             close(dir)
             throw error
         }
+    }
+
+    /// The pack that serves the directory open at `dirFD`, for the offline
+    /// tools: the first `.warpfs-pack` found in that directory or one of its
+    /// ancestors on the same device (each step opened with O_NOFOLLOW, so a
+    /// symbolic link is never taken for one), opened as `open` does (its
+    /// owner and mode checked). Nil when there is none up to the device's
+    /// root or the file system's. `levels` is how far up it was found (0:
+    /// in `dirFD` itself). A pack of another backing directory (a mount of
+    /// an ancestor) is refused by its id when a reference is read.
+    public static func locate(from dirFD: Int32, readOnly: Bool) throws -> (store: PackStore, levels: Int)? {
+        var st = stat()
+        _ = try sys("stat the directory") { fstat(dirFD, &st) }
+        let device = st.st_dev
+        var current = dup(dirFD)
+        guard current >= 0 else { throw FSError.last("dup the directory") }
+        defer { close(current) }
+        for levels in 0..<4096 {
+            var entry = stat()
+            if fstatat(current, directoryName, &entry, AT_SYMLINK_NOFOLLOW) == 0, entry.st_mode & S_IFMT == S_IFDIR {
+                guard let store = try open(root: current, create: false, readOnly: readOnly) else { return nil }
+                return (store, levels)
+            }
+            var here = stat()
+            _ = try sys("stat a directory above") { fstat(current, &here) }
+            let parent = openat(current, "..", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard parent >= 0 else { return nil }
+            var up = stat()
+            guard fstat(parent, &up) == 0, up.st_dev == device, up.st_ino != here.st_ino || up.st_dev != here.st_dev else {
+                close(parent)
+                return nil
+            }
+            close(current)
+            current = parent
+        }
+        return nil
     }
 
     /// Refuses a pack object another user owns or may write.
@@ -135,19 +172,29 @@ public final class PackStore: @unchecked Sendable {
             throw FSError(EIO, "\(name): packed into pack \(hex(ref.packID)), not this backing directory's (\(hex(id))): mount the "
                 + "directory that holds that pack")
         }
+        if let damage = try recordDamage(ref, into: buf, name: name) { throw FSError(EIO, "\(name): \(damage)") }
+    }
+
+    /// Reads the record `ref` names (a reference of this pack, with a
+    /// record) into `buf` and says what is wrong with it: nil when its key
+    /// and payload checksum are right, else why (for messages, after the
+    /// file's name). Throws only when the pack cannot be read.
+    public func recordDamage(_ ref: PackReference, into buf: UnsafeMutableRawBufferPointer, name: String) throws -> String? {
+        precondition(ref.hasRecord && buf.count >= ref.payloadLength)
         let base = Int(ref.page) * PackPage.size + ref.offset
         var key: UInt64 = 0
         let k = try withUnsafeMutableBytes(of: &key) { try preadFully(fd, $0.baseAddress!, 8, base, "read the pack for \(name)") }
         let n = try preadFully(fd, buf.baseAddress!, ref.payloadLength, base + PackPage.keySize, "read the pack for \(name)")
         guard k == 8, UInt64(littleEndian: key) == ref.key else {
-            throw FSError(EIO, "\(name): its record in the pack (page \(ref.page), offset \(ref.offset)) is gone or another file's")
+            return "its record in the pack (page \(ref.page), offset \(ref.offset)) is gone or another file's"
         }
-        guard n == ref.payloadLength else { throw FSError(EIO, "\(name): its record in the pack is truncated (\(n) of \(ref.payloadLength) bytes)") }
+        guard n == ref.payloadLength else { return "its record in the pack is truncated (\(n) of \(ref.payloadLength) bytes)" }
         let sum = crc32Checksum(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
         guard sum == ref.payloadChecksum else {
-            throw FSError(EIO, "\(name): its record in the pack fails its checksum (stored 0x\(String(ref.payloadChecksum, radix: 16)), "
-                + "read 0x\(String(sum, radix: 16))): the pack is damaged")
+            return "its record in the pack fails its checksum (stored 0x\(String(ref.payloadChecksum, radix: 16)), "
+                + "read 0x\(String(sum, radix: 16))): the pack is damaged"
         }
+        return nil
     }
 
     /// Writes a record (`key`, then `payload`) into free bytes of a page and
