@@ -19,8 +19,9 @@ import WarpFSFormat
 ///   A crash between the two leaves an orphan, found and freed by
 ///   `warpfs fsck --repair`: space, never data.
 ///
-/// The pack directory and its files must belong to this process's user and
-/// be writable by nobody else; otherwise the pack is refused (EPERM), as a
+/// The pack directory and its files must belong to this process's user (or,
+/// for root, to the owner of the directory that holds the pack) and be
+/// writable by nobody else; otherwise the pack is refused (EPERM), as a
 /// planted pack could feed any file's data.
 ///
 /// Concurrency: one lock guards the known pages and every write and read
@@ -65,16 +66,20 @@ public final class PackStore: @unchecked Sendable {
             dir = openat(root, directoryName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         }
         guard dir >= 0 else { throw FSError.last("open \(directoryName)") }
+        // Root trusts a pack of the user who owns the directory holding it
+        // (fsck of a user's backing directory); everyone else their own only.
+        var holder = stat()
+        let owners: Set<uid_t> = geteuid() == 0 && fstat(root, &holder) == 0 ? [0, holder.st_uid] : [geteuid()]
         do {
-            try checkOwnership(dir, directoryName)
-            let id = try readOrCreateID(dir: dir, create: create && !readOnly)
+            try checkOwnership(dir, directoryName, owners: owners)
+            let id = try readOrCreateID(dir: dir, create: create && !readOnly, owners: owners)
             var flags = (readOnly ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC
             if create && !readOnly { flags |= O_CREAT }
             var fd = openat(dir, pagesName, flags, 0o600)
             var writable = !readOnly
             if fd < 0 && (errno == EACCES || errno == EROFS) { fd = openat(dir, pagesName, O_RDONLY | O_NOFOLLOW | O_CLOEXEC); writable = false }
             guard fd >= 0 else { throw FSError.last("open \(directoryName)/\(pagesName)") }
-            do { try checkOwnership(fd, "\(directoryName)/\(pagesName)", regular: true) } catch { close(fd); throw error }
+            do { try checkOwnership(fd, "\(directoryName)/\(pagesName)", regular: true, owners: owners) } catch { close(fd); throw error }
             return PackStore(id: id, fd: fd, dirFD: dir, writable: writable)
         } catch {
             close(dir)
@@ -119,20 +124,21 @@ public final class PackStore: @unchecked Sendable {
     }
 
     /// Refuses a pack object another user owns or may write.
-    private static func checkOwnership(_ fd: Int32, _ what: String, regular: Bool = false) throws {
+    private static func checkOwnership(_ fd: Int32, _ what: String, regular: Bool = false, owners: Set<uid_t>) throws {
         var st = stat()
         _ = try sys("stat \(what)") { fstat(fd, &st) }
-        guard st.st_uid == geteuid(), st.st_mode & 0o022 == 0, (st.st_mode & S_IFMT == S_IFREG) == regular else {
+        guard owners.contains(st.st_uid), st.st_mode & 0o022 == 0, (st.st_mode & S_IFMT == S_IFREG) == regular else {
             throw FSError(EPERM, "\(what) belongs to uid \(st.st_uid) with mode \(String(st.st_mode & 0o7777, radix: 8)): a pack must be "
-                + "owned by uid \(geteuid()) and writable by nobody else; packed files cannot be read from it")
+                + "owned by uid \(owners.sorted().map(String.init).joined(separator: " or ")) and writable by nobody else; "
+                + "packed files cannot be read from it")
         }
     }
 
-    private static func readOrCreateID(dir: Int32, create: Bool) throws -> UInt64 {
+    private static func readOrCreateID(dir: Int32, create: Bool, owners: Set<uid_t>) throws -> UInt64 {
         let fd = openat(dir, idName, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         if fd >= 0 {
             defer { close(fd) }
-            try checkOwnership(fd, "\(directoryName)/\(idName)", regular: true)
+            try checkOwnership(fd, "\(directoryName)/\(idName)", regular: true, owners: owners)
             var buf = [UInt8](repeating: 0, count: 32)
             let n = try buf.withUnsafeMutableBytes { try preadFully(fd, $0.baseAddress!, $0.count, 0, "read \(directoryName)/\(idName)") }
             let text = String(decoding: buf[0..<n], as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
@@ -156,7 +162,7 @@ public final class PackStore: @unchecked Sendable {
             let e = errno
             unlinkat(dir, tmp, 0)
             // Another process made it first: take its id.
-            if e == EEXIST { return try readOrCreateID(dir: dir, create: false) }
+            if e == EEXIST { return try readOrCreateID(dir: dir, create: false, owners: owners) }
             throw FSError(e, "rename \(directoryName)/\(tmp)")
         }
         _ = fsync(dir)
