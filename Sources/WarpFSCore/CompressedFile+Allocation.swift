@@ -22,6 +22,7 @@ extension CompressedFile {
             throw FSError(EFBIG, "\(name): allocation past \(sizeLimit) bytes (File too large)", logged: true)
         }
         guard length > 0 else { return }
+        try beginChange()
         try unpackIfPacked()
         let bs = UInt64(layout.blockSize)
         let range = Int(offset / bs)..<Int((end - 1) / bs + 1)

@@ -53,18 +53,22 @@ extension CompressedFile {
         return f
     }
 
-    /// Opens the container at `fd` and rebuilds the block index from the slot headers.
-    public static func open(fd: Int32, name: String, codec: BlockCodec) throws -> CompressedFile {
+    /// Opens the container at `fd` and rebuilds the block index from the
+    /// slot headers. `writerLockTimeout`: the backing file is shared with
+    /// other hosts (`-o shared`): nothing is written, recovery included,
+    /// before the file's cross-host writer lock is held (`beginChange`).
+    public static func open(fd: Int32, name: String, codec: BlockCodec, writerLockTimeout: Double? = nil) throws -> CompressedFile {
         let copies = try headerCopies(fd: fd, name: name)
         guard let decoded = copies.newest else {
             throw FSError(EIO, "\(name): damaged WarpFS header (\(copies.firstError))")
         }
         let f = CompressedFile(fd: fd, name: name, codec: codec, header: decoded.header, copy: decoded.copy)
+        f.writerLockTimeout = writerLockTimeout
         try f.loadIndex()
         return f
     }
 
-    private func loadIndex() throws {
+    func loadIndex() throws {
         let count = layout.blockCount(logicalSize: size)
         entries = BlockIndex()
         entries.grow(to: count)
@@ -117,7 +121,12 @@ extension CompressedFile {
         nextGeneration = maxGen + 1
         // A backing file open read-only (a read-only backing file system) is
         // read as it is: nothing is placed in it, so nothing needs clearing.
-        guard fcntl(fd, F_GETFL) & O_ACCMODE != O_RDONLY else { changedSinceSync.removeAll(); return }
+        // Nor is a file shared with other hosts whose writer lock this one
+        // does not hold: its writer may be in the middle of the protocol.
+        guard fcntl(fd, F_GETFL) & O_ACCMODE != O_RDONLY, writerLockTimeout == nil || holdsWriterLock else {
+            changedSinceSync.removeAll()
+            return
+        }
         let pastEnd = try dropSlotsPastEnd(count: count)
         // What is on disk now is what the next writes must not overwrite:
         // make it durable, then drop older copies.

@@ -51,7 +51,7 @@ extension CompressedFile {
 
     /// The in-memory state of a packed file: one block (or none), its
     /// version in slot 0, durable.
-    private func adoptPacked(_ source: PackedSource) {
+    func adoptPacked(_ source: PackedSource) {
         let ref = source.reference
         packed = source
         header = ref.header

@@ -19,6 +19,7 @@ extension CompressedFile {
     /// system's root-reserved space (see `SpaceAccount`).
     public func write(offset: UInt64, count: Int, from src: UnsafeRawPointer, privileged: Bool = true) throws {
         guard count > 0 else { return try takeWriteError() }
+        try beginChange()
         try unpackIfPacked()
         let end = offset + UInt64(count)
         // What can never be stored is refused before any of it is accepted,
@@ -141,6 +142,7 @@ extension CompressedFile {
     /// (their slots are cleared) and zeroes the tail of the new last block.
     public func truncate(to newSize: UInt64) throws {
         guard newSize <= sizeLimit else { throw FSError(EFBIG, "\(name): size \(newSize) is too large (at most \(sizeLimit) bytes here)") }
+        try beginChange()
         if newSize == size && packed != nil { return }
         try unpackIfPacked()
         drainCompressions()
@@ -193,6 +195,7 @@ extension CompressedFile {
     /// holes, and give back what an allocation reserved for them.
     /// `keepingAllocations`: FALLOC_FL_ZERO_RANGE, whose blocks stay allocated.
     public func zeroRange(offset: UInt64, length: UInt64, keepingAllocations: Bool = false) throws {
+        try beginChange()
         try unpackIfPacked()
         let bs = UInt64(layout.blockSize)
         let (rangeEnd, overflow) = offset.addingReportingOverflow(length)

@@ -25,6 +25,8 @@ import WarpFSFormat
 /// - `CompressedFile+Compaction.swift`: a small file's payloads moved down at its last close
 /// - `CompressedFile+Packing.swift`: a file packed into the pack file
 ///   (`PackStore`), read from there and unpacked before it changes
+/// - `CompressedFile+Shared.swift`: a backing file other hosts share
+///   (`-o shared`): the cross-host writer lock, reloading what they changed
 ///
 /// Concurrency. Not thread-safe: every call is made under the owner's lock
 /// (`Inode.lock` in the mount; the offline commands use a file from one
@@ -80,6 +82,14 @@ public final class CompressedFile {
     /// its record in the pack, and no container): block 0 is read from the
     /// pack, and the first change unpacks it (`unpackIfPacked`).
     var packed: PackedSource?
+    /// `-o shared`: how long a change waits for the file's cross-host
+    /// writer lock (`CompressedFile+Shared.swift`); nil: not shared.
+    public internal(set) var writerLockTimeout: Double?
+    /// This file holds its writer lock (until its descriptor closes).
+    public internal(set) var holdsWriterLock = false
+    /// The pack a shared file was read from before another host unpacked
+    /// it (to read it again if it is packed again).
+    var packStoreForReload: PackStore?
     /// The tail of the last partial block past `size` was checked to be zeros
     /// (growing the file then needs no look at it).
     var tailVerified = false

@@ -27,6 +27,13 @@ public struct MountOptions: Sendable, Equatable {
     public var packSmallFiles = true
     /// Seconds a small file stays closed before it is packed (at unmount: at once).
     public var packDelaySeconds = 5
+    /// `shared`: other hosts mount the same backing directory (through a
+    /// distributed file system): close-to-open consistency, one writer per
+    /// file across hosts (docs/ARCHITECTURE.md, "Deployment across hosts").
+    /// Implies no writeback cache, no kept page cache, no packing.
+    public var shared = false
+    /// Seconds a change waits for a file's cross-host writer lock (`shared`).
+    public var lockTimeoutSeconds = 30
     /// Decompressed blocks cached per open file.
     public var cacheBlocksPerFile = 64
     /// Compress new files (false: new files are plain, only existing containers are decoded).
@@ -134,6 +141,8 @@ public struct MountOptions: Sendable, Equatable {
         case "pack": packSmallFiles = true
         case "nopack": packSmallFiles = false
         case "pack_delay": packDelaySeconds = try number(0...86400)
+        case "shared": shared = true
+        case "lock_timeout": lockTimeoutSeconds = try number(0...86400)
         case "compress": compressNewFiles = true
         case "nocompress": compressNewFiles = false
         case "ro": readOnly = true
@@ -173,6 +182,14 @@ public struct MountOptions: Sendable, Equatable {
     public init(lists: [String]) throws {
         self.init()
         for list in lists { try apply(list) }
+        if shared {
+            // What another host changes must be read again at every open:
+            // the kernel may not keep pages or a size of its own, and the
+            // pack is one host's.
+            writebackCache = false
+            keepCache = false
+            packSmallFiles = false
+        }
         try check()
     }
 

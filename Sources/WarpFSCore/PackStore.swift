@@ -48,6 +48,30 @@ public final class PackStore: @unchecked Sendable {
         var holeCursor = 0
     }
     private let state = Mutex(State())
+    /// Other hosts share the pack (`-o shared`): every change of a page
+    /// holds an exclusive record lock on the pages file, and a page is read
+    /// afresh before it changes (`free` always does; packing, which appends,
+    /// is off under `shared`).
+    public var crossHostLocking = false
+
+    /// Runs `body` holding the pages file's cross-host lock when `crossHostLocking`.
+    private func lockedAcrossHosts<T>(_ body: () throws -> T) throws -> T {
+        guard crossHostLocking else { return try body() }
+        var lock = flock()
+        lock.l_type = Int16(F_WRLCK)
+        lock.l_whence = Int16(SEEK_SET)
+        while fcntl(fd, 38 /* F_OFD_SETLKW */, &lock) != 0 {
+            if errno == EINTR { continue }
+            throw FSError.last("lock the pack")
+        }
+        defer {
+            var unlock = flock()
+            unlock.l_type = Int16(F_UNLCK)
+            unlock.l_whence = Int16(SEEK_SET)
+            _ = fcntl(fd, CompressedFile.setOFDLock, &unlock)
+        }
+        return try body()
+    }
 
     private init(id: UInt64, fd: Int32, dirFD: Int32, writable: Bool) {
         self.id = id; self.fd = fd; self.dirFD = dirFD; self.writable = writable
@@ -285,7 +309,7 @@ public final class PackStore: @unchecked Sendable {
     @discardableResult
     public func release(_ ref: PackReference) throws -> Bool {
         guard ref.hasRecord, ref.packID == id, writable else { return false }
-        return try state.withLock { s in try free(&s, page: ref.page, offset: ref.offset, key: ref.key) }
+        return try state.withLock { s in try lockedAcrossHosts { try free(&s, page: ref.page, offset: ref.offset, key: ref.key) } }
     }
 
     /// Frees the record at `offset` of `page` if its key is `key`.
@@ -349,7 +373,7 @@ public final class PackStore: @unchecked Sendable {
     @discardableResult
     public func free(_ r: Record) throws -> Bool {
         guard writable else { throw FSError(EROFS, "the pack is read-only") }
-        return try state.withLock { s in try free(&s, page: r.page, offset: r.offset, key: r.key) }
+        return try state.withLock { s in try lockedAcrossHosts { try free(&s, page: r.page, offset: r.offset, key: r.key) } }
     }
 
     /// Bytes the pages file takes on disk.

@@ -27,10 +27,11 @@ extension WarpFileSystem {
     private func logicalSize(_ node: Inode, backingSize: UInt64) -> UInt64 {
         node.lock.withLock { _ in
             switch node.content {
-            case .compressed(let f)?: return f.size
+            case .compressed(let f)? where !options.shared || f.holdsWriterLock: return f.size
             case .plain?: return backingSize
-            case nil:
-                if let s = node.cachedSize { return s }
+            case .compressed?, nil:
+                // Shared: another host may have changed it; read its header.
+                if !options.shared, let s = node.cachedSize { return s }
                 let fd = openBacking(node, O_RDONLY)
                 guard fd >= 0 else { return backingSize }
                 defer { close(fd) }

@@ -20,10 +20,12 @@ extension WarpFileSystem {
             case .plain: c = .plain(fd)
             case .compressed, .packed:
                 let f: CompressedFile
+                let lockTimeout = options.shared ? Double(options.lockTimeoutSeconds) : nil
                 if case .packed(let ref) = kind {
                     f = try packedContent(fd: fd, name: name, reference: ref)
+                    f.writerLockTimeout = lockTimeout
                 } else {
-                    f = try CompressedFile.open(fd: fd, name: name, codec: codec)
+                    f = try CompressedFile.open(fd: fd, name: name, codec: codec, writerLockTimeout: lockTimeout)
                 }
                 f.versionWhenEmptied = options.formatVersion
                 f.cacheLimit = options.cacheBlocksPerFile
@@ -81,6 +83,11 @@ extension WarpFileSystem {
         if flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 { try writable() }
         try node.lock.withLock { (_) throws in
             let c = try content(node)
+            // Close-to-open across hosts: a file another handle here keeps
+            // open is read again, unless this host is its writer.
+            if options.shared, node.content != nil, node.openHandles > 0, case .compressed(let f) = c, !f.holdsWriterLock {
+                try f.reloadFromDisk()
+            }
             node.openHandles += 1
             if flags & O_TRUNC != 0 {
                 try truncate(c, of: node, to: 0)
@@ -101,7 +108,11 @@ extension WarpFileSystem {
             switch try content(h.inode) {
             case .compressed(let f):
                 let n: Int
-                do { n = try f.read(offset: offset, count: count, into: buf) } catch { FSError.log(error); throw error }
+                do {
+                    n = try f.read(offset: offset, count: count, into: buf)
+                } catch let e as FSError where options.shared && e.errno == EIO && !f.holdsWriterLock {
+                    n = try readAgainAfterAnotherHostsChange(f, offset: offset, count: count, into: buf)
+                } catch { FSError.log(error); throw error }
                 touchAccessTime(h.inode)
                 codec.stats.noteRead(n)
                 return n
@@ -110,6 +121,27 @@ extension WarpFileSystem {
                 touchAccessTime(h.inode)
                 codec.stats.noteRead(n)
                 return n
+            }
+        }
+    }
+
+    /// Shared: a block that fails its checksum may be a version another
+    /// host's writer has since replaced and freed (its place reused). The
+    /// index is read again and the read retried, a few times while that
+    /// writer keeps changing the file; a block that still fails is EIO.
+    private func readAgainAfterAnotherHostsChange(_ f: CompressedFile, offset: UInt64, count: Int,
+                                                 into buf: UnsafeMutableRawPointer) throws -> Int {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                try f.reloadFromDisk()
+                return try f.read(offset: offset, count: count, into: buf)
+            } catch let e as FSError where e.errno == EIO && attempt < 8 {
+                usleep(useconds_t(5_000 * attempt))
+            } catch {
+                FSError.log(error)
+                throw error
             }
         }
     }
@@ -124,6 +156,9 @@ extension WarpFileSystem {
             switch try content(h.inode) {
             case .compressed(let f):
                 do {
+                    // Shared: the writer lock first, so the end is where the
+                    // last writer on any host left it.
+                    try f.beginChange()
                     // With the writeback cache the kernel places O_APPEND writes itself.
                     let appendHere = h.append && !options.writebackCache
                     try f.write(offset: appendHere ? f.size : offset, count: count, from: buf, privileged: h.privileged)

@@ -29,7 +29,9 @@ extension WarpFileSystem {
     /// application set. Called under the inode's lock.
     func settleForLastClose(_ node: Inode, _ f: CompressedFile) throws {
         try f.flush()
-        if f.hasStaleCopies { try preservingTimes(node, f.fd) { () throws in try f.sync() } }
+        // Shared: durable before the writer lock goes with the descriptor,
+        // so the next host's writer starts from it.
+        if f.hasStaleCopies || (options.shared && f.holdsWriterLock) { try preservingTimes(node, f.fd) { () throws in try f.sync() } }
         if !options.readOnly, let plan = f.compactionPlan() {
             try preservingTimes(node, f.fd) { () throws in try f.compact(plan) }
         }

@@ -37,6 +37,7 @@ extension WarpFileSystem {
             do {
                 let store = try PackStore.open(root: inodes.root.fd, create: create && options.packSmallFiles && !options.readOnly,
                                                readOnly: options.readOnly)
+                store?.crossHostLocking = options.shared
                 s.store = store
                 return store
             } catch {

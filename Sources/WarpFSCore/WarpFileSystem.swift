@@ -114,10 +114,11 @@ public final class WarpFileSystem: @unchecked Sendable {
 
     /// How long the kernel may cache attributes. Short: `st_blocks` changes
     /// when buffered blocks are stored.
-    public var attributeTimeout: Double { 1.0 }
+    public var attributeTimeout: Double { options.shared ? 0 : 1.0 }
     /// How long the kernel may cache names. Long: only this mount changes the
-    /// backing directory while it is mounted.
-    public var entryTimeout: Double { 60.0 }
+    /// backing directory while it is mounted (not at all under `shared`:
+    /// other hosts change it too).
+    public var entryTimeout: Double { options.shared ? 0 : 60.0 }
 
     // MARK: Helpers
 

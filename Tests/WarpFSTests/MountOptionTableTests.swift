@@ -11,7 +11,7 @@ import WarpFSCore
     /// must be added here, or the first test fails.
     static let samples: [String: String] = [
         "block_size": "16k", "blocksize": "128k", "algorithm": "zstd", "compression": "lz4", "level": "3",
-        "engines": "3", "format_version": "2", "deflate_engine": "zlib", "cache_blocks": "8", "pack_delay": "0", "memory": "64", "readahead": "0",
+        "engines": "3", "format_version": "2", "deflate_engine": "zlib", "cache_blocks": "8", "pack_delay": "0", "lock_timeout": "5", "memory": "64", "readahead": "0",
         "engine_timeout": "5", "queues": "16", "device": "/run/warpdrive.sock", "log": "/tmp/warpfs.log",
         "user": "alice", "comment": "kept by systemd",
     ]

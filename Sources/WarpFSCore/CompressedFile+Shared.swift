@@ -1,0 +1,91 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CWarpSys
+import WarpFSFormat
+
+// A backing file other hosts mount too (`-o shared`, docs/ARCHITECTURE.md,
+// "Deployment across hosts"): one writer per container across hosts, by a
+// record lock the distributed file system enforces for every client, and
+// what this host has in memory read again from the backing file whenever
+// another host may have changed it.
+
+extension CompressedFile {
+    /// `F_OFD_SETLK`: a lock of the open file description (released when
+    /// its last descriptor closes, also when the process dies).
+    static let setOFDLock: Int32 = 37
+
+    /// Before the first change while the file is open: takes the file's
+    /// cross-host writer lock (an exclusive record lock over the whole
+    /// backing file), waiting at most `writerLockTimeout` seconds, then
+    /// reads header and index again, recovering what a writer that died
+    /// left (as an open does). Held until the file's descriptor closes at
+    /// its last close, after its changes are durable. No-op when not shared
+    /// or already held.
+    public func beginChange() throws {
+        guard let timeout = writerLockTimeout, !holdsWriterLock else { return }
+        guard fcntl(fd, F_GETFL) & O_ACCMODE != O_RDONLY else {
+            throw FSError(EROFS, "\(name): its backing file is read-only here; it cannot be changed")
+        }
+        var lock = flock()
+        lock.l_type = Int16(F_WRLCK)
+        lock.l_whence = Int16(SEEK_SET)
+        lock.l_start = 0
+        lock.l_len = 0
+        let deadline = wd_now_ns() + UInt64(timeout * 1e9)
+        var logged = false
+        while fcntl(fd, CompressedFile.setOFDLock, &lock) != 0 {
+            let e = errno
+            if e == EINTR { continue }
+            guard e == EAGAIN || e == EACCES else {
+                throw FSError(e, "\(name): cannot take its writer lock (-o shared needs record locks the backing file system "
+                    + "enforces across hosts)")
+            }
+            if !logged { Log.info("\(name): another host is writing it; waiting up to \(Int(timeout)) s for its writer lock"); logged = true }
+            guard wd_now_ns() < deadline else {
+                throw FSError(EAGAIN, "\(name): another host is writing it and kept its writer lock for \(Int(timeout)) s "
+                    + "(lock_timeout); not changed")
+            }
+            usleep(20_000)
+        }
+        holdsWriterLock = true
+        try reloadFromDisk()
+    }
+
+    /// Reads the header and the block index again from the backing file and
+    /// forgets every cached block: another host may have changed the file.
+    /// Only when nothing is buffered here (a host with buffered changes
+    /// holds the writer lock, and nobody else changed the file). Recovery
+    /// runs when this host holds the writer lock.
+    public func reloadFromDisk() throws {
+        guard !hasUnstoredBlocks else { return }
+        drainCompressions()
+        while let s = decompressor, s.inFlight > 0 { reapDecompressions(minimum: s.inFlight) }
+        cache.removeAll()
+        loadErrors.removeAll()
+        lastReadEnd = .max
+        hintedUpTo = -1
+        tailVerified = false
+        if let ref = try CompressedFile.packReference(fd: fd, name: name) {
+            guard let store = packed?.store ?? packStoreForReload else {
+                throw FSError(EIO, "\(name): packed by another host, and this host has no pack open")
+            }
+            adoptPacked(PackedSource(reference: ref, store: store))
+            return
+        }
+        if let store = packed?.store { packStoreForReload = store }
+        packed = nil
+        let copies = try CompressedFile.headerCopies(fd: fd, name: name)
+        guard let decoded = copies.newest else { throw FSError(EIO, "\(name): damaged WarpFS header (\(copies.firstError))") }
+        header = decoded.header
+        layout = BlockLayout(header)
+        size = header.logicalSize
+        durableHeaderCopy = decoded.copy
+        lastHeaderCopy = decoded.copy
+        nextGeneration = header.generation + 1
+        headerDirty = false
+        changedSinceSync.removeAll()
+        entries = BlockIndex()
+        try loadIndex()
+    }
+}
