@@ -23,6 +23,14 @@ import Testing
         return Array(out.prefix(length))
     }
 
+    /// The version a unit of `version(...)` names in its first line; -1
+    /// when it names none (zeros, or bytes of no version).
+    static func versionField(_ bytes: [UInt8]) -> Int {
+        let words = String(decoding: bytes.prefix(40), as: UTF8.self).split(separator: " ")
+        guard words.count > 1, words[1].hasPrefix("v") else { return -1 }
+        return Int(words[1].dropFirst()) ?? -1
+    }
+
     @Test func anOpenSeesWhatTheOtherHostClosed() throws {
         let a = try TestMount(options: "shared,block_size=16k")
         defer { a.close() }
@@ -118,7 +126,7 @@ import Testing
                     guard got.count == length else { problems.withLock { $0.append("read \(reads): \(got.count) bytes") }; continue }
                     for block in stride(from: 0, to: length, by: 16384) {
                         let bytes = Array(got[block..<min(block + 16384, length)])
-                        let v = Int(String(decoding: bytes.prefix(40), as: UTF8.self).split(separator: " ")[1].dropFirst()) ?? -1
+                        let v = SharedModeTests.versionField(bytes)
                         if v < 0 || bytes != Array(SharedModeTests.version("f", v, length: length)[block..<min(block + 16384, length)]) {
                             problems.withLock { $0.append("read \(reads): block at \(block) is not one whole version (its first unit says v\(v))") }
                         }
@@ -165,7 +173,7 @@ import Testing
         for unit in 0..<(length / 4096) {
             let lo = unit * 4096
             let bytes = Array(got[lo..<min(lo + 4096, length)])
-            let v = Int(String(decoding: bytes.prefix(40), as: UTF8.self).split(separator: " ")[1].dropFirst()) ?? -1
+            let v = SharedModeTests.versionField(bytes)
             #expect(v >= floor && bytes == Array(SharedModeTests.version("f", v, length: length)[lo..<min(lo + 4096, length)]),
                     "unit \(unit) holds v\(v); fsynced v\(floor)")
         }
