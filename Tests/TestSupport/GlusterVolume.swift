@@ -250,6 +250,10 @@ public final class GlusterVolume: @unchecked Sendable {
 
         if let d = daemon {
             daemon = nil
+            // A system glusterd's brick log (a private one's is in its directory).
+            if !d.started {
+                unlink("/var/log/glusterfs/bricks/" + String(brick.dropFirst().map { $0 == "/" ? "-" : $0 }) + ".log")
+            }
             problems += GlusterDaemon.release(d)
         }
         _ = runCommand(["/bin/rm", "-rf", "--one-file-system", directory])
@@ -547,7 +551,13 @@ final class GlusterDaemon: @unchecked Sendable {
         closedir(dir)
         for path in stale {
             for m in GlusterVolume.mounts(under: path) { _ = runCommand(["/bin/umount", "-l", m]) }
-            for p in GlusterProcess.all() where p.mentions(path) { kill(p.pid, SIGKILL) }
+            for p in GlusterProcess.all() where p.mentions(path) {
+                kill(p.pid, SIGKILL)
+                // A brick's socket in /var/run/gluster.
+                if p.name == "glusterfsd", let i = p.arguments.firstIndex(of: "-S"), i + 1 < p.arguments.count {
+                    unlink(p.arguments[i + 1])
+                }
+            }
             _ = runCommand(["/bin/rm", "-rf", "--one-file-system", path])
         }
     }
