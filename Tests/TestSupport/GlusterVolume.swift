@@ -108,8 +108,10 @@ public final class GlusterVolume: @unchecked Sendable {
     private static let counter = Mutex(0)
 
     /// Starts glusterd if needed, creates and starts a volume and mounts it
-    /// at `hostA` and `hostB`. `timeout` bounds each wait (glusterd
-    /// answering, the mounts reaching the brick).
+    /// at `hostA` and `hostB`. `timeout` (seconds) bounds the wait for a
+    /// started glusterd to answer, and separately everything after
+    /// `volume start` (the brick's process, both mounts, both reaching the
+    /// brick); mounting is retried until then.
     public init(directIO: Bool = false, timeout: Double = 30) throws {
         self.directIO = directIO
         let n = GlusterVolume.counter.withLock { c in c += 1; return c }
