@@ -49,7 +49,7 @@ extension CompressedFile {
     /// the old versions still in place), when moving them leaves fewer
     /// pages touched; nil when compaction does not apply or frees nothing.
     public func compactionPlan() -> [Int]? {
-        guard packed == nil, layout.version >= 3, entries.count > 0, fcntl(fd, F_GETFL) & O_ACCMODE != O_RDONLY, entries.count <= BlockLayout.blocksPerGroup,
+        guard packed == nil, writerLockTimeout == nil || holdsWriterLock, layout.version >= 3, entries.count > 0, fcntl(fd, F_GETFL) & O_ACCMODE != O_RDONLY, entries.count <= BlockLayout.blocksPerGroup,
               !hasUnstoredBlocks, changedSinceSync.isEmpty, (0..<entries.count).allSatisfy({ !entries[$0].hasStale }) else { return nil }
         var now: [Int: Range<Int>] = [:]
         for b in 0..<entries.count {

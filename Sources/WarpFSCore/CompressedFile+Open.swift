@@ -58,6 +58,8 @@ extension CompressedFile {
     /// other hosts (`-o shared`): nothing is written, recovery included,
     /// before the file's cross-host writer lock is held (`beginChange`).
     public static func open(fd: Int32, name: String, codec: BlockCodec, writerLockTimeout: Double? = nil) throws -> CompressedFile {
+        // Shared: nothing this host cached of the file may stand for what another host wrote.
+        if writerLockTimeout != nil { _ = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) }
         let copies = try headerCopies(fd: fd, name: name)
         guard let decoded = copies.newest else {
             throw FSError(EIO, "\(name): damaged WarpFS header (\(copies.firstError))")

@@ -42,6 +42,11 @@ extension CompressedFile {
     /// when it fits; others go to a free run of the group's region
     /// (`place`), never over bytes another slot's header points to.
     func store(block b: Int, encoding: BlockEncoding, payload: UnsafeRawBufferPointer) throws {
+        // A file other hosts share is written only under its writer lock
+        // (every change takes it first; this is the backstop).
+        guard writerLockTimeout == nil || holdsWriterLock else {
+            throw FSError(EIO, "\(name): block \(b): a store without the cross-host writer lock was refused")
+        }
         var e = entries[b]
         let target = e.durable.map { 1 - $0 } ?? e.current ?? 0
         let len = payload.count

@@ -32,10 +32,14 @@ extension WarpFileSystem {
         // Shared: durable before the writer lock goes with the descriptor,
         // so the next host's writer starts from it.
         if f.hasStaleCopies || (options.shared && f.holdsWriterLock) { try preservingTimes(node, f.fd) { () throws in try f.sync() } }
-        if !options.readOnly, let plan = f.compactionPlan() {
+        // Compaction writes: under `shared` only by the host holding the writer lock.
+        if !options.readOnly, !options.shared || f.holdsWriterLock, let plan = f.compactionPlan() {
             try preservingTimes(node, f.fd) { () throws in try f.compact(plan) }
         }
         afterLastClose(node, f)
+        // Shared: the next host's writer may start now (the descriptor's own
+        // release reaches the other hosts only later).
+        if options.shared && !f.hasUnstoredBlocks { f.releaseWriterLock() }
     }
 
     /// Drops clean cached blocks of files nobody is using right now (their

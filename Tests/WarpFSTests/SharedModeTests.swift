@@ -91,6 +91,42 @@ import Testing
         #expect(try FileIO.read(a.path("f")) == want)
     }
 
+    /// A host that only read a file writes nothing to it at its last close:
+    /// the compaction a small rewritten file gets there is the writer's
+    /// (a reader compacting while another host writes broke that host's
+    /// slots: GlusterTests.writersOnBothHostsNeverInterleave found it).
+    @Test func aReadersLastCloseWritesNothing() throws {
+        let a = try TestMount(options: "shared")
+        defer { a.close() }
+        let b = try TestMount(options: "shared", backing: a.backing)
+        defer { b.close() }
+        var r = Rng(17)
+        try FileIO.write(a.path("s"), r.bytes(2000))
+        // Rewritten in place and synced while host A keeps it open: its one
+        // version now lies on the second page, where compaction would move it from.
+        let fd = open(a.path("s"), O_RDWR)
+        let second = r.bytes(2000)
+        try FileIO.pwrite(fd, second, 0)
+        #expect(fsync(fd) == 0)
+        let before = try FileIO.read(a.backingPath("s"))
+        #expect(try FileIO.read(b.path("s")) == second)
+        // Host B's release of the file comes after close() returns: its unmount waits for it.
+        b.unmount()
+        #expect(try FileIO.read(a.backingPath("s")) == before, "host B's last close changed the backing file")
+        try b.start()
+        close(fd)
+        #expect(try FileIO.read(b.path("s")) == second)
+    }
+
+    /// Writers on both hosts at once (GlusterTests has the same over GlusterFS).
+    @Test func writersOnBothHostsNeverInterleave() throws {
+        let a = try TestMount(options: "shared,block_size=16k")
+        defer { a.close() }
+        let b = try TestMount(options: "shared,block_size=16k", backing: a.backing)
+        defer { b.close() }
+        try GlusterTests.writersNeverInterleave(a, b)
+    }
+
     /// Host A rewrites a file again and again (fsync after each version)
     /// while host B reads it whole, reopening each time: every block read
     /// is one whole version (never units of two versions in one block; the
