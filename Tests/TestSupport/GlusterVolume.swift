@@ -307,6 +307,9 @@ public final class GlusterVolume: @unchecked Sendable {
         let stuck = live.filter(GlusterProcess.isAlive)
         guard !stuck.isEmpty else { return nil }
         for p in stuck { kill(p, SIGKILL) }
+        // SIGKILL is delivered at once, the exit takes a moment: wait (bounded) for it.
+        let killDeadline = monotonicSeconds() + 5
+        while monotonicSeconds() < killDeadline && stuck.contains(where: GlusterProcess.isAlive) { usleep(20_000) }
         return "pids \(stuck) ignored SIGTERM for \(Int(grace)) s; killed"
     }
 
