@@ -84,9 +84,12 @@ extension WarpFileSystem {
     public func packWaitingFiles(all: Bool = false) {
         let delay = UInt64(options.packDelaySeconds) * 1_000_000_000
         while true {
-            let now = wd_now_ns()
             let due: [Inode] = packing.state.withLock { s in
-                let ready = s.waiting.values.filter { all || now - $0.since >= delay }.sorted { $0.since < $1.since }.prefix(1024)
+                // Read under the lock: a file queued after it was read would
+                // be younger than "now" (and UInt64 has no negative age).
+                let now = wd_now_ns()
+                let ready = s.waiting.values.filter { all || now >= $0.since && now - $0.since >= delay }
+                    .sorted { $0.since < $1.since }.prefix(1024)
                 for w in ready { s.waiting[w.node.nodeID] = nil }
                 return ready.map(\.node)
             }

@@ -6,6 +6,7 @@
 import Glibc
 #endif
 import BenchSupport
+import CWarpSys
 import Synchronization
 
 /// One GlusterFS volume with a single brick in a temporary directory,
@@ -385,7 +386,7 @@ public struct GlusterProcess: Sendable {
         defer { closedir(dir) }
         var out: [GlusterProcess] = []
         while let e = readdir(dir) {
-            let entry = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let entry = String(cString: wd_dirent_name(e))
             guard let pid = pid_t(entry), isAlive(pid),
                   let comm = GlusterVolume.readText("/proc/\(pid)/comm"), comm.hasPrefix("gluster"),
                   let cmdline = GlusterVolume.readText("/proc/\(pid)/cmdline") else { continue }
@@ -545,7 +546,7 @@ final class GlusterDaemon: @unchecked Sendable {
         guard let dir = opendir("/tmp") else { return }
         var stale: [String] = []
         while let e = readdir(dir) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let name = String(cString: wd_dirent_name(e))
             for prefix in ["warpfs-gluster-", "warpfs-glusterd-"] where name.hasPrefix(prefix) {
                 let rest = name.dropFirst(prefix.count)
                 guard let owner = pid_t(rest.prefix(while: { $0 != "-" })), owner != getpid(),

@@ -89,7 +89,7 @@ import WarpFSFormat
             let a = try #require(copies[0]), b = try #require(copies[1])
             let older = a.generation < b.generation ? 0 : 1
             // A byte of the copy the checksum covers (past the fields).
-            try flipByte(m.backingPath("header"), at: layout.headerCopyOffsets[older] + 40)
+            try FileIO.flipByte(m.backingPath("header"), at: layout.headerCopyOffsets[older] + 40)
 
             // past: a valid version of block 9 in a six-block file.
             try writeVersion(m.backingPath("past"), block: 9, slot: 0, generation: 999, offset: 220 * page, payload: r.bytes(bs))
@@ -217,7 +217,7 @@ import WarpFSFormat
             #expect(layout == BlockLayout(blockSize: bs, version: version))
             // bad-crc: one byte of block 2's payload flipped.
             let c2 = try slot(m.backingPath("bad-crc"), block: 2)
-            try flipByte(m.backingPath("bad-crc"), at: layout.payloadOffset(block: 2, slot: c2.slot, header: c2.header) + 100)
+            try FileIO.flipByte(m.backingPath("bad-crc"), at: layout.payloadOffset(block: 2, slot: c2.slot, header: c2.header) + 100)
             // bad-stream: block 4's payload cut to half, with a checksum that
             // matches the half: it passes the checksum, not the decompression.
             let s4 = try slot(m.backingPath("bad-stream"), block: 4)
@@ -358,14 +358,6 @@ import WarpFSFormat
         try writeHeader(path, block: block, slot: slot, h)
     }
 
-    private func flipByte(_ path: String, at offset: Int) throws {
-        let fd = open(path, O_RDWR)
-        guard fd >= 0 else { throw Errno(errno, path) }
-        defer { close(fd) }
-        var b = try FileIO.pread(fd, 1, offset)
-        b[0] ^= 0xFF
-        try FileIO.pwrite(fd, b, offset)
-    }
 
     /// Copy A and copy B of the container's header (nil: not a valid copy).
     private func headerCopies(_ path: String) throws -> [FileHeader?] {

@@ -278,36 +278,7 @@ extension GlusterHarnessTests {
         @Test func aKilledHostsFileIsRecoveredOnTheOther() throws {
             let hosts = try TwoHosts()
             defer { hosts.close() }
-            let length = 200_000
-            try FileIO.write(hosts.a.path("f"), SharedModeTests.version("f", 0, length: length))
-            let pa = hosts.a.path("f"), pid = hosts.a.pid
-            let synced = Atomic<Int>(0)
-            threads(2) { t in
-                if t == 1 { usleep(400_000); kill(pid, SIGKILL); return }
-                let fd = open(pa, O_RDWR)
-                guard fd >= 0 else { return }
-                for v in 1...1000 {
-                    let d = SharedModeTests.version("f", v, length: length)
-                    if d.withUnsafeBytes({ pwrite(fd, $0.baseAddress, $0.count, 0) }) != d.count || fsync(fd) != 0 { break }
-                    synced.store(v, ordering: .relaxed)
-                }
-                Glibc.close(fd)
-            }
-            hosts.a.unmount()
-            let floor = synced.load(ordering: .relaxed)
-            let fd = open(hosts.b.path("f"), O_RDWR)
-            #expect(fd >= 0)
-            try FileIO.pwrite(fd, Array("B".utf8), length)
-            Glibc.close(fd)
-            let got = try FileIO.read(hosts.b.path("f"))
-            #expect(got.count == length + 1)
-            for unit in 0..<(length / 4096) {
-                let lo = unit * 4096
-                let bytes = Array(got[lo..<(lo + 4096)])
-                let v = SharedModeTests.versionField(bytes)
-                #expect(v >= floor && bytes == Array(SharedModeTests.version("f", v, length: length)[lo..<(lo + 4096)]),
-                        "unit \(unit) holds v\(v); fsynced v\(floor)")
-            }
+            let floor = try SharedModeTests.killWriterThenWriteOnTheOther(hosts.a, hosts.b, length: 200_000, killAfter: 400_000)
             hosts.b.unmount()
             for side in [hosts.volume.hostA, hosts.volume.hostB] {
                 let fsck = runCommand([warpfsBinary, "fsck", side + "/backing", "--progress", "never"])

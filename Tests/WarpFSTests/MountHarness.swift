@@ -51,6 +51,16 @@ enum FileIO {
         return Array(buf[0..<done])
     }
 
+    /// Inverts the byte at `offset` of the file at `path` (damage for tests).
+    static func flipByte(_ path: String, at offset: Int) throws {
+        let fd = open(path, O_RDWR)
+        guard fd >= 0 else { throw Errno(errno, path) }
+        defer { close(fd) }
+        var b = try pread(fd, 1, offset)
+        b[0] ^= 0xFF
+        try pwrite(fd, b, offset)
+    }
+
     static func stat(_ path: String) throws -> Glibc.stat {
         var st = Glibc.stat()
         guard lstat(path, &st) == 0 else { throw Errno(errno, "stat \(path)") }

@@ -132,12 +132,12 @@ import WarpFSFormat
         let text = try #require(try reference(m.backingPath("text")))
         let note = try #require(try reference(m.backingPath("d/note")))
         // text: a payload byte flipped; d/note: its key overwritten.
-        try flip(m.backingPath(".warpfs-pack/pages"), at: Int(text.page) * 4096 + text.offset + PackPage.keySize + 5)
-        try flip(m.backingPath(".warpfs-pack/pages"), at: Int(note.page) * 4096 + note.offset)
+        try FileIO.flipByte(m.backingPath(".warpfs-pack/pages"), at: Int(text.page) * 4096 + text.offset + PackPage.keySize + 5)
+        try FileIO.flipByte(m.backingPath(".warpfs-pack/pages"), at: Int(note.page) * 4096 + note.offset)
         // noise: a whole container of the same bytes beside its reference, its record gone.
         let noise = try #require(try reference(m.backingPath("noise")))
         try FileIO.write(m.backingPath("noise"), try containerOf(Self.small["noise"]!), flags: O_WRONLY)
-        try flip(m.backingPath(".warpfs-pack/pages"), at: Int(noise.page) * 4096 + noise.offset + PackPage.keySize)
+        try FileIO.flipByte(m.backingPath(".warpfs-pack/pages"), at: Int(noise.page) * 4096 + noise.offset + PackPage.keySize)
 
         let found = fsck(m.backing)
         #expect(found.status == 4, "\(found.output)")
@@ -285,14 +285,6 @@ import WarpFSFormat
         return try PackReference.decode(Array(buf[0..<n]))
     }
 
-    private func flip(_ path: String, at offset: Int) throws {
-        let fd = open(path, O_RDWR)
-        guard fd >= 0 else { throw Errno(errno, path) }
-        defer { close(fd) }
-        var b = try FileIO.pread(fd, 1, offset)
-        b[0] ^= 0xFF
-        try FileIO.pwrite(fd, b, offset)
-    }
 
     /// The backing bytes of a container holding `data`, written by a mount that does not pack.
     private func containerOf(_ data: [UInt8]) throws -> [UInt8] {
