@@ -150,6 +150,7 @@ int wd_start_writeback(int fd, int64_t offset, int64_t length) {
 }
 
 int wd_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
+int wd_syncfs(int fd) { return syncfs(fd); }
 
 int64_t wd_probe_max_file_size(int dirfd) {
     int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);

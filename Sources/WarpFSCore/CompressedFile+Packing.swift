@@ -120,12 +120,20 @@ extension CompressedFile {
             if fremovexattr(fd, PackReference.attributeName) != 0 && errno != ENODATA {
                 throw FSError.last("remove the packed-file reference of \(name)")
             }
-            _ = try sys("fsync \(name)") { fsync(fd) }
         } catch {
-            // The reference still stands (or its removal is not known to be
-            // durable): the file stays packed, in memory as on disk.
+            // The reference still stands: the file stays packed, in memory
+            // as on disk (the container written is ignored, and cut off at
+            // the last close).
             adoptPacked(source)
             throw error
+        }
+        // The reference is gone: the container is the file now, whatever
+        // follows. Its removal must be durable before the record is freed;
+        // if it cannot be made so, the record stays (an orphan at worst).
+        guard Glibc.fsync(fd) == 0 else {
+            let e = FSError.last("fsync \(name) after unpacking it")
+            Log.error("\(e.description); its old record in the pack stays until warpfs fsck --repair")
+            return
         }
         do { try source.store.release(ref) } catch {
             Log.error("\(name): unpacked, but its old record in the pack could not be freed (warpfs fsck --repair frees it): \(error)")

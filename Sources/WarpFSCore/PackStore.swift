@@ -24,9 +24,10 @@ import WarpFSFormat
 /// writable by nobody else; otherwise the pack is refused (EPERM), as a
 /// planted pack could feed any file's data.
 ///
-/// Concurrency: one lock guards the known pages and every write and read
-/// of the pages file. A leaf after `Inode.lock`: nothing else is taken
-/// under it.
+/// Concurrency: one lock guards the known pages and every change of the
+/// pages file (a record's read takes none: a record is never written over
+/// while a reference names it). A leaf after `Inode.lock`: nothing else is
+/// taken under it.
 public final class PackStore: @unchecked Sendable {
     /// The directory's name, reserved in every directory of a mount.
     public static let directoryName = ".warpfs-pack"
@@ -87,6 +88,9 @@ public final class PackStore: @unchecked Sendable {
         if dir < 0 && errno == ENOENT {
             guard create, !readOnly else { return nil }
             if mkdirat(root, directoryName, 0o700) != 0 && errno != EEXIST { throw FSError.last("create \(directoryName)") }
+            // Its name durable before any file refers to the pack.
+            let parent = openat(root, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if parent >= 0 { _ = fsync(parent); close(parent) }
             dir = openat(root, directoryName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         }
         guard dir >= 0 else { throw FSError.last("open \(directoryName)") }
@@ -103,6 +107,8 @@ public final class PackStore: @unchecked Sendable {
             var writable = !readOnly
             if fd < 0 && (errno == EACCES || errno == EROFS) { fd = openat(dir, pagesName, O_RDONLY | O_NOFOLLOW | O_CLOEXEC); writable = false }
             guard fd >= 0 else { throw FSError.last("open \(directoryName)/\(pagesName)") }
+            // A pages file just made: its name durable before a record in it is referred to.
+            if create && !readOnly { _ = fsync(dir) }
             do { try checkOwnership(fd, "\(directoryName)/\(pagesName)", regular: true, owners: owners) } catch { close(fd); throw error }
             return PackStore(id: id, fd: fd, dirFD: dir, writable: writable)
         } catch {
@@ -151,7 +157,10 @@ public final class PackStore: @unchecked Sendable {
     private static func checkOwnership(_ fd: Int32, _ what: String, regular: Bool = false, owners: Set<uid_t>) throws {
         var st = stat()
         _ = try sys("stat \(what)") { fstat(fd, &st) }
-        guard owners.contains(st.st_uid), st.st_mode & 0o022 == 0, (st.st_mode & S_IFMT == S_IFREG) == regular else {
+        // A file of the pack has one name: a hard link could make any
+        // file the owner may link (another user's) the pack.
+        guard owners.contains(st.st_uid), st.st_mode & 0o022 == 0, (st.st_mode & S_IFMT == S_IFREG) == regular,
+              !regular || st.st_nlink == 1 else {
             throw FSError(EPERM, "\(what) belongs to uid \(st.st_uid) with mode \(String(st.st_mode & 0o7777, radix: 8)): a pack must be "
                 + "owned by uid \(owners.sorted().map(String.init).joined(separator: " or ")) and writable by nobody else; "
                 + "packed files cannot be read from it")
@@ -276,15 +285,16 @@ public final class PackStore: @unchecked Sendable {
             guard hole >= 0, Int(hole) < Int(st.st_size) else { break }
             let p = Int(hole) / PackPage.size
             s.holeCursor = p + 1
+            guard let page = UInt32(exactly: p) else { break }
             // A hole may start inside a page still partly written: take only whole free pages.
-            if Int(hole) % PackPage.size == 0, (p + 1) * PackPage.size <= Int(st.st_size), s.roomy[UInt32(p)] == nil {
+            if Int(hole) % PackPage.size == 0, (p + 1) * PackPage.size <= Int(st.st_size), s.roomy[page] == nil {
                 let next = lseek(fd, off_t(p * PackPage.size), Int32(WD_SEEK_DATA))
-                if next < 0 || Int(next) >= (p + 1) * PackPage.size { return UInt32(p) }
+                if next < 0 || Int(next) >= (p + 1) * PackPage.size { return page }
             }
         }
         s.holeCursor = end + 1
-        guard end < Int(UInt32.max) else { throw FSError(ENOSPC, "the pack has no page left") }
-        return UInt32(end)
+        guard let page = UInt32(exactly: end), page < UInt32.max else { throw FSError(ENOSPC, "the pack has no page left") }
+        return page
     }
 
     private func remember(_ s: inout State, _ index: UInt32, _ page: PackPage) {
@@ -352,6 +362,8 @@ public final class PackStore: @unchecked Sendable {
                 let data = lseek(fd, off_t(at), Int32(WD_SEEK_DATA))
                 if data < 0 { break }
                 let p = Int(data) / PackPage.size
+                // Pages past what a reference can name are no records.
+                guard UInt32(exactly: p) != nil else { break }
                 let n = try bytes.withUnsafeMutableBytes { try preadFully(fd, $0.baseAddress!, $0.count, p * PackPage.size, "read the pack") }
                 at = (p + 1) * PackPage.size
                 guard n > 0 else { break }

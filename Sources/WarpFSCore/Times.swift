@@ -38,11 +38,20 @@ extension WarpFileSystem {
     /// The ctime to report for `node` whose backing stat is `st`, when the
     /// record applies.
     func recordedChangeTime(_ node: Inode, _ st: stat) -> timespec? {
-        guard keepsChangeTimes, node.isRegular else { return nil }
+        guard node.isRegular else { return nil }
+        // A packed file's (an empty backing file with a reference) is in its reference.
+        if st.st_size == 0 && st.st_blocks == 0, let t = packReference(node)?.changeTime {
+            return timespec(tv_sec: Int(t.seconds), tv_nsec: Int(t.nanoseconds))
+        }
+        guard keepsChangeTimes else { return nil }
         if let mark = node.changeTimeMark, mark.tv_sec != st.st_ctim.tv_sec || mark.tv_nsec != st.st_ctim.tv_nsec { return nil }
         var raw = [Int64](repeating: 0, count: 4)
         let n = raw.withUnsafeMutableBytes { CWarpSys.getxattr(node.procPath, WarpFileSystem.changeTimeAttribute, $0.baseAddress, $0.count) }
-        guard n == 32, raw[2] == Int64(st.st_mtim.tv_sec), raw[3] == Int64(st.st_mtim.tv_nsec) else { return nil }
+        // A record whose nanoseconds are out of range (written by hand, or
+        // restored by an archiver) is no record.
+        guard n == 32, raw[2] == Int64(st.st_mtim.tv_sec), raw[3] == Int64(st.st_mtim.tv_nsec), (0..<1_000_000_000).contains(raw[1]) else {
+            return nil
+        }
         return timespec(tv_sec: Int(raw[0]), tv_nsec: Int(raw[1]))
     }
 

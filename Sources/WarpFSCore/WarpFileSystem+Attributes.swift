@@ -101,7 +101,11 @@ extension WarpFileSystem {
             }
         }
         // The ctime shown: the kernel's (writeback cache), else the backing one this change set.
-        if let ctime = ch.ctime { recordChangeTime(node, ctime) } else { forgetChangeTime(node) }
+        // Under the file's lock: a packed file's reference is rewritten, and
+        // must not race its unpacking or packing.
+        node.lock.withLock { _ in
+            if let ctime = ch.ctime { recordChangeTime(node, ctime) } else { forgetChangeTime(node) }
+        }
         return try attributes(node)
     }
 

@@ -59,8 +59,16 @@ extension WarpFileSystem {
     func setSize(_ node: Inode, _ size: UInt64, caller: Caller?) throws {
         guard node.isRegular else { throw FSError(EISDIR) }
         try node.lock.withLock { (_) throws in
-            try truncate(content(node), of: node, to: size)
-            if node.openHandles == 0 { node.content = nil }
+            let c = try content(node)
+            try truncate(c, of: node, to: size)
+            if node.openHandles == 0 {
+                // Shared: as a last close does, durable before the writer lock goes.
+                if options.shared, case .compressed(let f) = c, f.holdsWriterLock {
+                    try f.sync()
+                    f.releaseWriterLock()
+                }
+                node.content = nil
+            }
         }
         try dropSetIDBits(node, caller: caller)
     }

@@ -187,7 +187,7 @@ extension WarpFileSystem {
         let held = holdForRemoval(p, name)
         defer { if let held { close(held.fd) } }
         _ = try sys("unlink \(name)") { unlinkat(p.fd, name, 0) }
-        if let held { releaseIfGone(held.fd, node: held.node) }
+        if let held { releaseIfGone(held.fd, node: held.node, directory: p) }
     }
 
     public func rmdir(parent: UInt64, name: String) throws {
@@ -205,7 +205,7 @@ extension WarpFileSystem {
         let held = flags & 2 == 0 ? holdForRemoval(np, newName) : nil       // not RENAME_EXCHANGE
         defer { if let held { close(held.fd) } }
         _ = try sys("rename \(name)") { wd_renameat2(p.fd, name, np.fd, newName, flags) }
-        if let held { releaseIfGone(held.fd, node: held.node) }
+        if let held { releaseIfGone(held.fd, node: held.node, directory: np) }
     }
 
     /// Creates a regular file (a compressed container unless the mount's

@@ -21,6 +21,8 @@ final class Packing: @unchecked Sendable {
         /// Why the pack could not be opened (logged once, not per file).
         var failure: String?
         var waiting: [UInt64: Waiting] = [:]
+        /// The backing file system keeps no user extended attributes: nothing is packed.
+        var unsupported = false
     }
     let state = Mutex(State())
 }
@@ -64,18 +66,26 @@ extension WarpFileSystem {
         if let ref = f.packReference {
             var st = stat()
             guard fstat(f.fd, &st) == 0 else { return }
+            // What is on disk decides, not what this host read at open: the
+            // file may have been unpacked since (by another host under
+            // `shared`), and its container is then the data.
+            guard (try? CompressedFile.packReference(fd: f.fd, name: f.name)) == ref else { return }
             if st.st_nlink == 0 {
-                if let store = try? packStore(create: false) {
-                    do { try store.release(ref) } catch { Log.error("\(f.name): deleted, but its record in the pack stays: \(error)") }
-                }
-            } else if st.st_size > 0, !options.readOnly, fcntl(f.fd, F_GETFL) & O_ACCMODE != O_RDONLY {
+                // The removal of its last name durable first (`syncfs`: the
+                // name's directory is not known here), then the record.
+                guard wd_syncfs(f.fd) == 0, let store = try? packStore(create: false) else { return }
+                do { try store.release(ref) } catch { Log.error("\(f.name): deleted, but its record in the pack stays: \(error)") }
+            } else if st.st_size > 0, !options.readOnly, !options.shared || f.holdsWriterLock,
+                      fcntl(f.fd, F_GETFL) & O_ACCMODE != O_RDONLY {
                 var times = [st.st_atim, st.st_mtim]
                 if ftruncate(f.fd, 0) == 0 { futimens(f.fd, &times) }
             }
             return
         }
         guard options.packSmallFiles, !options.readOnly, f.mayBePacked else { return }
-        packing.state.withLock { $0.waiting[node.nodeID] = Packing.Waiting(node: node, since: wd_now_ns()) }
+        packing.state.withLock { s in
+            if !s.unsupported { s.waiting[node.nodeID] = Packing.Waiting(node: node, since: wd_now_ns()) }
+        }
     }
 
     /// Packs the small files that have waited `pack_delay` seconds since
@@ -97,6 +107,16 @@ extension WarpFileSystem {
             pack(due)
             if !all { return }
         }
+    }
+
+    /// The inode the table holds for `node`'s backing object now (another
+    /// object when the kernel forgot `node` and looked the file up again),
+    /// or `node` itself when the table holds none: then nothing in the
+    /// mount has the file open. (A lookup and open racing the packer's
+    /// step in that case go through a new inode's lock: the step's own
+    /// checks of size, times and reference then catch most of it, not all.)
+    private func liveInode(_ node: Inode) -> Inode {
+        inodes.find(dev: node.dev, ino: node.ino) ?? node
     }
 
     /// One file on its way into the pack.
@@ -128,7 +148,11 @@ extension WarpFileSystem {
         } catch { return }
         guard store.writable else { return }
         var staged: [Staged] = []
-        for node in nodes {
+        for queued in nodes {
+            // The inode the mount knows the file by now (the kernel may have
+            // forgotten the queued one and looked the file up again): its
+            // lock and its content are what opens and changes go through.
+            let node = liveInode(queued)
             node.lock.withLock { _ in
                 // Opened again: its next last close queues it again.
                 guard node.content == nil else { return }
@@ -145,7 +169,7 @@ extension WarpFileSystem {
                                             page: 0, offset: 0, key: 0)
                     // The change time shown now stays what the mount shows once packed.
                     let ctime = recordedChangeTime(node, st) ?? st.st_ctim
-                    ref.changeTime = (Int64(ctime.tv_sec), UInt32(ctime.tv_nsec))
+                    ref.changeTime = (Int64(ctime.tv_sec), UInt32(clamping: ctime.tv_nsec))
                     if !input.payload.isEmpty {
                         ref.key = UInt64.random(in: 1...UInt64.max)
                         let at = try input.payload.withUnsafeBytes { try store.append(key: ref.key, payload: $0) }
@@ -170,18 +194,25 @@ extension WarpFileSystem {
         }
         var referenced: [Staged] = []
         for s in staged {
-            let set = s.node.lock.withLock { _ -> Bool in
+            let node = liveInode(s.node)
+            let set = node.lock.withLock { _ -> Bool in
                 var st = stat()
-                guard s.node.content == nil, fstat(s.fd, &st) == 0, st.st_nlink > 0, st.st_size == s.before.st_size,
+                guard node.content == nil, fstat(s.fd, &st) == 0, st.st_nlink > 0, st.st_size == s.before.st_size,
                       st.st_mtim.tv_sec == s.before.st_mtim.tv_sec, st.st_mtim.tv_nsec == s.before.st_mtim.tv_nsec,
                       st.st_ctim.tv_sec == s.before.st_ctim.tv_sec, st.st_ctim.tv_nsec == s.before.st_ctim.tv_nsec else { return false }
                 if s.dropChangeTimeRecord {
                     _ = fremovexattr(s.fd, WarpFileSystem.changeTimeAttribute)
-                    s.node.changeTimeMark = nil
+                    node.changeTimeMark = nil
                 }
                 let value = s.reference.encoded()
                 guard value.withUnsafeBytes({ fsetxattr(s.fd, PackReference.attributeName, $0.baseAddress, $0.count, Int32(XATTR_CREATE)) }) == 0 else {
-                    Log.error("\(s.name): not packed: \(FSError.last("set its packed-file reference"))")
+                    let e = errno
+                    if e == ENOTSUP || e == EOPNOTSUPP {
+                        let first = packing.state.withLock { st in defer { st.unsupported = true; st.waiting.removeAll() }; return !st.unsupported }
+                        if first { Log.error("the backing file system keeps no user extended attributes: small files are not packed") }
+                    } else {
+                        Log.error("\(s.name): not packed: \(FSError(e, "set its packed-file reference"))")
+                    }
                     return false
                 }
                 return true
@@ -194,11 +225,12 @@ extension WarpFileSystem {
             if Glibc.fsync(s.fd) == 0 { durable.append(s) } else { Log.error("\(s.name): \(FSError.last("fsync after packing"))") }
         }
         for s in durable {
-            s.node.lock.withLock { _ in
-                guard s.node.content == nil, (try? CompressedFile.packReference(fd: s.fd, name: s.name)) == s.reference else { return }
+            let node = liveInode(s.node)
+            node.lock.withLock { _ in
+                guard node.content == nil, (try? CompressedFile.packReference(fd: s.fd, name: s.name)) == s.reference else { return }
                 var times = [s.before.st_atim, s.before.st_mtim]
                 if ftruncate(s.fd, 0) == 0 { futimens(s.fd, &times) }
-                s.node.cachedSize = s.reference.logicalSize
+                node.cachedSize = s.reference.logicalSize
             }
         }
     }
@@ -214,7 +246,7 @@ extension WarpFileSystem {
     /// Records the change time a packed file shows in its reference; false
     /// when the file is not packed.
     func setPackedChangeTime(_ node: Inode, _ ctime: timespec) -> Bool {
-        guard var ref = packReference(node) else { return false }
+        guard var ref = packReference(node), (0..<1_000_000_000).contains(ctime.tv_nsec) else { return false }
         ref.changeTime = (Int64(ctime.tv_sec), UInt32(ctime.tv_nsec))
         replaceReference(node, ref)
         return true
@@ -228,12 +260,19 @@ extension WarpFileSystem {
     /// Frees the record of a packed file whose last name was just removed
     /// (`fd`: the file, held across the removal), unless the mount has it
     /// open: then its last close does (`afterLastClose`).
-    func releaseIfGone(_ fd: Int32, node: Inode?) {
+    func releaseIfGone(_ fd: Int32, node: Inode?, directory: Inode) {
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_nlink == 0, st.st_mode & S_IFMT == S_IFREG,
               let ref = try? CompressedFile.packReference(fd: fd, name: "a removed file"), ref.hasRecord else { return }
         let open = node?.lock.withLock { _ in node?.content != nil } ?? false
         guard !open, let store = try? packStore(create: false) else { return }
+        // The removal of the name durable before the record can be reused:
+        // a crash must not bring the name back naming a freed record.
+        let dir = openat(directory.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dir >= 0 else { return }
+        let synced = Glibc.fsync(dir) == 0
+        close(dir)
+        guard synced else { return }
         do { try store.release(ref) } catch { Log.error("a removed packed file's record stays in the pack: \(error)") }
     }
 
@@ -242,8 +281,10 @@ extension WarpFileSystem {
     /// whose backing file may be packed (at most one page long).
     func holdForRemoval(_ parent: Inode, _ name: String) -> (fd: Int32, node: Inode?)? {
         var st = stat()
+        // A packed backing file is empty, or holds at most a one-page
+        // container a crash left beside its reference.
         guard fstatat(parent.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_nlink == 1,
-              st.st_size <= off_t(PackPage.size) else { return nil }
+              st.st_size <= off_t(2 * PackPage.size), (try? packStore(create: false)) != nil else { return nil }
         var fd = openat(parent.fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | 0o1000000)     // O_NOATIME
         if fd < 0 && errno == EPERM { fd = openat(parent.fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK) }
         guard fd >= 0 else { return nil }

@@ -27,6 +27,8 @@ enum {
 
 /* fallocate(2). Returns 0 or -1 with errno. */
 int wd_fallocate(int fd, int mode, int64_t offset, int64_t length);
+/* syncfs(2): commits the file system holding fd. */
+int wd_syncfs(int fd);
 
 /* sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): starts
    write-back of the range's dirty pages without waiting for it. Returns 0
