@@ -74,6 +74,9 @@ final class OpenHandle: @unchecked Sendable {
     var dirEntries: [(name: String, ino: UInt64, type: UInt8)]?
     /// The opener is root: its writes may use root-reserved backing space.
     var privileged = true
+    /// Something was written through this handle (`shared`: its close
+    /// makes the file durable and gives the writer lock back).
+    var wrote = false
 
     init(inode: Inode, flags: Int32) {
         self.inode = inode

@@ -180,6 +180,7 @@ extension WarpFileSystem {
                 try pwriteFully(fd, buf, count, off, "write")
             }
             codec.stats.noteWrite(count)
+            h.wrote = true
             return count
         }
     }
@@ -206,6 +207,19 @@ extension WarpFileSystem {
         defer { um.release() }
         h.inode.lock.withLock { _ in
             h.inode.openHandles -= 1
+            // Shared: the release of a handle that wrote makes the file
+            // durable and gives the writer lock back, also while other
+            // handles of this host keep it open (a host whose handles
+            // overlap would otherwise never let another host write). The
+            // release, not each close: a child closing an inherited copy of
+            // the descriptor is a close too.
+            if options.shared, h.wrote, h.inode.openHandles > 0, case .compressed(let f)? = h.inode.content, f.holdsWriterLock {
+                do {
+                    try f.flush()
+                    try preservingTimes(h.inode, f.fd) { () throws in try f.sync() }
+                    f.releaseWriterLock()
+                } catch { Log.error("\(f.name): storing at the release of a handle that wrote failed; the writer lock stays: \(error)") }
+            }
             guard h.inode.openHandles == 0, let c = h.inode.content else { return }
             switch c {
             case .compressed(let f):

@@ -232,7 +232,7 @@ extension GlusterHarnessTests {
             threads(2) { t in
                 for round in 0..<10 {
                     let v = 1 + round * 2 + t
-                    let fd = open(paths[t], O_RDWR)
+                    let fd = open(paths[t], O_RDWR | O_CLOEXEC)
                     guard fd >= 0 else { problems.withLock { $0.append("host \(t): open: errno \(errno)") }; return }
                     let d = SharedModeTests.version("f", v, length: length)
                     // Two halves: a writer that interleaved with the other would leave blocks of both.

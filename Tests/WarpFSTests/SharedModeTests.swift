@@ -43,7 +43,7 @@ import Testing
             let data = SharedModeTests.version(name, turn, length: [0, 10, 5000, 16384, 70_000, 150_000][r.int(6)])
             // Half the turns rewrite in place (no O_TRUNC): the reader's kernel and index both had the old version.
             if turn % 4 == 1, FileIO.exists(writer.path(name)) {
-                let fd = open(writer.path(name), O_RDWR)
+                let fd = open(writer.path(name), O_RDWR | O_CLOEXEC)
                 try FileIO.pwrite(fd, data, 0)
                 #expect(ftruncate(fd, off_t(data.count)) == 0)
                 close(fd)
@@ -60,6 +60,9 @@ import Testing
         #expect(!FileIO.exists(a.path("renamed")))
     }
 
+    /// (The tests' descriptors are opened O_CLOEXEC: a child process that
+    /// closes an inherited copy of a descriptor that wrote is a close, and
+    /// gives the writer lock back, as FUSE reports every close.)
     @Test func aSecondHostsWriterWaitsForTheFirstThenGetsEAGAIN() throws {
         let a = try TestMount(options: "shared")
         defer { a.close() }
@@ -67,10 +70,10 @@ import Testing
         defer { b.close() }
         try FileIO.write(a.path("f"), SharedModeTests.version("f", 0, length: 100_000))
         // Host A writes and keeps the file open: it holds the writer lock.
-        let fa = open(a.path("f"), O_RDWR)
+        let fa = open(a.path("f"), O_RDWR | O_CLOEXEC)
         #expect(fa >= 0)
         try FileIO.pwrite(fa, SharedModeTests.version("f", 1, length: 100_000), 0)
-        let fb = open(b.path("f"), O_RDWR)
+        let fb = open(b.path("f"), O_RDWR | O_CLOEXEC)
         #expect(fb >= 0)
         let started = wd_now_ns()
         let piece = Array("from host B".utf8)
@@ -104,7 +107,7 @@ import Testing
         try FileIO.write(a.path("s"), r.bytes(2000))
         // Rewritten in place and synced while host A keeps it open: its one
         // version now lies on the second page, where compaction would move it from.
-        let fd = open(a.path("s"), O_RDWR)
+        let fd = open(a.path("s"), O_RDWR | O_CLOEXEC)
         let second = r.bytes(2000)
         try FileIO.pwrite(fd, second, 0)
         #expect(fsync(fd) == 0)
@@ -145,7 +148,7 @@ import Testing
         let pa = a.path("f"), pb = b.path("f")
         threads(2) { t in
             if t == 0 {
-                let fd = open(pa, O_RDWR)
+                let fd = open(pa, O_RDWR | O_CLOEXEC)
                 for v in 1...30 {
                     let d = SharedModeTests.version("f", v, length: length)
                     _ = d.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
@@ -203,7 +206,7 @@ import Testing
         let synced = Atomic<Int>(0)
         threads(2) { t in
             if t == 1 { usleep(killAfter); kill(pid, SIGKILL); return }
-            let fd = open(pa, O_RDWR)
+            let fd = open(pa, O_RDWR | O_CLOEXEC)
             guard fd >= 0 else { return }
             for v in 1...1000 {
                 let d = version("f", v, length: length)
@@ -214,7 +217,7 @@ import Testing
         }
         a.unmount()
         let floor = synced.load(ordering: .relaxed)
-        let fd = open(b.path("f"), O_RDWR)
+        let fd = open(b.path("f"), O_RDWR | O_CLOEXEC)
         #expect(fd >= 0)
         try FileIO.pwrite(fd, Array("B".utf8), length)
         close(fd)
