@@ -14,8 +14,10 @@ extension WarpFileSystem {
         if node.isRegular {
             // A packed file: its share of the pack (its record's bytes), and
             // the change time it had before it was packed.
+            // The reference holds its size too (read once, not again as the
+            // file's kind).
             let ref = st.st_blocks == 0 && st.st_size == 0 ? packReference(node) : nil
-            st.st_size = off_t(logicalSize(node, backingSize: UInt64(st.st_size)))
+            st.st_size = off_t(ref?.logicalSize ?? logicalSize(node, backingSize: UInt64(st.st_size)))
             if let ref {
                 st.st_blocks = blkcnt_t((ref.recordLength + 511) / 512)
                 if let t = ref.changeTime { st.st_ctim = timespec(tv_sec: Int(t.seconds), tv_nsec: Int(t.nanoseconds)) }
