@@ -13,6 +13,13 @@ extension WarpFileSystem {
         if fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY) { fd = openBacking(node, O_RDONLY) }
         guard fd >= 0 else { throw FSError.last("open \(displayName(node))") }
         let name = displayName(node)
+        // While packing is on: no packing of this file while it is open here
+        // (the packer gives a file up rather than wait for this lock, so the
+        // wait is short). Not under `shared`: other hosts' writer locks span
+        // the whole file.
+        if options.packSmallFiles && !options.shared && !PackingLock.share(fd, seconds: 5) && errno != EINVAL && errno != ENOLCK {
+            Log.error("\(name): still being packed after 5 s; opened without waiting for it")
+        }
         do {
             let c: FileContent
             let kind = try CompressedFile.kind(fd: fd, name: name)

@@ -27,6 +27,43 @@ final class Packing: @unchecked Sendable {
     let state = Mutex(State())
 }
 
+/// The packing lock of a backing file: an OFD record lock on one byte far
+/// past any data (offset 2^62), taken shared by every content this mount
+/// opens (`content()`, while packing is on) and exclusive by the packer
+/// for the whole of a file's packing. It ties the two together through the
+/// backing file itself, so an open that comes through another inode object
+/// than the one the packer queued (the kernel forgot the file and looked it
+/// up again) still waits for, or stops, the packing. Released with the
+/// descriptor.
+enum PackingLock {
+    static let offset: off_t = 1 << 62
+
+    /// Takes it without waiting; false when the other kind is held.
+    static func take(_ fd: Int32, exclusive: Bool) -> Bool {
+        var lock = flock()
+        lock.l_type = Int16(exclusive ? F_WRLCK : F_RDLCK)
+        lock.l_whence = Int16(SEEK_SET)
+        lock.l_start = offset
+        lock.l_len = 1
+        while fcntl(fd, CompressedFile.setOFDLock, &lock) != 0 {
+            if errno == EINTR { continue }
+            return false
+        }
+        return true
+    }
+
+    /// Takes it shared, waiting (at most `seconds`) for a packing of the
+    /// file to end or give up; true when held.
+    static func share(_ fd: Int32, seconds: Double) -> Bool {
+        let deadline = wd_now_ns() + UInt64(seconds * 1e9)
+        while !take(fd, exclusive: false) {
+            guard errno == EAGAIN || errno == EACCES, wd_now_ns() < deadline else { return false }
+            usleep(2_000)
+        }
+        return true
+    }
+}
+
 extension WarpFileSystem {
     /// Names a mount reserves in every directory: its own pack.
     static func isReservedName(_ name: String) -> Bool { name == PackStore.directoryName }
@@ -111,10 +148,8 @@ extension WarpFileSystem {
 
     /// The inode the table holds for `node`'s backing object now (another
     /// object when the kernel forgot `node` and looked the file up again),
-    /// or `node` itself when the table holds none: then nothing in the
-    /// mount has the file open. (A lookup and open racing the packer's
-    /// step in that case go through a new inode's lock: the step's own
-    /// checks of size, times and reference then catch most of it, not all.)
+    /// or `node` itself when the table holds none. (What keeps an open
+    /// through a new inode from racing the packer is the packing lock.)
     private func liveInode(_ node: Inode) -> Inode {
         inodes.find(dev: node.dev, ino: node.ino) ?? node
     }
@@ -158,6 +193,10 @@ extension WarpFileSystem {
                 guard node.content == nil else { return }
                 let fd = openBacking(node, O_RDWR)
                 guard fd >= 0 else { return }
+                // The file's packing lock, kept until the descriptor closes:
+                // refused while any content of this mount has the file
+                // open, whatever inode it came through.
+                guard PackingLock.take(fd, exclusive: true) else { close(fd); return }
                 let name = displayName(node)
                 do {
                     var st = stat()
@@ -195,7 +234,9 @@ extension WarpFileSystem {
         var referenced: [Staged] = []
         for s in staged {
             let node = liveInode(s.node)
-            let set = node.lock.withLock { _ -> Bool in
+            // Only if the file's lock is free: an open waiting for the
+            // packing lock holds it (the file is then given up, not waited for).
+            let set = node.lock.withLockIfAvailable { _ -> Bool in
                 var st = stat()
                 guard node.content == nil, fstat(s.fd, &st) == 0, st.st_nlink > 0, st.st_size == s.before.st_size,
                       st.st_mtim.tv_sec == s.before.st_mtim.tv_sec, st.st_mtim.tv_nsec == s.before.st_mtim.tv_nsec,
@@ -216,7 +257,7 @@ extension WarpFileSystem {
                     return false
                 }
                 return true
-            }
+            } ?? false
             if set { referenced.append(s) } else { abandon(s) }
         }
         // On journaling file systems the first fsync commits every reference set above.
@@ -226,7 +267,9 @@ extension WarpFileSystem {
         }
         for s in durable {
             let node = liveInode(s.node)
-            node.lock.withLock { _ in
+            // Busy: the container stays beside the reference (the same data;
+            // the file's next last close cuts it off).
+            _ = node.lock.withLockIfAvailable { _ in
                 guard node.content == nil, (try? CompressedFile.packReference(fd: s.fd, name: s.name)) == s.reference else { return }
                 var times = [s.before.st_atim, s.before.st_mtim]
                 if ftruncate(s.fd, 0) == 0 { futimens(s.fd, &times) }

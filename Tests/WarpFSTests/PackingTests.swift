@@ -380,4 +380,28 @@ import WarpFSFormat
         }
         try m.start()
     }
+
+    /// Files the kernel forgets (dropped caches) and opens again while the
+    /// packer packs them: each open goes through a new inode, and the
+    /// packing lock on the backing file keeps the two apart; every fsynced
+    /// rewrite reads back after a remount.
+    @Test func filesReopenedThroughANewInodeWhileBeingPackedKeepTheirWrites() throws {
+        let m = try TestMount(options: "pack_delay=0")
+        defer { m.close() }
+        let names = (0..<200).map { "n\($0)" }
+        for round in 0..<3 {
+            for n in names { try FileIO.write(m.path(n), Array("\(n) round \(round) first\n".utf8)) }
+            // The kernel forgets the closed files' inodes (FORGET), while the packer works on them.
+            if let f = fopen("/proc/sys/vm/drop_caches", "w") { fputs("2\n", f); fclose(f) }
+            for n in names {
+                let fd = open(m.path(n), O_WRONLY | O_TRUNC | O_CLOEXEC)
+                #expect(fd >= 0)
+                let d = Array("\(n) round \(round) second\n".utf8)
+                #expect(d.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == d.count && fsync(fd) == 0)
+                close(fd)
+            }
+            try m.remount()
+            for n in names { #expect(try FileIO.read(m.path(n)) == Array("\(n) round \(round) second\n".utf8), "round \(round): \(n)") }
+        }
+    }
 }
