@@ -35,6 +35,7 @@
 #define EXPECT_QUEUES 4
 #define EXPECT_DEPTH 1024
 #define PAGE 4096
+#define DATA_KIB_PARAM "/sys/module/warpdrive_zip/parameters/data_kib"
 
 static int failures;
 static char name[256], sysdir[300], devpath[300];
@@ -78,6 +79,19 @@ static long attr_long(const char *file)
 	char buf[64];
 
 	attr(file, buf, sizeof(buf));
+	return buf[0] ? strtol(buf, NULL, 10) : -1;
+}
+
+static long file_long(const char *path)
+{
+	char buf[64] = "";
+	FILE *f = fopen(path, "r");
+
+	if (f) {
+		if (!fgets(buf, sizeof(buf), f))
+			buf[0] = 0;
+		fclose(f);
+	}
 	return buf[0] ? strtol(buf, NULL, 10) : -1;
 }
 
@@ -135,7 +149,7 @@ int main(int argc, char **argv)
 	struct hisi_qp_ctx ctx;
 	struct hisi_qp_info info;
 	struct pollfd pfd;
-	size_t sq_bytes, cq_bytes;
+	size_t sq_bytes, cq_bytes, ring_bytes, data_bytes;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	check(find_device() == 0, "a %s* device under /sys/class/uacce", DEVICE_PREFIX);
@@ -172,9 +186,13 @@ int main(int argc, char **argv)
 	dus_size = attr_long("region_dus_size");
 	sq_bytes = (size_t)EXPECT_DEPTH * 128;
 	cq_bytes = (size_t)EXPECT_DEPTH * 16;
+	ring_bytes = (sq_bytes + cq_bytes + PAGE + PAGE - 1) / PAGE * PAGE;
+	data_bytes = (size_t)file_long(DATA_KIB_PARAM) * 1024;
+	data_bytes = (data_bytes + PAGE - 1) / PAGE * PAGE;
 	check(mmio_size == 2 * PAGE, "region_mmio_size is two pages (%ld)", mmio_size);
-	check(dus_size == (long)((sq_bytes + cq_bytes + PAGE + PAGE - 1) / PAGE * PAGE),
-	      "region_dus_size is SQ + CQ + status page (%ld)", dus_size);
+	check(dus_size == (long)(ring_bytes + data_bytes) && data_bytes >= 1 << 20,
+	      "region_dus_size is SQ + CQ + status page + data area of data_kib (%ld = %zu + %zu)",
+	      dus_size, ring_bytes, data_bytes);
 	check(access(devpath, F_OK) == 0, "%s exists", devpath);
 
 	fd = open(devpath, O_RDWR | O_CLOEXEC);
@@ -197,8 +215,8 @@ int main(int argc, char **argv)
 	again = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, 2 * PAGE);
 	check(again == MAP_FAILED && errno == EINVAL, "region 2 does not exist (EINVAL)");
 
-	check(((volatile uint32_t *)dus)[(dus_size - 8) / 4] == 0 &&
-	      ((volatile uint32_t *)dus)[(dus_size - 4) / 4] == 0, "the stop words are 0");
+	check(((volatile uint32_t *)dus)[(ring_bytes - 8) / 4] == 0 &&
+	      ((volatile uint32_t *)dus)[(ring_bytes - 4) / 4] == 0, "the stop words (at the end of the rings) are 0");
 	memset(dus, 0x5a, sq_bytes);
 	check(((uint8_t *)dus)[sq_bytes - 1] == 0x5a, "the SQ is writable memory");
 	*(volatile uint64_t *)((char *)mmio + 0x1000) = 0; /* a doorbell for qn 0, SQ tail 0 */
