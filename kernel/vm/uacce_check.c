@@ -354,6 +354,8 @@ static void round_trip(struct uq *c, struct uq *d, unsigned type, const char *na
 	if (type == TYPE_DEFLATE) {
 		check(polled >= 1, "poll() reported the completion (%d)", polled);
 		check(poll(&pfd, 1, 0) == 0, "poll() after reaping reports nothing");
+		check(*(volatile uint32_t *)((char *)c->dus + (size_t)c->depth * 144) == 1,
+		      "the status page's interrupt counter is 1");
 	}
 
 	memcpy(data(d, 0), data(c, 128 * 1024), produced);

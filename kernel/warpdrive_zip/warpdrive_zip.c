@@ -397,6 +397,12 @@ static void wdz_serve_one(struct wdz_queue *wq)
 		wq->cq_tail = 0;
 		wq->cq_phase ^= 1;
 	}
+	/*
+	 * The status page's interrupt counter (word 0) moves once per
+	 * completion, so a client that spins on it sees progress; sleeping
+	 * waiters are woken through poll() only (no futex wake from here).
+	 */
+	atomic_inc((atomic_t *)(wq->dus + (size_t)wdz->depth * (WDZ_SQE_SIZE + WDZ_CQE_SIZE)));
 	atomic_inc(&wq->posted);
 	wake_up_interruptible(&wq->uq->wait);
 }
