@@ -5,7 +5,12 @@
  * queue lifecycle must do (docs/warpdrive.md section 1 and the uacce facts in
  * the reference): sysfs attributes, instances counting down and "busy",
  * region mapping once each, the queue-context ioctls, the INIT/STARTED
- * rules, PUT_Q, and revocation of the mappings when the device goes away.
+ * rules, PUT_Q, and revocation of the mappings when the device goes away;
+ * then the engine (section 2's ring protocol, buffers in the DUS data
+ * area): deflate, zlib and gzip round trips through a compress and a
+ * decompress queue, checksums, bad addresses and requests, a destination
+ * too small, corrupt input, a full ring completing in order across the
+ * wrap, poll() readiness, and close with requests in flight.
  *
  *   uacce_check            all checks but removal
  *   uacce_check --remove   also rmmod the device module with a queue open
@@ -35,6 +40,7 @@
 #define EXPECT_QUEUES 4
 #define EXPECT_DEPTH 1024
 #define PAGE 4096
+#define DATA_KIB_PARAM "/sys/module/warpdrive_zip/parameters/data_kib"
 
 static int failures;
 static char name[256], sysdir[300], devpath[300];
@@ -78,6 +84,19 @@ static long attr_long(const char *file)
 	char buf[64];
 
 	attr(file, buf, sizeof(buf));
+	return buf[0] ? strtol(buf, NULL, 10) : -1;
+}
+
+static long file_long(const char *path)
+{
+	char buf[64] = "";
+	FILE *f = fopen(path, "r");
+
+	if (f) {
+		if (!fgets(buf, sizeof(buf), f))
+			buf[0] = 0;
+		fclose(f);
+	}
 	return buf[0] ? strtol(buf, NULL, 10) : -1;
 }
 
@@ -125,6 +144,374 @@ static int touch(volatile uint32_t *p)
 	return sig;
 }
 
+/* ---- The engine: the ring protocol of docs/warpdrive.md section 2. ---- */
+
+#define SQE_WORDS 32
+#define TYPE_DEFLATE 0x01
+#define TYPE_ZLIB 0x02
+#define TYPE_GZIP 0x03
+#define ST_OK 0x00
+#define ST_BAD_REQUEST 0x01
+#define ST_CORRUPT 0x02
+#define ST_DST_TOO_SMALL 0x0e
+#define ST_END_OF_STREAM 0x13
+#define ST_PAGE_FAULT 0x1f
+#define WAIT_MS 20000
+
+/* A started queue, user side, as WarpDrive's Queue keeps it. */
+struct uq {
+	int fd;
+	void *mmio, *dus;
+	uint32_t qn, depth;
+	uint32_t tail, head, cq_head, phase;
+	size_t dus_size, ring_bytes;
+};
+
+static int uq_open(struct uq *q, int qc_type, size_t dus_size, size_t ring_bytes)
+{
+	struct hisi_qp_ctx ctx = { .qc_type = qc_type };
+
+	memset(q, 0, sizeof(*q));
+	q->depth = EXPECT_DEPTH;
+	q->phase = 1;
+	q->dus_size = dus_size;
+	q->ring_bytes = ring_bytes;
+	q->fd = open(devpath, O_RDWR | O_CLOEXEC);
+	if (q->fd < 0)
+		return -1;
+	q->mmio = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, q->fd, 0);
+	q->dus = mmap(NULL, dus_size, PROT_READ | PROT_WRITE, MAP_SHARED, q->fd, PAGE);
+	if (q->mmio == MAP_FAILED || q->dus == MAP_FAILED)
+		return -1;
+	if (ioctl(q->fd, UACCE_CMD_QM_SET_QP_CTX, &ctx) || ioctl(q->fd, UACCE_CMD_START_Q))
+		return -1;
+	q->qn = ctx.id;
+	return 0;
+}
+
+static void uq_close(struct uq *q)
+{
+	munmap(q->mmio, 2 * PAGE);
+	munmap(q->dus, q->dus_size);
+	close(q->fd);
+}
+
+static uint8_t *data(struct uq *q, size_t off)
+{
+	return (uint8_t *)q->dus + q->ring_bytes + off;
+}
+
+static void doorbell(struct uq *q, unsigned cmd, uint32_t index)
+{
+	uint64_t raw = (q->qn & 0x3ff) | (uint64_t)(cmd & 0xf) << 12 | (uint64_t)index << 32;
+
+	__atomic_store_n((uint64_t *)((char *)q->mmio + 0x1000), raw, __ATOMIC_RELEASE);
+}
+
+/*
+ * A CQ doorbell, by this device's contract: the doorbell is a word of
+ * memory the engine polls, so the CQ doorbell would hide an SQ doorbell the
+ * engine has not read yet; the last SQ doorbell is stored again after it.
+ */
+static void cq_doorbell(struct uq *q)
+{
+	doorbell(q, 1, q->cq_head);
+	doorbell(q, 0, q->tail);
+}
+
+static volatile uint32_t *sqe_at(struct uq *q, uint32_t slot)
+{
+	return (volatile uint32_t *)((char *)q->dus + (size_t)slot * 128);
+}
+
+/* Writes a request into the slot at the tail; ring says whether to ring now. */
+static uint32_t submit(struct uq *q, unsigned type, unsigned level, uint64_t src,
+		       uint32_t in_len, uint64_t dst, uint32_t cap, int ring)
+{
+	uint32_t w[SQE_WORDS] = { 0 }, slot = q->tail;
+
+	w[4] = in_len;
+	w[7] = 1u << 25 | 3u << 28;			/* flush finish, SQE type 3 */
+	w[9] = type | 4u << 12 | level << 16;		/* 32K window */
+	w[14] = cap;
+	w[18] = (uint32_t)src;
+	w[19] = (uint32_t)(src >> 32);
+	w[20] = (uint32_t)dst;
+	w[21] = (uint32_t)(dst >> 32);
+	w[26] = slot;					/* tag */
+	memcpy((void *)sqe_at(q, slot), w, sizeof(w));
+	q->tail = (q->tail + 1) % q->depth;
+	if (ring)
+		doorbell(q, 0, q->tail);
+	return slot;
+}
+
+static uint32_t cqe_word(struct uq *q, uint32_t slot, int word)
+{
+	uint32_t *cq = (uint32_t *)((char *)q->dus + (size_t)q->depth * 128);
+
+	return __atomic_load_n(&cq[slot * 4 + word], __ATOMIC_ACQUIRE);
+}
+
+/*
+ * Waits (poll()) for the next CQE; returns its SQ slot, or -1 after
+ * WAIT_MS. *polled counts the poll() calls that reported POLLIN.
+ */
+static int reap(struct uq *q, int *polled)
+{
+	struct pollfd pfd = { .fd = q->fd, .events = POLLIN };
+	int waited = 0;
+
+	for (;;) {
+		uint32_t w3 = cqe_word(q, q->cq_head, 3);
+
+		if ((w3 >> 16 & 1) == q->phase) {
+			uint32_t w2 = cqe_word(q, q->cq_head, 2);
+			int slot = w2 & 0xffff;
+
+			if ((w2 >> 16) != q->qn)
+				return -2;
+			if (++q->cq_head == q->depth) {
+				q->cq_head = 0;
+				q->phase ^= 1;
+			}
+			q->head = (slot + 1) % q->depth;
+			return slot;
+		}
+		if (waited >= WAIT_MS)
+			return -1;
+		if (poll(&pfd, 1, 100) > 0 && (pfd.revents & POLLIN) && polled)
+			++*polled;
+		waited += 100;
+	}
+}
+
+static unsigned status_of(struct uq *q, uint32_t slot) { return sqe_at(q, slot)[3] & 0xff; }
+static uint32_t word(struct uq *q, uint32_t slot, int i) { return sqe_at(q, slot)[i]; }
+
+static uint32_t adler32(const uint8_t *p, size_t n)
+{
+	uint32_t a = 1, b = 0;
+
+	while (n--) {
+		a = (a + *p++) % 65521;
+		b = (b + a) % 65521;
+	}
+	return b << 16 | a;
+}
+
+static uint32_t crc32(const uint8_t *p, size_t n)
+{
+	uint32_t c = ~0u;
+	int k;
+
+	while (n--) {
+		c ^= *p++;
+		for (k = 0; k < 8; k++)
+			c = c >> 1 ^ (0xedb88320u & -(c & 1));
+	}
+	return ~c;
+}
+
+#define TEXT_BYTES (64 << 10)
+
+static void make_text(uint8_t *p, size_t n)
+{
+	static const char *words[] = { "warp", "drive", "queue", "ring", "deflate",
+		"kernel", "doorbell", "phase", "completion", "the", "a", "of" };
+	size_t i = 0;
+	unsigned x = 12345;
+
+	while (i < n) {
+		const char *w;
+		size_t l;
+
+		x = x * 1103515245 + 12345;
+		w = words[(x >> 16) % 12];
+		l = strlen(w);
+
+		if (i + l + 1 > n)
+			l = n - i - 1;
+		memcpy(p + i, w, l);
+		i += l;
+		p[i++] = (x >> 8) % 9 ? ' ' : '\n';
+	}
+}
+
+/* Compress on c, inflate back on d, compare; checks type's checksum. */
+static void round_trip(struct uq *c, struct uq *d, unsigned type, const char *name,
+		       const uint8_t *text)
+{
+	size_t R = c->ring_bytes;
+	uint32_t slot, produced;
+	int polled = 0, s;
+	struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+	uint32_t want = type == TYPE_ZLIB ? adler32(text, TEXT_BYTES) :
+			type == TYPE_GZIP ? crc32(text, TEXT_BYTES) : 0;
+
+	memcpy(data(c, 0), text, TEXT_BYTES);
+	slot = submit(c, type, 6, R, TEXT_BYTES, R + 128 * 1024, 128 * 1024, 1);
+	s = reap(c, &polled);
+	check(s == (int)slot, "%s: a CQE names SQ slot %u and the queue (%d)", name, slot, s);
+	if (s < 0)
+		return;
+	produced = word(c, slot, 1);
+	check(status_of(c, slot) == ST_OK && word(c, slot, 0) == TEXT_BYTES && produced > 0 &&
+	      produced < TEXT_BYTES / 2,
+	      "%s: 64 KiB of text compress (status 0x%02x, consumed %u, produced %u)", name,
+	      status_of(c, slot), word(c, slot, 0), produced);
+	check(word(c, slot, 31) == want && word(c, slot, 30) == TEXT_BYTES,
+	      "%s: checksum 0x%08x and isize %u", name, word(c, slot, 31), word(c, slot, 30));
+	if (type == TYPE_DEFLATE) {
+		check(polled >= 1, "poll() reported the completion (%d)", polled);
+		check(poll(&pfd, 1, 0) == 0, "poll() after reaping reports nothing");
+		check(*(volatile uint32_t *)((char *)c->dus + (size_t)c->depth * 144) == 1,
+		      "the status page's interrupt counter is 1");
+	}
+
+	memcpy(data(d, 0), data(c, 128 * 1024), produced);
+	memset(data(d, 128 * 1024), 0, TEXT_BYTES + 1);
+	slot = submit(d, type, 0, R, produced, R + 128 * 1024, TEXT_BYTES, 1);
+	s = reap(d, NULL);
+	check(s == (int)slot && status_of(d, slot) == ST_END_OF_STREAM && (word(d, slot, 3) >> 8 & 1) &&
+	      word(d, slot, 1) == TEXT_BYTES && word(d, slot, 0) == produced,
+	      "%s: inflating through the device reaches the end of the stream (status 0x%02x, consumed %u, produced %u)",
+	      name, s >= 0 ? status_of(d, slot) : 0xff, word(d, slot, 0), word(d, slot, 1));
+	check(!memcmp(data(d, 128 * 1024), text, TEXT_BYTES) && data(d, 128 * 1024)[TEXT_BYTES] == 0,
+	      "%s: the output is the input, and nothing past it is written", name);
+	check(word(d, slot, 31) == want && word(d, slot, 30) == TEXT_BYTES,
+	      "%s: inflate's checksum 0x%08x and isize %u", name, word(d, slot, 31), word(d, slot, 30));
+}
+
+/* Submits one request, waits for it, returns its status (0xff: none came). */
+static unsigned one(struct uq *q, unsigned type, unsigned level, uint64_t src, uint32_t in_len,
+		    uint64_t dst, uint32_t cap, uint64_t *fault)
+{
+	uint32_t slot = submit(q, type, level, src, in_len, dst, cap, 1);
+	int s = reap(q, NULL);
+
+	if (s != (int)slot)
+		return 0xff;
+	if (fault)
+		*fault = word(q, slot, 24) | (uint64_t)word(q, slot, 25) << 32;
+	return status_of(q, slot);
+}
+
+static void engine_checks(long dus_size, size_t ring_bytes)
+{
+	struct uq c, d;
+	uint8_t *text = malloc(TEXT_BYTES);
+	size_t R = ring_bytes, data_bytes = dus_size - ring_bytes;
+	uint64_t fault;
+	unsigned st;
+	uint32_t i, n, first, ok, order;
+	int s;
+
+	make_text(text, TEXT_BYTES);
+	check(uq_open(&c, 0, dus_size, ring_bytes) == 0, "a compress queue starts");
+	check(uq_open(&d, 1, dus_size, ring_bytes) == 0, "a decompress queue starts");
+	if (c.fd < 0 || d.fd < 0)
+		return;
+	round_trip(&c, &d, TYPE_DEFLATE, "deflate", text);
+	round_trip(&c, &d, TYPE_ZLIB, "zlib", text);
+	round_trip(&c, &d, TYPE_GZIP, "gzip", text);
+
+	/* Level 0 stores: output larger than the input is 0x0d, not an error. */
+	st = one(&c, TYPE_DEFLATE, 0, R, 100, R + 4096, 4096, NULL);
+	check(st == 0x0d, "level 0 on 100 bytes: output larger than input (0x%02x)", st);
+	st = one(&c, TYPE_DEFLATE, 6, R, TEXT_BYTES, R + 128 * 1024, 100, NULL);
+	check(st == ST_DST_TOO_SMALL, "a destination too small is 0x0e (0x%02x)", st);
+	memset(data(&d, 0), 0xff, 4096);
+	st = one(&d, TYPE_DEFLATE, 0, R, 4096, R + 8192, 65536, NULL);
+	check(st == ST_CORRUPT, "inflating garbage is 0x02 (0x%02x)", st);
+	st = one(&c, 0x10, 1, R, 100, R + 4096, 4096, NULL);
+	check(st == ST_BAD_REQUEST, "zstd (not offered) is 0x01 (0x%02x)", st);
+	st = one(&c, TYPE_DEFLATE, 10, R, 100, R + 4096, 4096, NULL);
+	check(st == ST_BAD_REQUEST, "level 10 is 0x01 (0x%02x)", st);
+
+	/* Addresses are offsets into the DUS region, inside its data area. */
+	st = one(&c, TYPE_DEFLATE, 1, 0, 100, R + 4096, 4096, &fault);
+	check(st == ST_PAGE_FAULT && fault == 0, "a source in the rings is 0x1f at 0 (0x%02x, 0x%llx)",
+	      st, (unsigned long long)fault);
+	st = one(&c, TYPE_DEFLATE, 1, R, 100, R - 4096, 4096, &fault);
+	check(st == ST_PAGE_FAULT && fault == R - 4096, "a destination in the status page is 0x1f (0x%02x, 0x%llx)",
+	      st, (unsigned long long)fault);
+	st = one(&c, TYPE_DEFLATE, 1, dus_size - 10, 100, R + 4096, 4096, &fault);
+	check(st == ST_PAGE_FAULT && fault == (uint64_t)dus_size,
+	      "a source running past the region is 0x1f at its end (0x%02x, 0x%llx)", st, (unsigned long long)fault);
+	st = one(&c, TYPE_DEFLATE, 1, R, 100, dus_size - 100, 4096, &fault);
+	check(st == ST_PAGE_FAULT && fault == (uint64_t)dus_size,
+	      "a destination capacity running past the region is 0x1f (0x%02x, 0x%llx)", st, (unsigned long long)fault);
+	st = one(&c, TYPE_DEFLATE, 1, 0xffffffffffffff00ull, 0x200, R + 4096, 4096, &fault);
+	check(st == ST_PAGE_FAULT && fault == 0xffffffffffffff00ull, "an offset that wraps 64 bits is 0x1f (0x%02x)", st);
+	st = one(&c, TYPE_DEFLATE, 1, (uint64_t)(uintptr_t)data(&c, 0), 100, R + 4096, 4096, &fault);
+	check(st == ST_PAGE_FAULT, "the data area's process address is 0x1f: addresses are offsets (0x%02x)", st);
+	st = one(&c, TYPE_DEFLATE, 1, R, 100, R + 4096, 4096, NULL);
+	check(st == ST_OK, "the queue serves the next request after the faults (0x%02x)", st);
+
+	/*
+	 * A full ring: depth - 1 requests in flight (one slot stays free),
+	 * each compressing a different 256-byte piece as zlib, rung one by
+	 * one; they complete in SQ order (the checksum says which input each
+	 * took). Then more, so SQ, CQ and the phase wrap.
+	 */
+	for (i = 0; i < (uint32_t)(data_bytes / 2 / 256) && i < 2 * EXPECT_DEPTH; i++)
+		memcpy(data(&c, i * 256), text + (i * 97) % (TEXT_BYTES - 256), 256);
+	n = EXPECT_DEPTH - 1;
+	first = c.tail;
+	for (i = 0; i < n; i++)
+		submit(&c, TYPE_ZLIB, 1, R + (size_t)i * 256, 256,
+		       R + data_bytes / 2 + (size_t)i * 512, 512, 1);
+	check((c.tail + 1) % c.depth == c.head, "the SQ is full (%u in flight)", n);
+	ok = order = 0;
+	for (i = 0; i < n; i++) {
+		uint32_t want_slot = (first + i) % c.depth;
+
+		s = reap(&c, NULL);
+		if (s != (int)want_slot)
+			break;
+		order++;
+		if (status_of(&c, s) == ST_OK &&
+		    word(&c, s, 31) == adler32(text + (i * 97) % (TEXT_BYTES - 256), 256))
+			ok++;
+		if (i % 64 == 63)
+			cq_doorbell(&c);	/* now and then, while SQ doorbells may be unread */
+	}
+	check(order == n, "%u of %u completions come in SQ order", order, n);
+	check(ok == n, "%u of %u have status 0 and their own input's Adler-32", ok, n);
+	/* Past the wrap, one SQ doorbell for all, a CQ doorbell right after. */
+	first = c.tail;
+	for (i = 0; i < 40; i++)
+		submit(&c, TYPE_ZLIB, 1, R + (size_t)i * 256, 256,
+		       R + data_bytes / 2 + (size_t)i * 512, 512, 0);
+	doorbell(&c, 0, c.tail);
+	cq_doorbell(&c);
+	ok = 0;
+	for (i = 0; i < 40; i++) {
+		s = reap(&c, NULL);
+		if (s < 0)
+			break;	/* fail in WAIT_MS, not 40 times that */
+		if (s == (int)((first + i) % c.depth) && status_of(&c, s) == ST_OK &&
+		    word(&c, s, 31) == adler32(text + (i * 97) % (TEXT_BYTES - 256), 256))
+			ok++;
+	}
+	check(ok == 40 && c.phase == 0, "40 more across the wrap complete in order with phase 0 (%u, phase %u)",
+	      ok, c.phase);
+
+	/* close with requests in flight: the queue goes, the device stays. */
+	for (i = 0; i < 100; i++)
+		submit(&c, TYPE_DEFLATE, 9, R, TEXT_BYTES, R + data_bytes / 2, 128 * 1024, 1);
+	uq_close(&c);
+	uq_close(&d);
+	check(attr_long("available_instances") == EXPECT_QUEUES,
+	      "closing queues with requests in flight gives their instances back");
+	check(uq_open(&c, 0, dus_size, ring_bytes) == 0 &&
+	      one(&c, TYPE_DEFLATE, 1, R, 100, R + 4096, 4096, NULL) == ST_OK,
+	      "a new queue serves after that");
+	uq_close(&c);
+	free(text);
+}
+
 int main(int argc, char **argv)
 {
 	int remove = argc > 1 && !strcmp(argv[1], "--remove");
@@ -135,7 +522,7 @@ int main(int argc, char **argv)
 	struct hisi_qp_ctx ctx;
 	struct hisi_qp_info info;
 	struct pollfd pfd;
-	size_t sq_bytes, cq_bytes;
+	size_t sq_bytes, cq_bytes, ring_bytes, data_bytes;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	check(find_device() == 0, "a %s* device under /sys/class/uacce", DEVICE_PREFIX);
@@ -172,9 +559,13 @@ int main(int argc, char **argv)
 	dus_size = attr_long("region_dus_size");
 	sq_bytes = (size_t)EXPECT_DEPTH * 128;
 	cq_bytes = (size_t)EXPECT_DEPTH * 16;
+	ring_bytes = (sq_bytes + cq_bytes + PAGE + PAGE - 1) / PAGE * PAGE;
+	data_bytes = (size_t)file_long(DATA_KIB_PARAM) * 1024;
+	data_bytes = (data_bytes + PAGE - 1) / PAGE * PAGE;
 	check(mmio_size == 2 * PAGE, "region_mmio_size is two pages (%ld)", mmio_size);
-	check(dus_size == (long)((sq_bytes + cq_bytes + PAGE + PAGE - 1) / PAGE * PAGE),
-	      "region_dus_size is SQ + CQ + status page (%ld)", dus_size);
+	check(dus_size == (long)(ring_bytes + data_bytes) && data_bytes >= 1 << 20,
+	      "region_dus_size is SQ + CQ + status page + data area of data_kib (%ld = %zu + %zu)",
+	      dus_size, ring_bytes, data_bytes);
 	check(access(devpath, F_OK) == 0, "%s exists", devpath);
 
 	fd = open(devpath, O_RDWR | O_CLOEXEC);
@@ -197,8 +588,8 @@ int main(int argc, char **argv)
 	again = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, 2 * PAGE);
 	check(again == MAP_FAILED && errno == EINVAL, "region 2 does not exist (EINVAL)");
 
-	check(((volatile uint32_t *)dus)[(dus_size - 8) / 4] == 0 &&
-	      ((volatile uint32_t *)dus)[(dus_size - 4) / 4] == 0, "the stop words are 0");
+	check(((volatile uint32_t *)dus)[(ring_bytes - 8) / 4] == 0 &&
+	      ((volatile uint32_t *)dus)[(ring_bytes - 4) / 4] == 0, "the stop words (at the end of the rings) are 0");
 	memset(dus, 0x5a, sq_bytes);
 	check(((uint8_t *)dus)[sq_bytes - 1] == 0x5a, "the SQ is writable memory");
 	*(volatile uint64_t *)((char *)mmio + 0x1000) = 0; /* a doorbell for qn 0, SQ tail 0 */
@@ -242,6 +633,8 @@ int main(int argc, char **argv)
 	munmap(dus, dus_size);
 	close(fd);
 	check(attr_long("available_instances") == EXPECT_QUEUES, "close gives the last instance back");
+
+	engine_checks(dus_size, ring_bytes);
 
 	if (remove) {
 		fd = open(devpath, O_RDWR | O_CLOEXEC);
