@@ -54,6 +54,9 @@ public final class PackStore: @unchecked Sendable {
     /// afresh before it changes (`free` always does; packing, which appends,
     /// is off under `shared`).
     public var crossHostLocking = false
+    /// How long a change waits for that lock (`lock_timeout`); then it fails
+    /// with EAGAIN (a record not freed is an orphan `warpfs fsck` frees).
+    public var crossHostLockTimeout: Double = 30
 
     /// Runs `body` holding the pages file's cross-host lock when `crossHostLocking`.
     private func lockedAcrossHosts<T>(_ body: () throws -> T) throws -> T {
@@ -61,9 +64,15 @@ public final class PackStore: @unchecked Sendable {
         var lock = flock()
         lock.l_type = Int16(F_WRLCK)
         lock.l_whence = Int16(SEEK_SET)
-        while fcntl(fd, 38 /* F_OFD_SETLKW */, &lock) != 0 {
-            if errno == EINTR { continue }
-            throw FSError.last("lock the pack")
+        let deadline = wd_now_ns() + UInt64(crossHostLockTimeout * 1e9)
+        while fcntl(fd, CompressedFile.setOFDLock, &lock) != 0 {
+            let e = errno
+            if e == EINTR { continue }
+            guard e == EAGAIN || e == EACCES else { throw FSError(e, "lock the pack") }
+            guard wd_now_ns() < deadline else {
+                throw FSError(EAGAIN, "the pack's lock is held by another host for more than \(Int(crossHostLockTimeout)) s")
+            }
+            usleep(5_000)
         }
         defer {
             var unlock = flock()

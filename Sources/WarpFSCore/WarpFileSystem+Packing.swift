@@ -77,6 +77,7 @@ extension WarpFileSystem {
                 let store = try PackStore.open(root: inodes.root.fd, create: create && options.packSmallFiles && !options.readOnly,
                                                readOnly: options.readOnly)
                 store?.crossHostLocking = options.shared
+                store?.crossHostLockTimeout = Double(options.lockTimeoutSeconds)
                 s.store = store
                 return store
             } catch {
