@@ -121,6 +121,36 @@ import Testing
         #expect(try FileIO.read(b.path("s")) == second)
     }
 
+    /// Files packed before the backing directory was shared are read on
+    /// both hosts, unpacked by the writer (its record freed under the
+    /// pack's cross-host lock), never packed again under `shared`, and
+    /// fsck finds nothing left.
+    @Test func packedFilesAreReadAndUnpackedUnderShared() throws {
+        let first = try TestMount(options: "pack_delay=0")
+        defer { first.close() }
+        for i in 0..<20 { try FileIO.write(first.path("p\(i)"), Array("packed \(i)\n".utf8)) }
+        first.unmount()
+        #expect(PackingTests.isPacked(first.backingPath("p0")))
+        let a = try TestMount(options: "shared", backing: first.backing)
+        defer { a.close() }
+        let b = try TestMount(options: "shared", backing: first.backing)
+        defer { b.close() }
+        for i in 0..<20 { #expect(try FileIO.read(b.path("p\(i)")) == Array("packed \(i)\n".utf8)) }
+        for i in 0..<10 { try FileIO.write(a.path("p\(i)"), Array("rewritten \(i) on host A\n".utf8)) }
+        for i in 0..<20 {
+            let want = i < 10 ? "rewritten \(i) on host A\n" : "packed \(i)\n"
+            #expect(try FileIO.read(b.path("p\(i)")) == Array(want.utf8), "p\(i) on host B")
+        }
+        a.unmount()
+        b.unmount()
+        // Rewritten files are containers again (no packing under shared); the others stay packed.
+        #expect(!PackingTests.isPacked(first.backingPath("p0")) && PackingTests.isPacked(first.backingPath("p15")))
+        let fsck = runCommand([warpfsBinary, "fsck", first.backing, "--progress", "never"])
+        #expect(fsck.status == 0, "\(fsck.output)")
+        try a.start()
+        try b.start()
+    }
+
     /// Writers on both hosts at once (GlusterTests has the same over GlusterFS).
     @Test func writersOnBothHostsNeverInterleave() throws {
         let a = try TestMount(options: "shared,block_size=16k")
