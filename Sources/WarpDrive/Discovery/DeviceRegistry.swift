@@ -70,27 +70,33 @@ public final class DeviceRegistry: Sendable {
         }
         return names.sorted().compactMap { name in
             let path = dir + "/" + name
-            func read(_ attr: DeviceAttributes.File) -> String? {
-                guard let f = fopen(path + "/" + attr.rawValue, "r") else { return nil }
-                defer { fclose(f) }
-                var buf = [CChar](repeating: 0, count: 4096)
-                let n = fread(&buf, 1, buf.count - 1, f)
-                let bytes = buf[0..<n].map { UInt8(bitPattern: $0) }
-                return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: " \n\t")
-            }
-            guard let api = read(.api), !api.isEmpty else { return nil }
-            let attrs = DeviceAttributes(
-                name: name, api: api, flags: read(.flags).flatMap { UInt32($0) } ?? 0,
-                algorithms: (read(.algorithms) ?? "").split(whereSeparator: { $0 == "\n" || $0 == " " }).map(String.init),
-                availableInstances: read(.availableInstances).flatMap { Int($0) },
-                queueDepth: nil,
-                regionMMIOSize: read(.regionMMIOSize).flatMap { Int($0) },
-                regionDUSSize: read(.regionDUSSize).flatMap { Int($0) },
-                isolated: read(.isolate) == "1",
-                isolateStrategy: read(.isolateStrategy).flatMap { Int($0) } ?? 0,
-                numaNode: read(.numaNode).flatMap { Int($0) } ?? -1)
-            return (path, attrs)
+            return readAttributes(sysfsPath: path).map { (path, $0) }
         }
+    }
+
+    /// The attributes of the uacce device whose sysfs directory is
+    /// `sysfsPath` (`.../class/uacce/<name>`), or nil without an `api`.
+    public static func readAttributes(sysfsPath path: String) -> DeviceAttributes? {
+        let name = String(path.split(separator: "/").last ?? "")
+        func read(_ attr: DeviceAttributes.File) -> String? {
+            guard let f = fopen(path + "/" + attr.rawValue, "r") else { return nil }
+            defer { fclose(f) }
+            var buf = [CChar](repeating: 0, count: 4096)
+            let n = fread(&buf, 1, buf.count - 1, f)
+            let bytes = buf[0..<n].map { UInt8(bitPattern: $0) }
+            return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: " \n\t")
+        }
+        guard let api = read(.api), !api.isEmpty else { return nil }
+        return DeviceAttributes(
+            name: name, api: api, flags: read(.flags).flatMap { UInt32($0) } ?? 0,
+            algorithms: (read(.algorithms) ?? "").split(whereSeparator: { $0 == "\n" || $0 == " " }).map(String.init),
+            availableInstances: read(.availableInstances).flatMap { Int($0) },
+            queueDepth: nil,
+            regionMMIOSize: read(.regionMMIOSize).flatMap { Int($0) },
+            regionDUSSize: read(.regionDUSSize).flatMap { Int($0) },
+            isolated: read(.isolate) == "1",
+            isolateStrategy: read(.isolateStrategy).flatMap { Int($0) } ?? 0,
+            numaNode: read(.numaNode).flatMap { Int($0) } ?? -1)
     }
 }
 
