@@ -7,9 +7,10 @@ import CWarpSys
 /// Lists accelerator devices: the emulated ZIP device(s) this process runs,
 /// and real uacce devices found under `<sysfsRoot>/class/uacce`.
 ///
-/// Real devices are listed with their attributes; driving them (opening
-/// `/dev/<name>`, `mmap`, `ioctl`) is not implemented yet, so `device(for:)`
-/// only returns emulated devices.
+/// `device(for:)` prefers a uacce device whose `api` this client speaks
+/// (`UacceDevice.supportedAPIs`: this project's `warpdrive_zip` module) and
+/// whose node exists, then the emulated devices. Other uacce devices (e.g. a
+/// HiSilicon `hisi_qm_v2` device) are listed, not driven.
 public final class DeviceRegistry: Sendable {
     /// One listed device.
     public struct Entry: Sendable {
@@ -24,12 +25,15 @@ public final class DeviceRegistry: Sendable {
     private let emulated: [EmulatedZipDevice]
     /// Where sysfs is mounted (a fixture tree in tests).
     public let sysfsRoot: String
+    /// Where device nodes are (`/dev`).
+    public let devRoot: String
 
     /// A registry with the given emulated devices (empty to disable
     /// emulation) and real devices read from `sysfsRoot`.
-    public init(emulated: [EmulatedZipDevice], sysfsRoot: String = "/sys") {
+    public init(emulated: [EmulatedZipDevice], sysfsRoot: String = "/sys", devRoot: String = "/dev") {
         self.emulated = emulated
         self.sysfsRoot = sysfsRoot
+        self.devRoot = devRoot
     }
 
     /// A registry with one emulated ZIP device built from `configuration`.
@@ -43,9 +47,19 @@ public final class DeviceRegistry: Sendable {
             + DeviceRegistry.scan(sysfsRoot: sysfsRoot).map { Entry(attributes: $0.1, emulated: nil, sysfsPath: $0.0) }
     }
 
-    /// The first drivable, non-isolated device offering `algorithm` with a free instance.
-    public func device(for algorithm: CompressionAlgorithm) throws -> EmulatedZipDevice {
+    /// The first drivable, non-isolated device offering `algorithm` with a
+    /// free instance: a uacce device this client speaks first, then the
+    /// emulated ones.
+    public func device(for algorithm: CompressionAlgorithm) throws -> any AcceleratorDevice {
         var reasons: [String] = []
+        for (path, a) in DeviceRegistry.scan(sysfsRoot: sysfsRoot) {
+            guard UacceDevice.supportedAPIs.contains(a.api) else { continue }
+            if a.isolated { reasons.append("\(a.name) is isolated"); continue }
+            if !a.algorithms.contains(algorithm.rawValue) { reasons.append("\(a.name) lacks \(algorithm)"); continue }
+            if (a.availableInstances ?? 0) == 0 { reasons.append("\(a.name) has no free queue"); continue }
+            if access(devRoot + "/" + a.name, R_OK | W_OK) != 0 { reasons.append("\(a.name) has no usable \(devRoot)/\(a.name)"); continue }
+            if let d = try? UacceDevice(sysfsPath: path, devRoot: devRoot) { return d }
+        }
         for d in emulated {
             let a = d.attributes
             if a.isolated { reasons.append("\(a.name) is isolated"); continue }
@@ -53,7 +67,7 @@ public final class DeviceRegistry: Sendable {
             if (a.availableInstances ?? 0) == 0 { reasons.append("\(a.name) has no free queue"); continue }
             return d
         }
-        throw WarpDriveError.noDevice(reasons.isEmpty ? "no emulated device is enabled" : reasons.joined(separator: "; "))
+        throw WarpDriveError.noDevice(reasons.isEmpty ? "no uacce device this client speaks and no emulated device is enabled" : reasons.joined(separator: "; "))
     }
 
     /// Reads `<root>/class/uacce/*/` attributes. Unreadable attributes are
