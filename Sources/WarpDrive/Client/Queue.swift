@@ -116,6 +116,9 @@ public final class Queue: @unchecked Sendable {
     private var failureError: WarpDriveError?
     private var isStarted = false
     private var dataArea = DataAreaAllocator(start: 0, end: 0)
+    /// In-flight count when a request last found no room in the data area
+    /// (-1: it had room): a submitter waits for a completion, not a free slot.
+    private var dataAreaFullAt = -1
     private(set) var phaseFlips = 0
     private let busyCount = Atomic<UInt64>(0)
 
@@ -206,6 +209,15 @@ public final class Queue: @unchecked Sendable {
         Words(dus.base + layout.statusOffset).storeRelease(RingLayout.StatusWord.irqThreshold, UInt32(max(1, min(n, layout.depth))))
     }
 
+    /// Whether a submission can find room: a free SQ slot and, for a device
+    /// addressing DUS offsets, a completion since the data area was last full.
+    public var hasRoom: Bool {
+        lock.withLock { _ in
+            let n = (sqTail - sqHead + layout.depth) % layout.depth
+            return n < layout.depth - 1 && (dataAreaFullAt < 0 || n < dataAreaFullAt)
+        }
+    }
+
     /// Requests submitted and not yet reaped.
     public var inFlight: Int { lock.withLock { _ in (sqTail - sqHead + layout.depth) % layout.depth } }
 
@@ -267,10 +279,12 @@ public final class Queue: @unchecked Sendable {
             var request = request
             if backend.addressing == .dusOffset {
                 guard try placeInDataArea(&entry, &request, dus) else {
-                    busyCount.add(1, ordering: .relaxed)
+                    let n = (sqTail - sqHead + layout.depth) % layout.depth
+                    dataAreaFullAt = n > 0 ? n : -1
                     backend.noteRingFull()
                     return false
                 }
+                dataAreaFullAt = -1
             }
             entry.tag = UInt32(truncatingIfNeeded: sqTail)
             entry.store(to: dus.base + layout.sqeOffset(sqTail))
