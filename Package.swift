@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "warpdrive-load", targets: ["WarpDriveLoad"]),
         .executable(name: "warpdrived", targets: ["warpdrived"]),
         .executable(name: "warpdrive-probe", targets: ["WarpDriveProbe"]),
+        .executable(name: "warpdrive-uacce-probe", targets: ["WarpDriveUacceProbe"]),
         .library(name: "WarpDriveDaemon", targets: ["WarpDriveDaemon"]),
     ],
     dependencies: [
@@ -121,6 +122,13 @@ let package = Package(
             name: "WarpDriveProbe",
             dependencies: ["WarpDrive"],
             path: "Tests/WarpDriveProbe"
+        ),
+        // Runs in the VM test (scripts/vm-test): the Swift backend against
+        // the warpdrive_zip kernel module.
+        .executableTarget(
+            name: "WarpDriveUacceProbe",
+            dependencies: ["WarpDrive"],
+            path: "Tests/WarpDriveUacceProbe"
         ),
         // What both test targets use: processes, real unprivileged users.
         .target(

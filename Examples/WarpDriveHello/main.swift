@@ -56,7 +56,7 @@ if data.count > ZipSQE.maxRequestBytes {
 }
 
 do {
-    // The device: warpdrived's over its socket, or the emulated device discovered in-process.
+    // The device: warpdrived's over its socket, or the one discovery picks (a warpdrive_zip uacce device, else the emulated one).
     let device: any AcceleratorDevice
     if let socketPath {
         let remote = try RemoteDevice(socket: socketPath)
@@ -64,11 +64,12 @@ do {
         device = remote
     } else {
         let registry = DeviceRegistry()
-        let emulated = try registry.device(for: .zlib)
-        let a = emulated.attributes
-        print("device \(a.name): api \(a.api), SVA \(a.supportsSVA), algorithms \(a.algorithms.joined(separator: ",")), "
-            + "free queues \(a.availableInstances ?? 0)")
-        device = emulated
+        let chosen = try registry.device(for: .zlib)
+        if let a = (chosen as? EmulatedZipDevice)?.attributes ?? (chosen as? UacceDevice)?.currentAttributes {
+            print("device \(a.name): api \(a.api), SVA \(a.supportsSVA), algorithms \(a.algorithms.joined(separator: ",")), "
+                + "free queues \(a.availableInstances ?? 0)")
+        }
+        device = chosen
     }
     let session = try CompressionSession(device: device,
                                          configuration: SessionConfiguration(algorithm: .zlib, direction: .compress, level: 6))

@@ -547,3 +547,39 @@ int wd_pipe_cloexec(int fds[2]) {
 int wd_spawn_close_from(posix_spawn_file_actions_t *actions, int lowfd) {
     return posix_spawn_file_actions_addclosefrom_np(actions, lowfd);
 }
+
+/* ---- uacce queue ioctls ---- */
+#include <sys/ioctl.h>
+#include <errno.h>
+
+struct wd_hisi_qp_ctx { uint16_t id; uint16_t qc_type; };
+struct wd_hisi_qp_info { uint32_t sqe_size; uint16_t sq_depth; uint16_t cq_depth; uint64_t reserved; };
+#define WD_UACCE_CMD_START_Q _IO('W', 0)
+#define WD_UACCE_CMD_PUT_Q _IO('W', 1)
+#define WD_UACCE_CMD_QM_SET_QP_CTX _IOWR('H', 10, struct wd_hisi_qp_ctx)
+#define WD_UACCE_CMD_QM_SET_QP_INFO _IOWR('H', 11, struct wd_hisi_qp_info)
+
+int wd_uacce_start_q(int fd) { return ioctl(fd, WD_UACCE_CMD_START_Q) == 0 ? 0 : -errno; }
+int wd_uacce_put_q(int fd) { return ioctl(fd, WD_UACCE_CMD_PUT_Q) == 0 ? 0 : -errno; }
+
+int wd_uacce_set_qp_ctx(int fd, uint16_t qc_type, uint16_t *queue_id)
+{
+	struct wd_hisi_qp_ctx ctx = { .id = 0, .qc_type = qc_type };
+
+	if (ioctl(fd, WD_UACCE_CMD_QM_SET_QP_CTX, &ctx) != 0)
+		return -errno;
+	*queue_id = ctx.id;
+	return 0;
+}
+
+int wd_uacce_qp_info(int fd, uint32_t *sqe_size, uint16_t *sq_depth, uint16_t *cq_depth)
+{
+	struct wd_hisi_qp_info info = { 0 };
+
+	if (ioctl(fd, WD_UACCE_CMD_QM_SET_QP_INFO, &info) != 0)
+		return -errno;
+	*sqe_size = info.sqe_size;
+	*sq_depth = info.sq_depth;
+	*cq_depth = info.cq_depth;
+	return 0;
+}

@@ -12,6 +12,8 @@ import WarpDrive
 /// - `device=SOCKET`: a running `warpdrived`, reconnected after a daemon
 ///   restart (`ReconnectingDevice`); `engines=` and `queues=` are the
 ///   daemon's business then.
+/// - `device=NAME` (no `/`, and `/sys/class/uacce/NAME` exists): that
+///   kernel uacce device (`UacceDevice`, the `warpdrive_zip` module).
 /// - otherwise the in-process emulated ZIP device with `engines` engine
 ///   threads and `queues` queue pairs.
 ///
@@ -21,6 +23,11 @@ public enum Accelerator {
     /// The device `options` name. Throws with a message naming the option.
     public static func device(_ options: MountOptions) throws -> any AcceleratorDevice {
         if let socket = options.deviceSocket {
+            if !socket.contains("/"), access("/sys/class/uacce/" + socket, F_OK) == 0 {
+                do { return try UacceDevice(name: socket) } catch {
+                    throw FSError(EIO, "option 'device=\(socket)': \(error)")
+                }
+            }
             do { return try ReconnectingDevice(socket: socket) } catch {
                 throw FSError(EIO, "option 'device=\(socket)': \(error)")
             }

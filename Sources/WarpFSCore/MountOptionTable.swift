@@ -103,7 +103,7 @@ extension MountOptions {
         .init("queues=N", ["queues"], value: .required, .warpfs, default: "1024",
               "accelerator queues for the mount, 2..1024 (files wait for one when all are busy)"),
         .init("device=SOCKET", ["device"], value: .required, .warpfs, default: "in-process accelerator",
-              "use the accelerator of a running warpdrived, shared by many processes"),
+              "use the accelerator of a running warpdrived, shared by many processes; or a kernel uacce device by name (warpdrive_zip-0)"),
         .init("acl, noacl", ["acl", "noacl"], .warpfs, default: "acl",
               "POSIX ACLs kept in the backing files' ACL attributes and enforced by the kernel; with noacl setting one fails with EOPNOTSUPP"),
         .init("allow_other", ["allow_other"], .warpfs, default: "off", "other users may use the mount"),

@@ -50,6 +50,39 @@ import Testing
         #expect(throws: WarpDriveError.self) { _ = try DeviceRegistry(emulated: [], sysfsRoot: root).device(for: .zlib) }
     }
 
+    @Test func prefersAUacceDeviceThisClientSpeaks() throws {
+        var template = Array("/tmp/warpdrive-sysfs-XXXXXX".utf8CString)
+        let root = String(cString: mkdtemp(&template)!)
+        defer { _ = system("rm -rf '\(root)'") }
+        func device(_ name: String, api: String, instances: Int) {
+            let d = root + "/class/uacce/" + name
+            _ = system("mkdir -p '\(d)' '\(root)/dev'")
+            write(d + "/api", api + "\n")
+            write(d + "/flags", "0\n")
+            write(d + "/algorithms", "deflate zlib gzip\n")
+            write(d + "/available_instances", "\(instances)\n")
+            write(d + "/region_mmio_size", "8192\n")
+            write(d + "/region_dus_size", "4345856\n")
+            write(root + "/dev/" + name, "")
+        }
+        device("hisi_zip-0", api: "hisi_qm_v2", instances: 4)
+        device("warpdrive_zip-0", api: DeviceAttributes.apiWarpDriveZip, instances: 4)
+        try withDevice { emulated throws in
+            let registry = DeviceRegistry(emulated: [emulated], sysfsRoot: root, devRoot: root + "/dev")
+            let chosen = try registry.device(for: .gzip)
+            #expect((chosen as? UacceDevice)?.name == "warpdrive_zip-0")
+            #expect((chosen as? UacceDevice)?.devicePath == root + "/dev/warpdrive_zip-0")
+            // Not offered by the module: the emulated device.
+            #expect(try registry.device(for: .zstd) === emulated)
+        }
+        // No free instance: the emulated device.
+        write(root + "/class/uacce/warpdrive_zip-0/available_instances", "0\n")
+        try withDevice { emulated throws in
+            #expect(try DeviceRegistry(emulated: [emulated], sysfsRoot: root, devRoot: root + "/dev").device(for: .gzip) === emulated)
+        }
+        #expect(throws: WarpDriveError.self) { _ = try UacceDevice(name: "hisi_zip-0", sysfsRoot: root, devRoot: root + "/dev") }
+    }
+
     @Test func emulatedDeviceAttributesFollowConfiguration() {
         var c = EmulatedDeviceConfiguration(engines: 3, queues: 5, queueDepth: 64)
         c.isolateThreshold = 7

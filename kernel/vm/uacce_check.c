@@ -551,7 +551,7 @@ int main(int argc, char **argv)
 			printf("# %s = %s\n", files[i], all);
 		}
 	}
-	check(!strcmp(attr("api", buf, sizeof(buf)), "hisi_qm_v2"), "api is hisi_qm_v2 (%s)", buf);
+	check(!strcmp(attr("api", buf, sizeof(buf)), "warpdrive_zip_v1"), "api is warpdrive_zip_v1 (%s)", buf);
 	check(attr_long("flags") == 0, "flags is 0 (no SVA)");
 	check(!strcmp(attr("algorithms", buf, sizeof(buf)), "deflate"), "algorithms start with deflate");
 	check(attr_long("available_instances") == EXPECT_QUEUES, "available_instances is %d", EXPECT_QUEUES);

@@ -41,7 +41,13 @@
 #include <uapi/misc/uacce/hisi_qm.h>
 
 #define WDZ_NAME		"warpdrive_zip"
-#define WDZ_API			HISI_QM_API_VER2_BASE
+/*
+ * Its own api string, not hisi_qm_v2: the rings are the QM's, but the SQE
+ * carries the emulation's fields (level, page-fault address) and buffers
+ * are offsets into the DUS region, not DMA addresses. A client must not
+ * mistake a HiSilicon device for this one or this one for it.
+ */
+#define WDZ_API			"warpdrive_zip_v1"
 #define WDZ_ALGORITHMS		"deflate\nzlib\ngzip"
 #define WDZ_SQE_SIZE		128
 #define WDZ_CQE_SIZE		16

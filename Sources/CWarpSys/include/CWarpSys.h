@@ -194,4 +194,14 @@ int wd_pipe_cloexec(int fds[2]);
 #include <spawn.h>
 int wd_spawn_close_from(posix_spawn_file_actions_t *actions, int lowfd);
 
+/* The uacce and HiSilicon QM queue ioctls (their numbers are macros Swift
+   cannot import; values as in <misc/uacce/uacce.h> and <misc/uacce/hisi_qm.h>).
+   Each returns 0 or -errno. */
+int wd_uacce_start_q(int fd);
+int wd_uacce_put_q(int fd);
+/* UACCE_CMD_QM_SET_QP_CTX with qc_type; *queue_id gets the queue number. */
+int wd_uacce_set_qp_ctx(int fd, uint16_t qc_type, uint16_t *queue_id);
+/* UACCE_CMD_QM_SET_QP_INFO: the SQE size and SQ/CQ depths the device reports. */
+int wd_uacce_qp_info(int fd, uint32_t *sqe_size, uint16_t *sq_depth, uint16_t *cq_depth);
+
 #endif

@@ -253,7 +253,7 @@ public final class CompressionSession: @unchecked Sendable {
             var req = base
             req.waiter = w
             while try !submitOnce(q, req, sqe) {
-                try q.wait(until: { q.inFlight < q.layout.depth - 1 }, deadline: deadline, timeoutMilliseconds: timeout,
+                try q.wait(until: { q.hasRoom }, deadline: deadline, timeoutMilliseconds: timeout,
                            mode: configuration.notification, deliver: deliverAsync)
             }
             do {
@@ -309,7 +309,7 @@ public final class CompressionSession: @unchecked Sendable {
         do {
             while try !submitOnce(q, req, sqe) {
                 guard wait else { throw WarpDriveError.queueFull(queue: q.number) }
-                try q.wait(until: { q.inFlight < q.layout.depth - 1 }, deadline: deadline, timeoutMilliseconds: timeout,
+                try q.wait(until: { q.hasRoom }, deadline: deadline, timeoutMilliseconds: timeout,
                            mode: configuration.notification, deliver: deliver(q))
             }
         } catch {

@@ -35,6 +35,44 @@ struct PendingRequest {
     var faultAddress: UInt64 = 0
     /// Set when the queue failed before the device answered.
     var failure: QueueFailure = .none
+    // A device addressing DUS offsets: data-area ranges holding a copy of
+    // the source and the output on its way to `bounceTarget` (-1: none).
+    var bounceSource = -1
+    var bounceSourceLength = 0
+    var bounceDestination = -1
+    var bounceDestinationLength = 0
+    var bounceTarget: UnsafeMutableRawPointer? = nil
+}
+
+/// First-fit allocator over a queue's data area (offsets into the DUS
+/// region), for requests whose buffers lie outside it.
+struct DataAreaAllocator {
+    /// Free ranges (offset, length), sorted by offset, never adjacent.
+    private var free: [(Int, Int)]
+    let start: Int, end: Int
+    init(start: Int, end: Int) {
+        self.start = start; self.end = end
+        free = end > start ? [(start, end - start)] : []
+    }
+    static func rounded(_ n: Int) -> Int { max(64, (n + 63) / 64 * 64) }
+    mutating func allocate(_ n: Int) -> Int? {
+        let n = DataAreaAllocator.rounded(n)
+        guard let i = free.firstIndex(where: { $0.1 >= n }) else { return nil }
+        let (o, l) = free[i]
+        if l == n { free.remove(at: i) } else { free[i] = (o + n, l - n) }
+        return o
+    }
+    mutating func release(_ o: Int, _ n: Int) {
+        let n = DataAreaAllocator.rounded(n)
+        var i = free.firstIndex(where: { $0.0 > o }) ?? free.count
+        free.insert((o, n), at: i)
+        if i + 1 < free.count, free[i].0 + free[i].1 == free[i + 1].0 {
+            free[i].1 += free[i + 1].1; free.remove(at: i + 1)
+        }
+        if i > 0, free[i - 1].0 + free[i - 1].1 == free[i].0 {
+            free[i - 1].1 += free[i].1; free.remove(at: i); i -= 1
+        }
+    }
 }
 
 enum QueueFailure: UInt8 { case none, timedOut, reset, released, lost }
@@ -77,6 +115,10 @@ public final class Queue: @unchecked Sendable {
     private var failure: QueueFailure = .none
     private var failureError: WarpDriveError?
     private var isStarted = false
+    private var dataArea = DataAreaAllocator(start: 0, end: 0)
+    /// In-flight count when a request last found no room in the data area
+    /// (-1: it had room): a submitter waits for a completion, not a free slot.
+    private var dataAreaFullAt = -1
     private(set) var phaseFlips = 0
     private let busyCount = Atomic<UInt64>(0)
 
@@ -123,11 +165,14 @@ public final class Queue: @unchecked Sendable {
 
     /// Maps a region (uacce `mmap` at `region * PAGE_SIZE`). Each region maps once.
     public func map(_ region: QueueRegion) throws {
-        let file = try backend.map(region)
-        let m = try file.map()
+        let m = try backend.mapRegion(region)
         switch region {
         case .mmio: mmio = m
-        case .dus: dus = m
+        case .dus:
+            dus = m
+            if backend.addressing == .dusOffset {
+                lock.withLock { _ in dataArea = DataAreaAllocator(start: layout.dusSize, end: m.size) }
+            }
         }
     }
 
@@ -162,6 +207,15 @@ public final class Queue: @unchecked Sendable {
     public func setInterruptThreshold(_ n: Int) {
         guard let dus else { return }
         Words(dus.base + layout.statusOffset).storeRelease(RingLayout.StatusWord.irqThreshold, UInt32(max(1, min(n, layout.depth))))
+    }
+
+    /// Whether a submission can find room: a free SQ slot and, for a device
+    /// addressing DUS offsets, a completion since the data area was last full.
+    public var hasRoom: Bool {
+        lock.withLock { _ in
+            let n = (sqTail - sqHead + layout.depth) % layout.depth
+            return n < layout.depth - 1 && (dataAreaFullAt < 0 || n < dataAreaFullAt)
+        }
     }
 
     /// Requests submitted and not yet reaped.
@@ -222,12 +276,76 @@ public final class Queue: @unchecked Sendable {
                 return false
             }
             var entry = sqe
+            var request = request
+            if backend.addressing == .dusOffset {
+                guard try placeInDataArea(&entry, &request, dus) else {
+                    let n = (sqTail - sqHead + layout.depth) % layout.depth
+                    dataAreaFullAt = n > 0 ? n : -1
+                    backend.noteRingFull()
+                    return false
+                }
+                dataAreaFullAt = -1
+            }
             entry.tag = UInt32(truncatingIfNeeded: sqTail)
             entry.store(to: dus.base + layout.sqeOffset(sqTail))
             pending[sqTail] = request
             sqTail = next
             ring(.sq, sqTail)
             return true
+        }
+    }
+
+    /// For a device without SVA: turns the SQE's process addresses into
+    /// offsets into the DUS region. A buffer inside the data area (built
+    /// there by the caller) is addressed in place; any other is copied into
+    /// a range of the data area (the source now, the output when reaped).
+    /// False when the data area has no room now. Called with the lock held.
+    private func placeInDataArea(_ e: inout ZipSQE, _ r: inout PendingRequest, _ dus: SharedMapping) throws -> Bool {
+        let base = UInt64(UInt(bitPattern: dus.base))
+        let lo = base + UInt64(layout.dusSize), hi = base + UInt64(dus.size)
+        func inside(_ a: UInt64, _ n: Int) -> Bool { a >= lo && a <= hi && UInt64(n) <= hi - a }
+        let src = e.sourceAddress, n = Int(e.inputLength)
+        let dst = e.destinationAddress, cap = Int(e.destinationCapacity)
+        let srcInside = n == 0 || inside(src, n), dstInside = cap == 0 || inside(dst, cap)
+        let need = (srcInside ? 0 : DataAreaAllocator.rounded(n)) + (dstInside ? 0 : DataAreaAllocator.rounded(cap))
+        if need > dataArea.end - dataArea.start {
+            throw WarpDriveError.requestTooLarge(bytes: need, limit: dataArea.end - dataArea.start)
+        }
+        var srcOff = n == 0 ? UInt64(layout.dusSize) : src &- base
+        var dstOff = cap == 0 ? UInt64(layout.dusSize) : dst &- base
+        if !srcInside {
+            guard let o = dataArea.allocate(n) else { return false }
+            (dus.base + o).copyMemory(from: UnsafeRawPointer(bitPattern: UInt(src))!, byteCount: n)
+            r.bounceSource = o; r.bounceSourceLength = n
+            srcOff = UInt64(o)
+        }
+        if !dstInside {
+            guard let o = dataArea.allocate(cap) else {
+                if r.bounceSource >= 0 { dataArea.release(r.bounceSource, n); r.bounceSource = -1 }
+                return false
+            }
+            r.bounceDestination = o; r.bounceDestinationLength = cap
+            r.bounceTarget = UnsafeMutableRawPointer(bitPattern: UInt(dst))
+            dstOff = UInt64(o)
+        }
+        e.sourceAddress = srcOff
+        e.destinationAddress = dstOff
+        return true
+    }
+
+    /// Copies a bounced request's output to the caller's buffer and frees
+    /// its data-area ranges. Called with the lock held.
+    private func unbounce(_ r: inout PendingRequest, _ dus: SharedMapping) {
+        if r.bounceDestination >= 0 {
+            if let t = r.bounceTarget, r.status.isSuccess {
+                t.copyMemory(from: dus.base + r.bounceDestination, byteCount: min(r.produced, r.bounceDestinationLength))
+            }
+            dataArea.release(r.bounceDestination, r.bounceDestinationLength)
+            r.bounceDestination = -1
+        }
+        if r.bounceSource >= 0 {
+            dataArea.release(r.bounceSource, r.bounceSourceLength)
+            r.bounceSource = -1
         }
     }
 
@@ -260,6 +378,7 @@ public final class Queue: @unchecked Sendable {
                         req.produced = Int(sqe.produced)
                         req.checksum = sqe.checksum
                         req.faultAddress = sqe.faultAddress
+                        if req.bounceSource >= 0 || req.bounceDestination >= 0 { unbounce(&req, dus) }
                         pending[slot].waiter = nil
                         sqHead = (slot + 1) % layout.depth
                         cqHead += 1
@@ -319,6 +438,15 @@ public final class Queue: @unchecked Sendable {
             if sleptIdle, let lost = backend.lostError {
                 failPending(.lost, lostError: lost, deliver: deliver)
                 throw lock.withLock { _ in failureError! }
+            }
+            if backend.waitsWithPoll {
+                // A kernel device wakes poll() on the descriptor; it is
+                // readable once per batch of new completions.
+                var p = pollfd(fd: backend.notificationFD, events: Int16(POLLIN), revents: 0)
+                let ms = Int32(max(1, min(deadline - now, 50_000_000) / 1_000_000))
+                _ = poll(&p, 1, ms)
+                sleptIdle = statusWords.loadAcquire(RingLayout.StatusWord.irqCounter) == irq
+                continue
             }
             let s = statusWords
             _ = wd_fetch_add_u32(s.pointer(RingLayout.StatusWord.irqWaiters), 1)

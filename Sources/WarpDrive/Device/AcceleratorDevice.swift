@@ -73,6 +73,33 @@ public protocol DeviceQueue: AnyObject, Sendable {
     /// Why the device can no longer serve the queue (e.g. the daemon is
     /// gone), or nil. Checked by waiters before they sleep.
     var lostError: WarpDriveError? { get }
+    /// How the queue's requests name their buffers.
+    var addressing: DeviceAddressing { get }
+    /// A region mapped into this process for the ring code. By default the
+    /// file `map(_:)` returns, mapped once; a device node maps its own region.
+    func mapRegion(_ region: QueueRegion) throws -> SharedMapping
+    /// Whether completion waiters sleep in `poll()` on `notificationFD`
+    /// (a kernel device) rather than on the status page's futex word.
+    var waitsWithPoll: Bool { get }
+}
+
+/// How SQE source and destination addresses name memory.
+public enum DeviceAddressing: Sendable, Equatable {
+    /// Process virtual addresses (SVA): any buffer of the bound process.
+    case virtual
+    /// Byte offsets into the queue's own DUS region, valid only inside its
+    /// data area (from `RingLayout.dusSize` to the region's end): a device
+    /// without SVA. Other buffers are copied through the data area.
+    case dusOffset
+}
+
+extension DeviceQueue {
+    /// SVA: requests carry process addresses.
+    public var addressing: DeviceAddressing { .virtual }
+    /// Maps the shared memory file of the region.
+    public func mapRegion(_ region: QueueRegion) throws -> SharedMapping { try map(region).map() }
+    /// The futex on the status page.
+    public var waitsWithPoll: Bool { false }
 }
 
 /// A queue of the in-process emulated device.

@@ -7,9 +7,10 @@ import CWarpSys
 /// Lists accelerator devices: the emulated ZIP device(s) this process runs,
 /// and real uacce devices found under `<sysfsRoot>/class/uacce`.
 ///
-/// Real devices are listed with their attributes; driving them (opening
-/// `/dev/<name>`, `mmap`, `ioctl`) is not implemented yet, so `device(for:)`
-/// only returns emulated devices.
+/// `device(for:)` prefers a uacce device whose `api` this client speaks
+/// (`UacceDevice.supportedAPIs`: this project's `warpdrive_zip` module) and
+/// whose node exists, then the emulated devices. Other uacce devices (e.g. a
+/// HiSilicon `hisi_qm_v2` device) are listed, not driven.
 public final class DeviceRegistry: Sendable {
     /// One listed device.
     public struct Entry: Sendable {
@@ -24,12 +25,15 @@ public final class DeviceRegistry: Sendable {
     private let emulated: [EmulatedZipDevice]
     /// Where sysfs is mounted (a fixture tree in tests).
     public let sysfsRoot: String
+    /// Where device nodes are (`/dev`).
+    public let devRoot: String
 
     /// A registry with the given emulated devices (empty to disable
     /// emulation) and real devices read from `sysfsRoot`.
-    public init(emulated: [EmulatedZipDevice], sysfsRoot: String = "/sys") {
+    public init(emulated: [EmulatedZipDevice], sysfsRoot: String = "/sys", devRoot: String = "/dev") {
         self.emulated = emulated
         self.sysfsRoot = sysfsRoot
+        self.devRoot = devRoot
     }
 
     /// A registry with one emulated ZIP device built from `configuration`.
@@ -43,9 +47,19 @@ public final class DeviceRegistry: Sendable {
             + DeviceRegistry.scan(sysfsRoot: sysfsRoot).map { Entry(attributes: $0.1, emulated: nil, sysfsPath: $0.0) }
     }
 
-    /// The first drivable, non-isolated device offering `algorithm` with a free instance.
-    public func device(for algorithm: CompressionAlgorithm) throws -> EmulatedZipDevice {
+    /// The first drivable, non-isolated device offering `algorithm` with a
+    /// free instance: a uacce device this client speaks first, then the
+    /// emulated ones.
+    public func device(for algorithm: CompressionAlgorithm) throws -> any AcceleratorDevice {
         var reasons: [String] = []
+        for (path, a) in DeviceRegistry.scan(sysfsRoot: sysfsRoot) {
+            guard UacceDevice.supportedAPIs.contains(a.api) else { continue }
+            if a.isolated { reasons.append("\(a.name) is isolated"); continue }
+            if !a.algorithms.contains(algorithm.rawValue) { reasons.append("\(a.name) lacks \(algorithm)"); continue }
+            if (a.availableInstances ?? 0) == 0 { reasons.append("\(a.name) has no free queue"); continue }
+            if access(devRoot + "/" + a.name, R_OK | W_OK) != 0 { reasons.append("\(a.name) has no usable \(devRoot)/\(a.name)"); continue }
+            if let d = try? UacceDevice(sysfsPath: path, devRoot: devRoot) { return d }
+        }
         for d in emulated {
             let a = d.attributes
             if a.isolated { reasons.append("\(a.name) is isolated"); continue }
@@ -53,7 +67,7 @@ public final class DeviceRegistry: Sendable {
             if (a.availableInstances ?? 0) == 0 { reasons.append("\(a.name) has no free queue"); continue }
             return d
         }
-        throw WarpDriveError.noDevice(reasons.isEmpty ? "no emulated device is enabled" : reasons.joined(separator: "; "))
+        throw WarpDriveError.noDevice(reasons.isEmpty ? "no uacce device this client speaks and no emulated device is enabled" : reasons.joined(separator: "; "))
     }
 
     /// Reads `<root>/class/uacce/*/` attributes. Unreadable attributes are
@@ -70,27 +84,33 @@ public final class DeviceRegistry: Sendable {
         }
         return names.sorted().compactMap { name in
             let path = dir + "/" + name
-            func read(_ attr: DeviceAttributes.File) -> String? {
-                guard let f = fopen(path + "/" + attr.rawValue, "r") else { return nil }
-                defer { fclose(f) }
-                var buf = [CChar](repeating: 0, count: 4096)
-                let n = fread(&buf, 1, buf.count - 1, f)
-                let bytes = buf[0..<n].map { UInt8(bitPattern: $0) }
-                return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: " \n\t")
-            }
-            guard let api = read(.api), !api.isEmpty else { return nil }
-            let attrs = DeviceAttributes(
-                name: name, api: api, flags: read(.flags).flatMap { UInt32($0) } ?? 0,
-                algorithms: (read(.algorithms) ?? "").split(whereSeparator: { $0 == "\n" || $0 == " " }).map(String.init),
-                availableInstances: read(.availableInstances).flatMap { Int($0) },
-                queueDepth: nil,
-                regionMMIOSize: read(.regionMMIOSize).flatMap { Int($0) },
-                regionDUSSize: read(.regionDUSSize).flatMap { Int($0) },
-                isolated: read(.isolate) == "1",
-                isolateStrategy: read(.isolateStrategy).flatMap { Int($0) } ?? 0,
-                numaNode: read(.numaNode).flatMap { Int($0) } ?? -1)
-            return (path, attrs)
+            return readAttributes(sysfsPath: path).map { (path, $0) }
         }
+    }
+
+    /// The attributes of the uacce device whose sysfs directory is
+    /// `sysfsPath` (`.../class/uacce/<name>`), or nil without an `api`.
+    public static func readAttributes(sysfsPath path: String) -> DeviceAttributes? {
+        let name = String(path.split(separator: "/").last ?? "")
+        func read(_ attr: DeviceAttributes.File) -> String? {
+            guard let f = fopen(path + "/" + attr.rawValue, "r") else { return nil }
+            defer { fclose(f) }
+            var buf = [CChar](repeating: 0, count: 4096)
+            let n = fread(&buf, 1, buf.count - 1, f)
+            let bytes = buf[0..<n].map { UInt8(bitPattern: $0) }
+            return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: " \n\t")
+        }
+        guard let api = read(.api), !api.isEmpty else { return nil }
+        return DeviceAttributes(
+            name: name, api: api, flags: read(.flags).flatMap { UInt32($0) } ?? 0,
+            algorithms: (read(.algorithms) ?? "").split(whereSeparator: { $0 == "\n" || $0 == " " }).map(String.init),
+            availableInstances: read(.availableInstances).flatMap { Int($0) },
+            queueDepth: nil,
+            regionMMIOSize: read(.regionMMIOSize).flatMap { Int($0) },
+            regionDUSSize: read(.regionDUSSize).flatMap { Int($0) },
+            isolated: read(.isolate) == "1",
+            isolateStrategy: read(.isolateStrategy).flatMap { Int($0) } ?? 0,
+            numaNode: read(.numaNode).flatMap { Int($0) } ?? -1)
     }
 }
 

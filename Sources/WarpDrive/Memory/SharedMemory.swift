@@ -56,9 +56,9 @@ public final class SharedMapping: @unchecked Sendable {
     /// Length in bytes.
     public let size: Int
 
-    init(fd: Int32, size: Int) throws {
-        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            throw WarpDriveError.system(call: "mmap(\(size) bytes)", errno: errno)
+    init(fd: Int32, size: Int, offset: Int = 0) throws {
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(offset)), p != MAP_FAILED else {
+            throw WarpDriveError.system(call: "mmap(\(size) bytes at \(offset))", errno: errno)
         }
         base = p
         self.size = size

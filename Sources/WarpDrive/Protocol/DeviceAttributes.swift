@@ -28,6 +28,9 @@ public struct DeviceAttributes: Sendable, Equatable {
     public static let flagSVA: UInt32 = 1
     /// The `api` of a HiSilicon QM v2 device, whose rings `RingLayout` describes.
     public static let apiQMv2 = "hisi_qm_v2"
+    /// The `api` of this project's kernel module (`kernel/warpdrive_zip`):
+    /// the emulated device's rings and fields, buffers as DUS offsets.
+    public static let apiWarpDriveZip = "warpdrive_zip_v1"
 
     /// The attribute files under `/sys/class/uacce/<name>-<id>/`.
     enum File: String, CaseIterable {
