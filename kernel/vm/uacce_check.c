@@ -146,16 +146,7 @@ static int touch(volatile uint32_t *p)
 
 /* ---- The engine: the ring protocol of docs/warpdrive.md section 2. ---- */
 
-#define SQE_WORDS 32
-#define TYPE_DEFLATE 0x01
-#define TYPE_ZLIB 0x02
-#define TYPE_GZIP 0x03
-#define ST_OK 0x00
-#define ST_BAD_REQUEST 0x01
-#define ST_CORRUPT 0x02
-#define ST_DST_TOO_SMALL 0x0e
-#define ST_END_OF_STREAM 0x13
-#define ST_PAGE_FAULT 0x1f
+#include "warpdrive_zip_abi.h"
 #define WAIT_MS 20000
 
 /* A started queue, user side, as WarpDrive's Queue keeps it. */
