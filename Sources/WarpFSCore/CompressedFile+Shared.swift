@@ -50,6 +50,33 @@ extension CompressedFile {
         }
         holdsWriterLock = true
         try reloadFromDisk()
+        reclaimUnreferencedPages()
+    }
+
+    /// With the writer lock just taken: punches the allocated pages of the
+    /// payload regions that no slot refers to. A writer that died between a
+    /// payload and its slot header (another host's, killed) left them; the
+    /// open-time recovery sees only slots, and `warpfs fsck` would report
+    /// them. Only allocated extents are looked at (`SEEK_DATA`/`SEEK_HOLE`).
+    func reclaimUnreferencedPages() {
+        guard packed == nil, entries.count > 0 else { return }
+        let groups = (entries.count + BlockLayout.blocksPerGroup - 1) / BlockLayout.blocksPerGroup
+        var g = 0
+        while g < groups {
+            let start = layout.regionOffset(group: g), end = start + layout.regionSize
+            var at = lseek(fd, off_t(start), Int32(WD_SEEK_DATA))
+            if at < 0 { return }                                  // no data from here on
+            if Int(at) >= end { g = layout.group(containing: Int(at)); continue }
+            let used = footprintsInUse(group: g, except: (-1, -1))
+            while at >= 0 && Int(at) < end {
+                let hole = lseek(fd, at, Int32(WD_SEEK_HOLE))
+                let extentEnd = min(end, hole < 0 ? end : Int(hole))
+                let released = (Int(at) - start)..<(extentEnd - start)
+                for run in layout.punchablePages(of: released, used: used, group: g) { punch(run.lowerBound, run.count) }
+                at = lseek(fd, off_t(extentEnd), Int32(WD_SEEK_DATA))
+            }
+            g += 1
+        }
     }
 
     /// Gives the writer lock back (an explicit unlock: the lock would go with

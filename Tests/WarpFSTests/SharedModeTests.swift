@@ -151,6 +151,33 @@ import Testing
         try b.start()
     }
 
+    /// What a writer killed between a payload and its slot header leaves (an
+    /// allocated page no slot refers to) is reclaimed by the next host's
+    /// writer when it takes the lock, so fsck finds nothing afterwards.
+    @Test func theNextWriterReclaimsPagesADeadWriterLeft() throws {
+        let a = try TestMount(options: "shared,block_size=16k")
+        defer { a.close() }
+        try FileIO.write(a.path("f"), SharedModeTests.version("f", 0, length: 40_000))
+        a.unmount()
+        // A payload written, its slot header never: a page inside group 0's region, past the payloads.
+        let fd = open(a.backingPath("f"), O_WRONLY | O_CLOEXEC)
+        try FileIO.pwrite(fd, [UInt8](repeating: 0x5A, count: 4096), 512 << 10)
+        close(fd)
+        let before = runCommand([warpfsBinary, "fsck", a.backing, "--progress", "never"])
+        #expect(before.status == 4 && before.output.contains("no valid slot refers to"), "\(before.output)")
+        try a.start()
+        let w = open(a.path("f"), O_RDWR | O_CLOEXEC)
+        try FileIO.pwrite(w, Array("x".utf8), 40_000)
+        close(w)
+        a.unmount()
+        let after = runCommand([warpfsBinary, "fsck", a.backing, "--progress", "never"])
+        #expect(after.status == 0, "\(after.output)")
+        try a.start()
+        var want = SharedModeTests.version("f", 0, length: 40_000)
+        want.append(UInt8(ascii: "x"))
+        #expect(try FileIO.read(a.path("f")) == want)
+    }
+
     /// Writers on both hosts at once (GlusterTests has the same over GlusterFS).
     @Test func writersOnBothHostsNeverInterleave() throws {
         let a = try TestMount(options: "shared,block_size=16k")
