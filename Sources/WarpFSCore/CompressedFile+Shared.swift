@@ -11,10 +11,6 @@ import WarpFSFormat
 // another host may have changed it.
 
 extension CompressedFile {
-    /// `F_OFD_SETLK`: a lock of the open file description (released when
-    /// its last descriptor closes, also when the process dies).
-    static let setOFDLock: Int32 = 37
-
     /// Before the first change while the file is open: takes the file's
     /// cross-host writer lock (an exclusive record lock over the whole
     /// backing file), waiting at most `writerLockTimeout` seconds, then
@@ -27,26 +23,17 @@ extension CompressedFile {
         guard fcntl(fd, F_GETFL) & O_ACCMODE != O_RDONLY else {
             throw FSError(EROFS, "\(name): its backing file is read-only here; it cannot be changed")
         }
-        var lock = flock()
-        lock.l_type = Int16(F_WRLCK)
-        lock.l_whence = Int16(SEEK_SET)
-        lock.l_start = 0
-        lock.l_len = 0
-        let deadline = wd_now_ns() + UInt64(timeout * 1e9)
-        var logged = false
-        while fcntl(fd, CompressedFile.setOFDLock, &lock) != 0 {
-            let e = errno
-            if e == EINTR { continue }
-            guard e == EAGAIN || e == EACCES else {
-                throw FSError(e, "\(name): cannot take its writer lock (-o shared needs record locks the backing file system "
-                    + "enforces across hosts)")
-            }
-            if !logged { Log.info("\(name): another host is writing it; waiting up to \(Int(timeout)) s for its writer lock"); logged = true }
-            guard wd_now_ns() < deadline else {
-                throw FSError(EAGAIN, "\(name): another host is writing it and kept its writer lock for \(Int(timeout)) s "
-                    + "(lock_timeout); not changed")
-            }
-            usleep(20_000)
+        let taken = RecordLock(fd).take(exclusive: true, timeout: timeout, poll: 0.02) {
+            Log.info("\(name): another host is writing it; waiting up to \(Int(timeout)) s for its writer lock")
+        }
+        switch taken {
+        case .success: break
+        case .failure(.held):
+            throw FSError(EAGAIN, "\(name): another host is writing it and kept its writer lock for \(Int(timeout)) s "
+                + "(lock_timeout); not changed")
+        case .failure(.unsupported(let e)):
+            throw FSError(e, "\(name): cannot take its writer lock (-o shared needs record locks the backing file system "
+                + "enforces across hosts)")
         }
         holdsWriterLock = true
         try reloadFromDisk()
@@ -85,10 +72,7 @@ extension CompressedFile {
     /// the last close, once the changes are durable.
     public func releaseWriterLock() {
         guard holdsWriterLock else { return }
-        var unlock = flock()
-        unlock.l_type = Int16(F_UNLCK)
-        unlock.l_whence = Int16(SEEK_SET)
-        _ = fcntl(fd, CompressedFile.setOFDLock, &unlock)
+        RecordLock(fd).release()
         holdsWriterLock = false
     }
 

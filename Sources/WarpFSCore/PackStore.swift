@@ -61,25 +61,13 @@ public final class PackStore: @unchecked Sendable {
     /// Runs `body` holding the pages file's cross-host lock when `crossHostLocking`.
     private func lockedAcrossHosts<T>(_ body: () throws -> T) throws -> T {
         guard crossHostLocking else { return try body() }
-        var lock = flock()
-        lock.l_type = Int16(F_WRLCK)
-        lock.l_whence = Int16(SEEK_SET)
-        let deadline = wd_now_ns() + UInt64(crossHostLockTimeout * 1e9)
-        while fcntl(fd, CompressedFile.setOFDLock, &lock) != 0 {
-            let e = errno
-            if e == EINTR { continue }
-            guard e == EAGAIN || e == EACCES else { throw FSError(e, "lock the pack") }
-            guard wd_now_ns() < deadline else {
-                throw FSError(EAGAIN, "the pack's lock is held by another host for more than \(Int(crossHostLockTimeout)) s")
-            }
-            usleep(5_000)
+        let lock = RecordLock(fd)
+        switch lock.take(exclusive: true, timeout: crossHostLockTimeout) {
+        case .success: break
+        case .failure(.held): throw FSError(EAGAIN, "the pack's lock is held by another host for more than \(Int(crossHostLockTimeout)) s")
+        case .failure(.unsupported(let e)): throw FSError(e, "lock the pack")
         }
-        defer {
-            var unlock = flock()
-            unlock.l_type = Int16(F_UNLCK)
-            unlock.l_whence = Int16(SEEK_SET)
-            _ = fcntl(fd, CompressedFile.setOFDLock, &unlock)
-        }
+        defer { lock.release() }
         return try body()
     }
 

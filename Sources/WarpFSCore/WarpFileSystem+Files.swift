@@ -17,7 +17,7 @@ extension WarpFileSystem {
         // (the packer gives a file up rather than wait for this lock, so the
         // wait is short). Not under `shared`: other hosts' writer locks span
         // the whole file.
-        if options.packSmallFiles && !options.shared && !PackingLock.share(fd, seconds: 5) && errno != EINVAL && errno != ENOLCK {
+        if options.packSmallFiles && !options.shared, case .held? = PackingLock.share(fd, seconds: 5) {
             Log.error("\(name): still being packed after 5 s; opened without waiting for it")
         }
         do {

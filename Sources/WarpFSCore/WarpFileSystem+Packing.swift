@@ -38,29 +38,20 @@ final class Packing: @unchecked Sendable {
 enum PackingLock {
     static let offset: off_t = 1 << 62
 
-    /// Takes it without waiting; false when the other kind is held.
+    /// Takes it without waiting; false when the other kind is held (or
+    /// the file system has no record locks).
     static func take(_ fd: Int32, exclusive: Bool) -> Bool {
-        var lock = flock()
-        lock.l_type = Int16(exclusive ? F_WRLCK : F_RDLCK)
-        lock.l_whence = Int16(SEEK_SET)
-        lock.l_start = offset
-        lock.l_len = 1
-        while fcntl(fd, CompressedFile.setOFDLock, &lock) != 0 {
-            if errno == EINTR { continue }
-            return false
-        }
-        return true
+        if case .success = RecordLock(fd, start: offset, length: 1).take(exclusive: exclusive) { return true }
+        return false
     }
 
     /// Takes it shared, waiting (at most `seconds`) for a packing of the
-    /// file to end or give up; true when held.
-    static func share(_ fd: Int32, seconds: Double) -> Bool {
-        let deadline = wd_now_ns() + UInt64(seconds * 1e9)
-        while !take(fd, exclusive: false) {
-            guard errno == EAGAIN || errno == EACCES, wd_now_ns() < deadline else { return false }
-            usleep(2_000)
+    /// file to end or give up. Nil when held; else why not.
+    static func share(_ fd: Int32, seconds: Double) -> RecordLock.Refusal? {
+        if case .failure(let why) = RecordLock(fd, start: offset, length: 1).take(exclusive: false, timeout: seconds, poll: 0.002) {
+            return why
         }
-        return true
+        return nil
     }
 }
 
