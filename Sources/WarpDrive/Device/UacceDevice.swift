@@ -47,7 +47,12 @@ public final class UacceDevice: AcceleratorDevice, @unchecked Sendable {
     }
 
     /// The device named `name` under `<sysfsRoot>/class/uacce`.
+    /// A name is one path component (`-o device=NAME` gives it): nothing
+    /// that would lead out of the class directory or `/dev`.
     public convenience init(name: String, sysfsRoot: String = "/sys", devRoot: String = "/dev") throws {
+        guard !name.isEmpty, name != ".", name != "..", !name.contains("/") else {
+            throw WarpDriveError.noDevice("'\(name)' is not a uacce device name")
+        }
         try self.init(sysfsPath: sysfsRoot + "/class/uacce/" + name, devRoot: devRoot)
     }
 
