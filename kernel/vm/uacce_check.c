@@ -41,6 +41,7 @@
 #define EXPECT_DEPTH 1024
 #define PAGE 4096
 #define DATA_KIB_PARAM "/sys/module/warpdrive_zip/parameters/data_kib"
+#define BAD_ADDRESS_PARAM "/sys/module/warpdrive_zip/parameters/bad_address_requests"
 
 static int failures;
 static char name[256], sysdir[300], devpath[300];
@@ -503,6 +504,129 @@ static void engine_checks(long dus_size, size_t ring_bytes)
 	free(text);
 }
 
+static int write_file(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC), ok;
+
+	if (fd < 0)
+		return -1;
+	ok = write(fd, value, strlen(value)) == (ssize_t)strlen(value);
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+static uint32_t stop_word(struct uq *q, int which)
+{
+	return __atomic_load_n((uint32_t *)((char *)q->dus + q->ring_bytes - 8 + 4 * which), __ATOMIC_ACQUIRE);
+}
+
+/*
+ * Faults the device can be made to show (docs/warpdrive.md, "Faults from
+ * the kernel"): a reset through the parent device's reset attribute, and
+ * requests whose source address the engine takes as bad.
+ */
+static void fault_checks(long dus_size, size_t ring_bytes)
+{
+	char reset_path[400], resets_path[400];
+	struct uq c, idle, fresh;
+	struct pollfd pfd;
+	size_t R = ring_bytes;
+	uint64_t fault;
+	uint32_t slot, irq;
+	unsigned st;
+	long resets;
+	int s, r;
+
+	snprintf(reset_path, sizeof(reset_path), "%s/device/reset", sysdir);
+	snprintf(resets_path, sizeof(resets_path), "%s/device/resets", sysdir);
+
+	/* Bad addresses: the next two requests fault, the third is served. */
+	check(uq_open(&c, 0, dus_size, ring_bytes) == 0, "a queue for the bad-address requests");
+	if (c.fd < 0)
+		return;
+	memset(data(&c, 0), 'a', 4096);
+	check(write_file(BAD_ADDRESS_PARAM, "2") == 0 && file_long(BAD_ADDRESS_PARAM) == 2,
+	      "bad_address_requests takes 2");
+	st = one(&c, TYPE_DEFLATE, 1, R, 4096, R + 8192, 8192, &fault);
+	check(st == ST_PAGE_FAULT && fault == R + (uint64_t)dus_size,
+	      "a request with a bad address is 0x1f at that address (0x%02x, 0x%llx)", st, (unsigned long long)fault);
+	st = one(&c, TYPE_DEFLATE, 1, R, 4096, R + 8192, 8192, &fault);
+	check(st == ST_PAGE_FAULT && file_long(BAD_ADDRESS_PARAM) == 0,
+	      "so is the second, and the count is used up (0x%02x, %ld)", st, file_long(BAD_ADDRESS_PARAM));
+	st = one(&c, TYPE_DEFLATE, 1, R, 4096, R + 8192, 8192, NULL);
+	check(st == ST_OK, "the queue serves the next request (0x%02x)", st);
+	check(write_file(BAD_ADDRESS_PARAM, "-1") != 0 && file_long(BAD_ADDRESS_PARAM) == 0,
+	      "bad_address_requests refuses -1");
+
+	/*
+	 * A reset: the started queue is fenced (stop words, a wake-up, never
+	 * served again); a queue still in INIT is not; new queues work.
+	 */
+	memset(&idle, 0, sizeof(idle));
+	idle.fd = open(devpath, O_RDWR | O_CLOEXEC);
+	check(idle.fd >= 0, "a second queue opened, not started");
+	resets = file_long(resets_path);
+	check(resets >= 0, "%s reads (%ld)", resets_path, resets);
+	check(stop_word(&c, 0) == 0 && stop_word(&c, 1) == 0, "the stop words are 0 before the reset");
+	irq = *(volatile uint32_t *)((char *)c.dus + (size_t)c.depth * 144);
+	check(write_file(reset_path, "2") != 0, "writing 2 to reset is refused");
+	check(write_file(reset_path, "1") == 0, "writing 1 to %s", reset_path);
+	check(file_long(resets_path) == resets + 1, "resets counts it (%ld)", file_long(resets_path));
+	check(stop_word(&c, 0) == 1 && stop_word(&c, 1) == 1, "the started queue's stop words are set");
+	check(*(volatile uint32_t *)((char *)c.dus + (size_t)c.depth * 144) == irq + 1,
+	      "its interrupt counter moved");
+	pfd.fd = c.fd;
+	pfd.events = POLLIN;
+	pfd.revents = 0;
+	r = poll(&pfd, 1, 1000);
+	check(r == 1 && (pfd.revents & POLLIN), "poll() reports the reset (%d)", r);
+	memset(data(&c, 0), 'b', 4096);
+	slot = submit(&c, TYPE_DEFLATE, 1, R, 4096, R + 8192, 8192, 1);
+	usleep(100 * 1000);
+	check((cqe_word(&c, c.cq_head, 3) >> 16 & 1) != c.phase && status_of(&c, slot) == 0 && word(&c, slot, 1) == 0,
+	      "a request on the fenced queue is never served");
+	check(ioctl(c.fd, UACCE_CMD_START_Q) < 0 && errno == EINVAL, "START_Q on the fenced queue is EINVAL");
+	if (idle.fd >= 0) {
+		struct hisi_qp_ctx ctx = { .qc_type = 0 };
+
+		idle.depth = EXPECT_DEPTH;
+		idle.phase = 1;
+		idle.dus_size = dus_size;
+		idle.ring_bytes = ring_bytes;
+		idle.mmio = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, idle.fd, 0);
+		idle.dus = mmap(NULL, dus_size, PROT_READ | PROT_WRITE, MAP_SHARED, idle.fd, PAGE);
+		r = idle.mmio == MAP_FAILED || idle.dus == MAP_FAILED ||
+		    ioctl(idle.fd, UACCE_CMD_QM_SET_QP_CTX, &ctx) || ioctl(idle.fd, UACCE_CMD_START_Q);
+		idle.qn = ctx.id;
+		check(!r && stop_word(&idle, 0) == 0, "the queue that was in INIT starts after the reset");
+		if (!r) {
+			memset(data(&idle, 0), 'c', 4096);
+			st = one(&idle, TYPE_DEFLATE, 1, R, 4096, R + 8192, 8192, NULL);
+			check(st == ST_OK, "and is served (0x%02x)", st);
+		}
+		uq_close(&idle);
+	}
+	uq_close(&c);
+	check(uq_open(&fresh, 0, dus_size, ring_bytes) == 0, "a queue opened after the reset starts");
+	if (fresh.fd >= 0) {
+		st = one(&fresh, TYPE_DEFLATE, 1, R, 100, R + 4096, 4096, NULL);
+		check(st == ST_OK && stop_word(&fresh, 0) == 0, "and is served (0x%02x)", st);
+		/* A reset with requests queued: none completes, the stop words say why. */
+		for (s = 0; s < 50; s++)
+			submit(&fresh, TYPE_DEFLATE, 9, R, TEXT_BYTES, R + 128 * 1024, 128 * 1024, 1);
+		check(write_file(reset_path, "1") == 0, "a reset with 50 level-9 requests queued");
+		usleep(200 * 1000);
+		for (s = 0; s < 50 && (cqe_word(&fresh, fresh.cq_head, 3) >> 16 & 1) == fresh.phase; s++)
+			fresh.cq_head++;
+		usleep(200 * 1000);
+		check(s < 50 && (cqe_word(&fresh, fresh.cq_head, 3) >> 16 & 1) != fresh.phase &&
+		      stop_word(&fresh, 0) == 1 && stop_word(&fresh, 1) == 1,
+		      "%d of 50 completed before the fence, none after; the stop words are set", s);
+		uq_close(&fresh);
+	}
+	check(attr_long("available_instances") == EXPECT_QUEUES, "every instance is back after the resets");
+}
+
 int main(int argc, char **argv)
 {
 	int remove = argc > 1 && !strcmp(argv[1], "--remove");
@@ -626,6 +750,7 @@ int main(int argc, char **argv)
 	check(attr_long("available_instances") == EXPECT_QUEUES, "close gives the last instance back");
 
 	engine_checks(dus_size, ring_bytes);
+	fault_checks(dus_size, ring_bytes);
 
 	if (remove) {
 		fd = open(devpath, O_RDWR | O_CLOEXEC);

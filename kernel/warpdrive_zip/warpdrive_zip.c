@@ -84,6 +84,40 @@ static unsigned int data_kib = 4096;
 module_param(data_kib, uint, 0444);
 MODULE_PARM_DESC(data_kib, "KiB of each queue's DUS data area after the rings, for request buffers (0..262144, rounded up to pages, default 4096)");
 
+/*
+ * Fault injection: while positive, each request served takes one off and
+ * is treated as if its source address lay one DUS size further on (outside
+ * the region): it completes with status 0x1f and that address, as a request
+ * with a bad address does. Written at run time through
+ * /sys/module/warpdrive_zip/parameters/bad_address_requests.
+ */
+static atomic_t bad_address_requests = ATOMIC_INIT(0);
+
+static int wdz_set_bad_address_requests(const char *val, const struct kernel_param *kp)
+{
+	unsigned int n;
+	int ret = kstrtouint(val, 0, &n);
+
+	if (ret)
+		return ret;
+	if (n > INT_MAX)
+		return -EINVAL;
+	atomic_set(&bad_address_requests, n);
+	return 0;
+}
+
+static int wdz_get_bad_address_requests(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%d\n", atomic_read(&bad_address_requests));
+}
+
+static const struct kernel_param_ops wdz_bad_address_ops = {
+	.set = wdz_set_bad_address_requests,
+	.get = wdz_get_bad_address_requests,
+};
+module_param_cb(bad_address_requests, &wdz_bad_address_ops, NULL, 0644);
+MODULE_PARM_DESC(bad_address_requests, "the next N requests fault on their source address (fault injection, default 0)");
+
 struct wdz_device {
 	struct platform_device *pdev;
 	struct uacce_device *uacce;
@@ -107,6 +141,7 @@ struct wdz_device {
 	struct wdz_queue *active[WDZ_MAX_QUEUES];
 	unsigned int nactive;
 	unsigned int next;		/* round robin: where the next pass starts */
+	unsigned int resets;		/* writes to the reset attribute, under engine_lock */
 	z_stream strm;			/* the engine's stream; workspaces below */
 	void *deflate_ws;
 	void *inflate_ws;
@@ -119,6 +154,7 @@ struct wdz_queue {
 	void *dus;			/* region 1: SQ, CQ, status page, stop words */
 	u16 qc_type;
 	bool ctx_set;
+	bool fenced;			/* reset: stop words set, never served again */
 	struct uacce_queue *uq;
 
 	/* Engine state, under wdz->engine_lock. */
@@ -288,6 +324,8 @@ static void wdz_execute(struct wdz_queue *wq, const u32 *w, struct wdz_result *r
 		r->status = ST_BAD_REQUEST;
 		return;
 	}
+	if (atomic_add_unless(&bad_address_requests, -1, 0))
+		src += wdz->dus_size;
 	in = wdz_translate(wq, src, in_len, &r->fault_address);
 	if (!in) {
 		r->status = ST_PAGE_FAULT;
@@ -560,6 +598,83 @@ static void wdz_stop_queue(struct uacce_queue *q)
 }
 
 /*
+ * A reset, as the HiSilicon QM's (qm_set_qp_disable): every started queue
+ * is taken from the engine (the request being served finishes first: the
+ * engine holds engine_lock), its two stop words at the end of the ring part
+ * of the DUS region (ring_size - 8: rx, ring_size - 4: tx) are set to 1,
+ * and its waiters are woken (the interrupt counter moves and poll() reports
+ * readiness once), so a client sees the reset at its next look at the
+ * queue. Requests not yet served are dropped. A fenced queue stays open but
+ * is never served again: its client opens a new one, which works normally.
+ * Returns the number of queues fenced.
+ */
+static unsigned int wdz_fence(struct wdz_device *wdz)
+{
+	unsigned int qn, fenced = 0;
+
+	mutex_lock(&wdz->engine_lock);
+	for (qn = 0; qn < wdz->nqueues; qn++) {
+		struct wdz_queue *wq = wdz->active[qn];
+		u32 *stop;
+
+		if (!wq)
+			continue;
+		wdz->active[qn] = NULL;
+		wdz->nactive--;
+		wq->fenced = true;
+		stop = wq->dus + wdz->ring_size - 8;
+		WRITE_ONCE(stop[0], cpu_to_le32(1));
+		WRITE_ONCE(stop[1], cpu_to_le32(1));
+		smp_wmb();
+		atomic_inc((atomic_t *)(wq->dus + (size_t)wdz->depth * (WDZ_SQE_SIZE + WDZ_CQE_SIZE)));
+		atomic_inc(&wq->posted);
+		wake_up_interruptible(&wq->uq->wait);
+		fenced++;
+	}
+	wdz->resets++;
+	mutex_unlock(&wdz->engine_lock);
+	return fenced;
+}
+
+/* /sys/devices/platform/warpdrive_zip/reset: writing 1 resets the device. */
+static ssize_t reset_store(struct device *dev, struct device_attribute *attr,
+			   const char *buf, size_t count)
+{
+	struct wdz_device *wdz = dev_get_drvdata(dev);
+	unsigned int v, n;
+	int ret = kstrtouint(buf, 0, &v);
+
+	if (ret)
+		return ret;
+	if (v != 1)
+		return -EINVAL;
+	n = wdz_fence(wdz);
+	dev_info(dev, "reset: %u started queue%s fenced\n", n, n == 1 ? "" : "s");
+	return count;
+}
+static DEVICE_ATTR_WO(reset);
+
+/* .../resets: how many resets there have been since the module loaded. */
+static ssize_t resets_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct wdz_device *wdz = dev_get_drvdata(dev);
+	unsigned int n;
+
+	mutex_lock(&wdz->engine_lock);
+	n = wdz->resets;
+	mutex_unlock(&wdz->engine_lock);
+	return sysfs_emit(buf, "%u\n", n);
+}
+static DEVICE_ATTR_RO(resets);
+
+static struct attribute *wdz_attrs[] = {
+	&dev_attr_reset.attr,
+	&dev_attr_resets.attr,
+	NULL,
+};
+ATTRIBUTE_GROUPS(wdz);
+
+/*
  * poll() readiness, as hisi_qm reports it: true once for the completions
  * posted since the last poll() that reported some (uacce calls this under
  * the queue's mutex). A client reaps everything after each readiness; it
@@ -722,7 +837,13 @@ static int wdz_remove(struct platform_device *pdev)
 {
 	struct wdz_device *wdz = platform_get_drvdata(pdev);
 
-	/* Stops every queue first (stop_queue), so the engine lets go of them. */
+	/*
+	 * Open queues first see a reset (stop words set, waiters woken), as
+	 * when the device fails; uacce_remove then zaps their mappings (a
+	 * later access is SIGBUS), stops and puts them (stop_queue: the engine
+	 * lets go of them), and their ioctls answer ENXIO.
+	 */
+	wdz_fence(wdz);
 	uacce_remove(wdz->uacce);
 	kthread_stop(wdz->engine);
 	vfree(wdz->deflate_ws);
@@ -733,7 +854,7 @@ static int wdz_remove(struct platform_device *pdev)
 static struct platform_driver wdz_driver = {
 	.probe = wdz_probe,
 	.remove = wdz_remove,
-	.driver = { .name = WDZ_NAME },
+	.driver = { .name = WDZ_NAME, .dev_groups = wdz_groups },
 };
 
 static struct platform_device *wdz_pdev;
