@@ -204,4 +204,26 @@ int wd_uacce_set_qp_ctx(int fd, uint16_t qc_type, uint16_t *queue_id);
 /* UACCE_CMD_QM_SET_QP_INFO: the SQE size and SQ/CQ depths the device reports. */
 int wd_uacce_qp_info(int fd, uint32_t *sqe_size, uint16_t *sq_depth, uint16_t *cq_depth);
 
+/* Revocable mappings: device memory (a uacce queue's MMIO and DUS regions)
+   the kernel may revoke while it is mapped (unmap_mapping_range when the
+   driver goes), after which any access raises SIGBUS. A SIGBUS inside a
+   registered mapping replaces that mapping in place with anonymous zero
+   memory (read-write, private), sets its two stop words to 1, and retries
+   the access, so the process lives on and the queue code sees a reset.
+   Any other SIGBUS goes to the action installed before the first
+   registration (for SIG_DFL, the process still dies by SIGBUS). */
+enum { WD_REVOCABLE_SLOTS = 256 };
+/* Registers [base, base + length): base page-aligned, length a non-zero
+   multiple of the page size, not overlapping a registered range.
+   stop_offset is the byte offset of two consecutive uint32 stop words in
+   the mapping (4-byte aligned, stop_offset + 8 <= length), or -1 for none.
+   Installs the SIGBUS handler on first use. Returns 0, or -1 with errno
+   (EINVAL, EEXIST: overlaps, ENOSPC: all WD_REVOCABLE_SLOTS in use). */
+int wd_revocable_add(void *base, size_t length, long stop_offset);
+/* Unregisters the mapping starting at base (no-op if none); call it before
+   munmap. Waits for a replacement in progress to finish. */
+void wd_revocable_remove(void *base);
+/* How many mappings the handler has replaced so far. */
+uint64_t wd_revocable_revocations(void);
+
 #endif

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CWarpSys
+import Synchronization
 
 /// A memfd-backed region of shared memory. Ring memory and registered buffer
 /// pools live in these, so the device side can map the same pages from
@@ -64,8 +65,37 @@ public final class SharedMapping: @unchecked Sendable {
         self.size = size
     }
 
+    /// Set once `makeRevocable` registered the mapping.
+    private let revocable = Atomic<Bool>(false)
+
     /// The mapping as a raw buffer.
     public var buffer: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: size) }
 
-    deinit { munmap(base, size) }
+    /// Marks the mapping as one the kernel may revoke: for mappings of a
+    /// device (a uacce queue's MMIO and DUS regions), which the kernel
+    /// unmaps when the device's driver goes, after which an access raises
+    /// SIGBUS. From now on such a SIGBUS replaces the mapping in place with
+    /// zero memory and, when `offset` is given, sets the two 32-bit stop
+    /// words at `offset` to 1 (a device reset to the queue code); the
+    /// access then proceeds instead of killing the process.
+    /// Call it at most once; throws on a second call, on a bad offset
+    /// (`offset + 8` past the end, not 4-byte aligned) or a full table.
+    public func makeRevocable(stopWordsAt offset: Int?) throws {
+        guard revocable.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
+            throw WarpDriveError.system(call: "wd_revocable_add(mapping already revocable)", errno: EEXIST)
+        }
+        guard wd_revocable_add(base, size, offset ?? -1) == 0 else {
+            let e = errno
+            revocable.store(false, ordering: .releasing)
+            throw WarpDriveError.system(call: "wd_revocable_add(\(size) bytes, stop words at \(offset.map(String.init) ?? "none"))", errno: e)
+        }
+    }
+
+    /// Whether `makeRevocable` registered this mapping.
+    public var isRevocable: Bool { revocable.load(ordering: .acquiring) }
+
+    deinit {
+        if revocable.load(ordering: .acquiring) { wd_revocable_remove(base) }
+        munmap(base, size)
+    }
 }
