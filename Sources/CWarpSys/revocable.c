@@ -41,6 +41,9 @@ struct slot {
 
 static struct slot slots[WD_REVOCABLE_SLOTS];
 static _Atomic uint64_t revocations;
+/* Replacements begun: moved before the mmap, so a reader that finds it
+   unchanged after its reads knows they were of the device's memory. */
+static _Atomic uint64_t epoch;
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static int handler_installed;          /* under table_lock */
 static struct sigaction previous;      /* written once, before the handler is installed */
@@ -80,6 +83,7 @@ static int revoke_at(uintptr_t address) {
             }
             uint64_t replacing = make_word(w >> STATE_BITS, SLOT_REPLACING);
             if (!atomic_compare_exchange_strong(&s->word, &w, replacing)) continue;
+            atomic_fetch_add_explicit(&epoch, 1, memory_order_seq_cst);
             void *p = mmap((void *)base, length, PROT_READ | PROT_WRITE,
                            MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (p == MAP_FAILED) {
@@ -196,4 +200,20 @@ void wd_revocable_remove(void *base) {
 
 uint64_t wd_revocable_revocations(void) {
     return atomic_load_explicit(&revocations, memory_order_relaxed);
+}
+
+uint64_t wd_revocable_epoch(void) {
+    return atomic_load_explicit(&epoch, memory_order_seq_cst);
+}
+
+int wd_revocable_is_revoked(const void *base) {
+    uintptr_t b = (uintptr_t)base;
+    for (int i = 0; i < WD_REVOCABLE_SLOTS; i++) {
+        struct slot *s = &slots[i];
+        uint64_t w = atomic_load_explicit(&s->word, memory_order_acquire);
+        unsigned state = state_of(w);
+        if (state == SLOT_FREE || state == SLOT_CLAIMED || atomic_load_explicit(&s->base, memory_order_relaxed) != b) continue;
+        return state == SLOT_REPLACING || state == SLOT_REVOKED;
+    }
+    return 0;
 }

@@ -36,6 +36,11 @@ public enum WarpDriveError: Error, Equatable, Sendable, CustomStringConvertible 
     case noDevice(String)
     /// A system call failed.
     case system(call: String, errno: Int32)
+    /// The kernel device went away while the queue was open (its driver was
+    /// unloaded or the device unbound): uacce revoked the queue's mappings
+    /// and answers its calls with `ENXIO`, or the device node is gone. A
+    /// queue opened once the device is back works again.
+    case deviceRemoved(device: String)
     /// `warpdrived` cannot be reached at `socket`: not running, the socket
     /// is missing, or the daemon went away while a queue was open.
     case daemonUnavailable(socket: String, reason: String)
@@ -61,6 +66,7 @@ public enum WarpDriveError: Error, Equatable, Sendable, CustomStringConvertible 
         case .noDevice(let why): return "no accelerator device: \(why)"
         case .system(let call, let e): return "\(call) failed: errno \(e)"
         case .daemonUnavailable(let socket, let why): return "warpdrived at \(socket): \(why)"
+        case .deviceRemoved(let d): return "\(d) was removed (its driver went away); queues work again once it is back"
         }
     }
 }

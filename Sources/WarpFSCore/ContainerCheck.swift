@@ -444,7 +444,7 @@ public final class ContainerCheck {
                     case .success(let n) where n == blockSize: break
                     case .success(let n): damage[i] = "decompresses to \(n) bytes, not \(blockSize)"
                     case .failure(.destinationTooSmall): damage[i] = "decompresses to more than \(blockSize) bytes"
-                    case .failure(let e) where RetryPolicy.isDeviceFailure(e):
+                    case .failure(let e) where RetryPolicy.saysNothingOfTheData(e):
                         deviceFailure = deviceFailure
                             ?? FSError(EIO, "\(name): \(label(i)): the accelerator failed while checking it (\(e)); nothing was changed")
                     case .failure(let e): damage[i] = "cannot be decompressed (\(e))"

@@ -44,12 +44,23 @@ struct RetryPolicy: Sendable {
         }
     }
 
-    /// Failures of the device rather than of the data: `fsck` takes them as
-    /// no verdict on a block; the pipeline tries such a request again.
+    /// Failures of the device rather than of the data, which a new try may
+    /// get past: the pipeline tries such a request again.
     static func isDeviceFailure(_ e: WarpDriveError) -> Bool {
         switch e {
         case .engineError, .deviceReset, .timedOut, .queueFull, .pageFault, .system: return true
         default: return false
+        }
+    }
+
+    /// Failures that say nothing of the data: the device failures, and a
+    /// device that is gone or takes no queue (removed, `warpdrived` away,
+    /// no free instance, isolated, none at all), which a try at once would
+    /// not get past. `fsck` gives a block no verdict on them.
+    static func saysNothingOfTheData(_ e: WarpDriveError) -> Bool {
+        switch e {
+        case .deviceRemoved, .daemonUnavailable, .busy, .deviceIsolated, .noDevice: return true
+        default: return isDeviceFailure(e)
         }
     }
 

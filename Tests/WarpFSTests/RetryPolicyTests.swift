@@ -66,4 +66,18 @@ import WarpDrive
         #expect(!RetryPolicy.isDeviceFailure(.busy(device: "zip0")))
         #expect(!RetryPolicy.isDeviceFailure(.noDevice("gone")))
     }
+
+    /// A device gone or full is not retried at once, but says nothing of
+    /// the data either (fsck must not call a block damaged for it).
+    @Test func aDeviceThatIsGoneSaysNothingOfTheData() {
+        let gone: [WarpDriveError] = [.deviceRemoved(device: "warpdrive_zip-0"), .daemonUnavailable(socket: "/s", reason: "x"),
+                                      .busy(device: "zip0"), .deviceIsolated(device: "zip0"), .noDevice("gone")]
+        var r = RetryPolicy.Record(firstSent: 0)
+        for e in gone {
+            #expect(RetryPolicy.saysNothingOfTheData(e), "\(e)")
+            #expect(!policy.retry(after: e, &r, now: 1), "\(e)")
+        }
+        #expect(RetryPolicy.saysNothingOfTheData(engine) && RetryPolicy.saysNothingOfTheData(reset))
+        #expect(!RetryPolicy.saysNothingOfTheData(.corruptData("x")) && !RetryPolicy.saysNothingOfTheData(.checksumMismatch(expected: 1, actual: 2)))
+    }
 }

@@ -232,6 +232,7 @@ public final class CompressionSession: @unchecked Sendable {
             return try q.trySubmit(req, sqe)
         } catch let e as WarpDriveError {
             if case .deviceReset = e { q.failPending(.reset, deliver: deliver(q)) }
+            if case .deviceRemoved = e { q.failPending(.lost, lostError: e, deliver: deliver(q)) }
             throw e
         }
     }

@@ -268,7 +268,9 @@ public final class Queue: @unchecked Sendable {
             guard let dus, let _ = mmio, isStarted else {
                 throw WarpDriveError.invalidState(operation: "submit", state: backend.state.rawValue)
             }
-            if stopped { throw WarpDriveError.deviceReset(device: device.name, queue: number) }
+            // Stop words: a reset, or a device gone (revoked mappings read
+            // as stopped; the device's own answer tells them apart).
+            if stopped { throw backend.lostError ?? WarpDriveError.deviceReset(device: device.name, queue: number) }
             let next = (sqTail + 1) % layout.depth
             if next == sqHead {
                 busyCount.add(1, ordering: .relaxed)
@@ -357,6 +359,7 @@ public final class Queue: @unchecked Sendable {
     @discardableResult
     func reap(_ deliver: (inout PendingRequest) -> Void) -> Int {
         var total = 0
+        var revoked = false
         withUnsafeTemporaryAllocation(of: PendingRequest.self, capacity: 32) { batch in
             var more = true
             while more {
@@ -364,6 +367,12 @@ public final class Queue: @unchecked Sendable {
                 lock.withLock { _ in
                     more = false
                     guard let dus, failure == .none else { return }
+                    // A device mapping the kernel may revoke reads as zeros
+                    // once replaced (`SharedMapping.makeRevocable`): a zeroed
+                    // CQE even has a valid phase after a wrap. An entry is
+                    // taken only if no replacement began while it was read.
+                    let guarded = dus.isRevocable
+                    var epoch = guarded ? wd_revocable_epoch() : 0
                     var reaped = 0
                     while true {
                         if n == batch.count { more = true; break }
@@ -379,6 +388,13 @@ public final class Queue: @unchecked Sendable {
                         req.checksum = sqe.checksum
                         req.faultAddress = sqe.faultAddress
                         if req.bounceSource >= 0 || req.bounceDestination >= 0 { unbounce(&req, dus) }
+                        if guarded, wd_revocable_epoch() != epoch {
+                            // Read before asking: a replacement of this
+                            // mapping that begins later moves it again.
+                            let now = wd_revocable_epoch()
+                            if wd_revocable_is_revoked(dus.base) != 0 { revoked = true; break }
+                            epoch = now     // another mapping's
+                        }
                         pending[slot].waiter = nil
                         sqHead = (slot + 1) % layout.depth
                         cqHead += 1
@@ -399,6 +415,9 @@ public final class Queue: @unchecked Sendable {
                 batch.baseAddress!.deinitialize(count: n)
             }
         }
+        // The device's memory is gone: what is still pending fails, the
+        // entry found during the replacement included.
+        if revoked { failPending(.lost, lostError: backend.lostError ?? .deviceRemoved(device: device.name), deliver: deliver) }
         return total
     }
 
@@ -414,7 +433,11 @@ public final class Queue: @unchecked Sendable {
             if done() { return }
             if let e = lock.withLock({ _ in failureError }) { throw e }
             if stopped {
-                failPending(.reset, deliver: deliver)
+                if let lost = backend.lostError {
+                    failPending(.lost, lostError: lost, deliver: deliver)
+                } else {
+                    failPending(.reset, deliver: deliver)
+                }
                 throw lock.withLock { _ in failureError! }
             }
             let now = wd_now_ns()

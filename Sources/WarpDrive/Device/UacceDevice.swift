@@ -93,10 +93,13 @@ final class UacceDeviceQueue: DeviceQueue, @unchecked Sendable {
         guard fd >= 0 else {
             let e = errno
             if e == EBUSY { throw WarpDriveError.busy(device: device.name) }
+            // The node is gone, or a stale one has no device behind it.
+            if e == ENOENT || e == ENXIO || e == ENODEV { throw WarpDriveError.deviceRemoved(device: device.name) }
             throw WarpDriveError.system(call: "open(\(device.devicePath))", errno: e)
         }
         func fail(_ call: String, _ r: Int32) -> WarpDriveError {
             close(fd)
+            if r == -ENXIO { return .deviceRemoved(device: device.name) }
             return .system(call: "\(call) on \(device.devicePath)", errno: -r)
         }
         var sqeSize: UInt32 = 0, sqDepth: UInt16 = 0, cqDepth: UInt16 = 0
@@ -113,8 +116,11 @@ final class UacceDeviceQueue: DeviceQueue, @unchecked Sendable {
         r = wd_uacce_set_qp_ctx(fd, Direction.compress.rawValue, &qn)
         guard r == 0 else { throw fail("UACCE_CMD_QM_SET_QP_CTX", r) }
         layout = RingLayout(depth: Int(sqDepth))
-        mmioSize = device.attributes.regionMMIOSize ?? RingLayout.mmioSize
-        dusSize = device.attributes.regionDUSSize ?? layout.dusSize
+        // The sizes now: the module may have been loaded again since the
+        // device was first opened, with other parameters.
+        let attributes = device.currentAttributes
+        mmioSize = attributes.regionMMIOSize ?? RingLayout.mmioSize
+        dusSize = attributes.regionDUSSize ?? layout.dusSize
         guard mmioSize >= RingLayout.doorbellOffset + 8, dusSize >= layout.dusSize else {
             close(fd)
             throw WarpDriveError.noDevice("\(device.name): regions of \(mmioSize) and \(dusSize) bytes are too small for depth \(sqDepth)")
@@ -138,7 +144,14 @@ final class UacceDeviceQueue: DeviceQueue, @unchecked Sendable {
     }
     var addressing: DeviceAddressing { .dusOffset }
     var waitsWithPoll: Bool { true }
-    var lostError: WarpDriveError? { nil }
+    /// `deviceRemoved` once the device has gone away under a started queue:
+    /// uacce answers a removed device's queue calls with `ENXIO` (one
+    /// `SET_QP_INFO`, asked only when a wait found nothing done).
+    var lostError: WarpDriveError? {
+        guard m.withLock({ $0.state }) == .started else { return nil }
+        var sqeSize: UInt32 = 0, sqDepth: UInt16 = 0, cqDepth: UInt16 = 0
+        return wd_uacce_qp_info(fd, &sqeSize, &sqDepth, &cqDepth) == -ENXIO ? .deviceRemoved(device: device.name) : nil
+    }
 
     /// A kernel region cannot be handed on as a memfd (`warpdrived`).
     func map(_ region: QueueRegion) throws -> SharedMemoryFile {
@@ -146,6 +159,13 @@ final class UacceDeviceQueue: DeviceQueue, @unchecked Sendable {
     }
 
     /// `mmap` of region `region` at `region * PAGE_SIZE`, as uacce numbers them.
+    ///
+    /// Both mappings are revocable (`SharedMapping.makeRevocable`): when
+    /// the device goes away, uacce zaps them and the next access would be a
+    /// SIGBUS that kills the process. Instead the faulting mapping turns
+    /// into zeroed memory, the DUS region with its stop words set, so the
+    /// queue sees a reset, asks `lostError`, and fails its requests with
+    /// `deviceRemoved`.
     func mapRegion(_ region: QueueRegion) throws -> SharedMapping {
         try m.withLock { s in
             let size = region == .mmio ? mmioSize : dusSize
@@ -154,7 +174,10 @@ final class UacceDeviceQueue: DeviceQueue, @unchecked Sendable {
                 mapping = try SharedMapping(fd: fd, size: size, offset: region.rawValue * Int(sysconf(Int32(_SC_PAGESIZE))))
             } catch WarpDriveError.system(_, let e) where e == EEXIST {
                 throw WarpDriveError.alreadyMapped(region: region == .mmio ? "mmio" : "dus")
+            } catch WarpDriveError.system(_, let e) where e == ENXIO {
+                throw WarpDriveError.deviceRemoved(device: device.name)
             }
+            try mapping.makeRevocable(stopWordsAt: region == .dus ? layout.rxStopOffset : nil)
             switch region {
             case .mmio: s.mmio = mapping
             case .dus: s.dus = mapping
@@ -177,6 +200,7 @@ final class UacceDeviceQueue: DeviceQueue, @unchecked Sendable {
 
     private func error(_ op: String, _ r: Int32) -> WarpDriveError {
         if r == -EINVAL { return .invalidState(operation: op, state: state.rawValue) }
+        if r == -ENXIO { return .deviceRemoved(device: device.name) }
         return .system(call: "\(op) on \(device.devicePath)", errno: -r)
     }
 
