@@ -167,10 +167,18 @@ final class Reclaimer: @unchecked Sendable {
         let me = Unmanaged.passRetained(self).toOpaque()
         pthread_create(&thread, nil, { arg in
             let r = Unmanaged<Reclaimer>.fromOpaque(arg!).takeRetainedValue()
+            // Signals stay with the other threads, but not the synchronous
+            // ones: a blocked SIGBUS from a fault kills the process without
+            // its handler (a uacce device removed under a retried store).
+            var faults = sigset_t()
+            sigemptyset(&faults)
+            for s in [SIGBUS, SIGSEGV, SIGILL, SIGFPE] { sigaddset(&faults, s) }
+            pthread_sigmask(SIG_UNBLOCK, &faults, nil)
             while r.running.load(ordering: .relaxed) {
                 usleep(200_000)
                 r.fs.reclaimMemory()
                 r.fs.packWaitingFiles()
+                r.fs.retryKeptFiles()
             }
             return nil
         }, me)

@@ -250,7 +250,13 @@ extension CompressedFile {
     /// buffered, for the end of that write (or the next report).
     func deferWriteError(_ error: Error) {
         var e = error as? FSError ?? FSError(EIO, "\(error)")
-        if !e.logged { Log.error(e.description); e.logged = true }
+        // Once per file and errno, as for failed stores: a device gone
+        // fails every block of a large write the same way.
+        if !e.logged, lastLoggedStoreError != e.errno {
+            Log.error(e.description)
+            lastLoggedStoreError = e.errno
+        }
+        e.logged = true
         if writeError == nil { writeError = e }
     }
 

@@ -38,6 +38,12 @@ final class Inode: @unchecked Sendable {
     var openHandles = 0
     /// Logical size of a compressed file whose content is not loaded (cache for getattr).
     var cachedSize: UInt64?
+    /// Set while the content stays in memory after its last close because
+    /// blocks could not be stored (the accelerator failed or went away):
+    /// the table keeps such an inode even when the kernel forgets it, so
+    /// that the retry (`retryKeptFiles`) and the unmount still find the
+    /// data. Written under `lock`, read by the table under its own.
+    let keptUnstored = Atomic<Bool>(false)
     /// The backing ctime the last write of the change-time record left
     /// (see `recordChangeTime`); nil when unknown in this mount. Under the
     /// lock where maintenance and reads write it; `setattr` and `attributes`
@@ -170,8 +176,22 @@ final class InodeTable: @unchecked Sendable {
         _ = state.withLock { s -> Inode? in
             guard id != 1, let node = s.byID[id] else { return nil }
             node.lookups = node.lookups > n ? node.lookups - n : 0
-            guard node.lookups == 0 else { return nil }
+            // Unstored data kept after a failed last close keeps the inode
+            // (a lookup of the same file finds it again by its key).
+            guard node.lookups == 0, !node.keptUnstored.load(ordering: .acquiring) else { return nil }
             s.byID[id] = nil
+            if s.byKey[Key(dev: node.dev, ino: node.ino)] === node { s.byKey[Key(dev: node.dev, ino: node.ino)] = nil }
+            return node
+        }
+    }
+
+    /// Drops `node` if the kernel has forgotten it (no lookups left): for an
+    /// inode the table kept for its unstored data, once that is stored.
+    func dropIfForgotten(_ node: Inode) {
+        _ = state.withLock { s -> Inode? in
+            guard node.lookups == 0, node !== root, s.byID[node.nodeID] === node,
+                  !node.keptUnstored.load(ordering: .acquiring) else { return nil }
+            s.byID[node.nodeID] = nil
             if s.byKey[Key(dev: node.dev, ino: node.ino)] === node { s.byKey[Key(dev: node.dev, ino: node.ino)] = nil }
             return node
         }

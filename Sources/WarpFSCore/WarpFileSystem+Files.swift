@@ -238,7 +238,8 @@ extension WarpFileSystem {
                     // Blocks that can never be stored were given up already:
                     // with nothing left to retry, the memory goes.
                     if f.hasUnstoredBlocks {
-                        Log.error("\(f.name): storing on close failed, kept in memory for a retry: \(error)")
+                        Log.error("\(f.name): storing on close failed, kept in memory and tried again every second: \(error)")
+                        keep(h.inode)
                         return
                     }
                     FSError.log(error)
@@ -248,6 +249,8 @@ extension WarpFileSystem {
                 close(fd)
             }
             h.inode.content = nil
+            // Stored now: an inode kept for its unstored data need not stay.
+            if h.inode.keptUnstored.exchange(false, ordering: .acquiringAndReleasing) { inodes.dropIfForgotten(h.inode) }
         }
     }
 

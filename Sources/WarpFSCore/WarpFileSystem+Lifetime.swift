@@ -4,7 +4,15 @@ import Glibc
 import CWarpSys
 
 // The mount's life beyond single requests: storing everything at unmount,
-// giving memory back, stopping the accelerator.
+// files kept after a failed close, giving memory back, stopping the accelerator.
+
+/// The files whose last close could not store everything (`keep`).
+struct KeptFiles {
+    var nodes: [Inode] = []
+    /// When `retryKeptFiles` last tried (`wd_now_ns`).
+    var lastTry: UInt64 = 0
+}
+
 extension WarpFileSystem {
     /// Stores every buffered block and header, makes them durable and drops
     /// superseded copies, as a last close does (on unmount or signal: a
@@ -40,6 +48,52 @@ extension WarpFileSystem {
         // Shared: the next host's writer may start now (the descriptor's own
         // release reaches the other hosts only later).
         if options.shared && !f.hasUnstoredBlocks { f.releaseWriterLock() }
+    }
+
+    /// Keeps `node`'s content, whose last close could not store every block
+    /// (the accelerator failed or is gone), for `retryKeptFiles` and the
+    /// unmount. Under the inode's lock.
+    func keep(_ node: Inode) {
+        node.keptUnstored.store(true, ordering: .releasing)
+        keptFiles.withLock { k in
+            if !k.nodes.contains(where: { $0 === node }) { k.nodes.append(node) }
+        }
+    }
+
+    /// Tries again, about once a second (the maintenance thread calls it
+    /// more often), to store the files `keep` holds: once the accelerator
+    /// is back, what was written while it failed is stored without waiting
+    /// for the unmount. A file open again is left to its own last close;
+    /// blocks that can never be stored were given up when they failed.
+    public func retryKeptFiles() {
+        let now = wd_now_ns()
+        let due: [Inode] = keptFiles.withLock { k in
+            guard !k.nodes.isEmpty, now &- k.lastTry >= 1_000_000_000 else { return [] }
+            k.lastTry = now
+            return k.nodes
+        }
+        for node in due {
+            let settled: Bool = node.lock.withLock { _ in
+                guard node.keptUnstored.load(ordering: .acquiring), node.openHandles == 0 else { return true }
+                guard case .compressed(let f)? = node.content else {
+                    node.keptUnstored.store(false, ordering: .releasing)
+                    return true
+                }
+                do {
+                    try settleForLastClose(node, f)
+                    Log.info("\(f.name): stored what its last close had to keep in memory")
+                } catch {
+                    if f.hasUnstoredBlocks { return false }
+                }
+                node.cachedSize = f.size
+                node.content = nil
+                node.keptUnstored.store(false, ordering: .releasing)
+                return true
+            }
+            guard settled else { continue }
+            keptFiles.withLock { k in k.nodes.removeAll { $0 === node } }
+            inodes.dropIfForgotten(node)
+        }
     }
 
     /// Drops clean cached blocks of files nobody is using right now (their

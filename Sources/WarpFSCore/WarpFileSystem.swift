@@ -71,6 +71,9 @@ public final class WarpFileSystem: @unchecked Sendable {
     let mounter = getuid()
     /// The pack and the small files waiting to be packed (`WarpFileSystem+Packing.swift`).
     let packing = Packing()
+    /// Files whose last close could not store everything, kept in memory
+    /// and tried again (`WarpFileSystem+Lifetime.swift`). A leaf lock.
+    let keptFiles = Mutex(KeptFiles())
     /// What the kernel agreed to at FUSE init about POSIX ACLs (`WarpFileSystem+Xattrs.swift`).
     let aclState = Atomic<UInt8>(0)
 

@@ -104,6 +104,35 @@ import Testing
         }
     }
 
+    /// A file whose last close cannot store its blocks (every request
+    /// fails) keeps them in memory, also after the kernel forgets the file
+    /// (drop_caches), and stores them by itself about a second after the
+    /// device is healthy again: without an fsync, an open or the unmount.
+    @Test func aFailedLastCloseIsStoredOnceTheDeviceRecovers() throws {
+        try withMount(options: "fault_injection,engine_timeout=1") { m in
+            var r = Rng(44)
+            let data = r.text(3 << 20)
+            #expect(AcceleratorFaultTests.fault(m, "error_rate=1") == 0)
+            #expect(AcceleratorFaultTests.writeAndSync(m.path("kept"), data) == EIO)
+            // The kernel forgets the file (its dentry and inode go).
+            for _ in 0..<3 {
+                if let f = fopen("/proc/sys/vm/drop_caches", "w") { fputs("2\n", f); fclose(f) }
+                usleep(100_000)
+            }
+            #expect(m.log.contains("kept in memory"), "log: \(m.log)")
+            // Looked up again, it is the same file: its size is what was written.
+            #expect(try FileIO.stat(m.path("kept")).st_size == data.count)
+            #expect(AcceleratorFaultTests.fault(m, "error_rate=0") == 0)
+            let deadline = wd_now_ns() + 20_000_000_000
+            while !m.log.contains("stored what its last close had to keep") && wd_now_ns() < deadline { usleep(50_000) }
+            #expect(m.log.contains("stored what its last close had to keep"), "log: \(m.log)")
+            if let f = fopen("/proc/sys/vm/drop_caches", "w") { fputs("3\n", f); fclose(f) }
+            #expect(try FileIO.read(m.path("kept")) == data)
+            try m.remount()
+            #expect(try FileIO.read(m.path("kept")) == data)
+        }
+    }
+
     /// Writes `megabytes` of text to `name` (with fsync) while the device is
     /// reset `resets` times, `gapMicroseconds` apart; the writer must see no
     /// error and the file must read back after a remount.
