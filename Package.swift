@@ -117,10 +117,11 @@ let package = Package(
             path: "Examples/WarpDriveLoad"
         ),
         // A warpdrived client the daemon's security tests run as an
-        // unprivileged user (fork and exec, pid reuse, queue caps).
+        // unprivileged user (fork and exec, pid reuse, queue caps); and the
+        // SIGBUS cases of revocable mappings whose right outcome is death.
         .executableTarget(
             name: "WarpDriveProbe",
-            dependencies: ["WarpDrive"],
+            dependencies: ["WarpDrive", "CWarpSys"],
             path: "Tests/WarpDriveProbe"
         ),
         // Runs in the VM test (scripts/vm-test): the Swift backend against

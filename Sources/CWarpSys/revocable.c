@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <ucontext.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -103,12 +104,29 @@ static int revoke_at(uintptr_t address) {
     return 0;
 }
 
+/* The signal mask the previous handler would have run with: the
+   interrupted code's, plus its sa_mask, plus SIGBUS unless SA_NODEFER. The
+   Swift runtime's crash handler (SA_NODEFER) needs SIGBUS unblocked: the
+   thread it starts to read memory for the backtracer inherits the mask and
+   must catch its own SIGBUS. */
+static void previous_mask(int sig, void *context) {
+    sigset_t mask;
+    if (context != NULL) mask = ((ucontext_t *)context)->uc_sigmask;
+    else pthread_sigmask(SIG_SETMASK, NULL, &mask);
+    for (int n = 1; n < NSIG; n++)
+        if (sigismember(&previous.sa_mask, n) == 1) sigaddset(&mask, n);
+    if (previous.sa_flags & SA_NODEFER) sigdelset(&mask, sig);
+    else sigaddset(&mask, sig);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
+}
+
 /* Passes a SIGBUS that is not a revocation to the previous action; for
    SIG_DFL the process still dies by SIGBUS. */
 static void chain(int sig, siginfo_t *info, void *context) {
     void (*h)(int) = previous.sa_handler;   /* shares storage with sa_sigaction */
     if (h != SIG_DFL && h != SIG_IGN) {
         if (previous.sa_flags & SA_RESETHAND) reset_default();
+        previous_mask(sig, context);   /* undone by the return from on_sigbus */
         if (previous.sa_flags & SA_SIGINFO) previous.sa_sigaction(sig, info, context);
         else h(sig);
         return;

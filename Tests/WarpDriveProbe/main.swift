@@ -1,5 +1,7 @@
 // warpdrive-probe: a warpdrived client for the daemon's security tests,
-// run as an unprivileged user by Tests/WarpDriveTests/DaemonSecurityTests.
+// run as an unprivileged user by Tests/WarpDriveTests/DaemonSecurityTests;
+// and the SIGBUS cases of Tests/WarpDriveTests/RevocableMappingTests whose
+// right outcome is the process dying.
 //
 //   warpdrive-probe roundtrip SOCKET INPUT OUTPUT
 //       zlib level 1 through the daemon; OUTPUT gets the stream; the daemon
@@ -14,12 +16,32 @@
 //       the same, but this process exits instead (its pid can be reused).
 //   warpdrive-probe queues SOCKET N
 //       opens N queues on one connection; prints how many it got.
+//   warpdrive-probe sigbus guarded
+//       maps a memfd of 4 pages, registers it as revocable with stop words at
+//       2 pages - 8, truncates the memfd to 0 (every access now raises
+//       SIGBUS, as after a device's revocation) and reads it: prints
+//       "GUARDED rx=1 tx=1 zeros=yes revocations=1" and exits 0.
+//   warpdrive-probe sigbus unguarded
+//       registers one truncated mapping (so the handler is installed), then
+//       reads a different truncated mapping that is not registered: must
+//       die by SIGBUS (prints "TOUCHING" first, "SURVIVED" and exit 3 if not).
+//   warpdrive-probe sigbus removed
+//       registers a mapping, unregisters it, truncates and reads it: must
+//       die by SIGBUS.
+//   warpdrive-probe sigbus sent
+//       registers a mapping, then sends itself SIGBUS with kill(2): must die
+//       by SIGBUS.
+//   warpdrive-probe sigbus chained
+//       installs its own SIGBUS handler first, then registers a mapping and
+//       reads an unregistered truncated one: its handler runs and prints
+//       "CHAINED address=yes" (the fault's address), then _exit(7).
 //
 // Results are lines on stdout: "RESULT ok produced=N" when the daemon
 // served the request, "RESULT fault ..." when it failed.
 #if canImport(Glibc)
 import Glibc
 #endif
+import CWarpSys
 import WarpDrive
 
 func say(_ s: String) {
@@ -92,6 +114,106 @@ func forkAndProbe(socket: String, addrFile: String, parent: () -> Never) -> Neve
     }
 }
 
+let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+/// A shared mapping of a fresh memfd of `pages` pages filled with 0xAB;
+/// `truncate` shrinks the file to 0 so that every access raises SIGBUS.
+struct MemfdMapping {
+    let fd: Int32
+    let base: UnsafeMutableRawPointer
+    let length: Int
+
+    init(pages: Int) {
+        length = pages * pageSize
+        fd = wd_memfd_create("warpdrive-probe-sigbus")
+        guard fd >= 0, ftruncate(fd, off_t(length)) == 0 else { fail("memfd: \(errno)") }
+        guard let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { fail("mmap: \(errno)") }
+        base = p
+        memset(base, 0xAB, length)
+    }
+
+    func truncate() {
+        guard ftruncate(fd, 0) == 0 else { fail("ftruncate: \(errno)") }
+    }
+
+    func register(stopOffset: Int) {
+        guard wd_revocable_add(base, length, stopOffset) == 0 else { fail("wd_revocable_add: \(errno)") }
+    }
+
+    /// The 32-bit word at `offset` (an acquire load the compiler keeps).
+    func word(_ offset: Int) -> UInt32 {
+        wd_load_acquire_u32((base + offset).assumingMemoryBound(to: UInt32.self))
+    }
+}
+
+/// The fault address the chained handler saw, for its report.
+nonisolated(unsafe) var chainedExpected: UInt = 0
+
+/// The `sigbus` subcommands (see the header).
+func sigbusProbe(_ kind: String) -> Never {
+    switch kind {
+    case "guarded":
+        let m = MemfdMapping(pages: 4)
+        let stop = 2 * pageSize - 8
+        m.register(stopOffset: stop)
+        m.truncate()
+        let rx = m.word(stop), tx = m.word(stop + 4)
+        var zeros = true
+        for offset in stride(from: 0, to: m.length, by: 4) where offset != stop && offset != stop + 4 {
+            if m.word(offset) != 0 { zeros = false }
+        }
+        say("GUARDED rx=\(rx) tx=\(tx) zeros=\(zeros ? "yes" : "no") revocations=\(wd_revocable_revocations())")
+        exit(0)
+    case "unguarded":
+        let guarded = MemfdMapping(pages: 1)
+        guarded.register(stopOffset: -1)
+        let other = MemfdMapping(pages: 2)
+        other.truncate()
+        say("TOUCHING")
+        _ = other.word(pageSize)
+        say("SURVIVED")
+        exit(3)
+    case "removed":
+        let m = MemfdMapping(pages: 2)
+        m.register(stopOffset: -1)
+        wd_revocable_remove(m.base)
+        m.truncate()
+        say("TOUCHING")
+        _ = m.word(0)
+        say("SURVIVED")
+        exit(3)
+    case "sent":
+        let m = MemfdMapping(pages: 1)
+        m.register(stopOffset: -1)
+        say("SENDING")
+        kill(getpid(), SIGBUS)
+        usleep(100_000)
+        say("SURVIVED")
+        exit(3)
+    case "chained":
+        var sa = sigaction()
+        sa.__sigaction_handler.sa_sigaction = { _, info, _ in
+            let match = UInt(bitPattern: info?.pointee._sifields._sigfault.si_addr) == chainedExpected
+            say("CHAINED address=\(match ? "yes" : "no")")
+            _exit(7)
+        }
+        sa.sa_flags = SA_SIGINFO
+        sigemptyset(&sa.sa_mask)
+        guard sigaction(SIGBUS, &sa, nil) == 0 else { fail("sigaction: \(errno)") }
+        let guarded = MemfdMapping(pages: 1)
+        guarded.register(stopOffset: -1)
+        let other = MemfdMapping(pages: 2)
+        other.truncate()
+        chainedExpected = UInt(bitPattern: other.base + pageSize)
+        say("TOUCHING")
+        _ = other.word(pageSize)
+        say("SURVIVED")
+        exit(3)
+    default:
+        fail("usage: sigbus guarded|unguarded|removed|sent|chained")
+    }
+}
+
 var args = Array(CommandLine.arguments.dropFirst())
 guard let mode = args.first else { fail("usage: warpdrive-probe MODE SOCKET ...") }
 args.removeFirst()
@@ -135,6 +257,9 @@ case "queues":
     } catch {
         fail("\(error)")
     }
+case "sigbus":
+    guard args.count == 1 else { fail("usage: sigbus guarded|unguarded|removed|sent|chained") }
+    sigbusProbe(args[0])
 default:
     fail("unknown mode \(mode)")
 }
