@@ -77,10 +77,13 @@ struct Mount: ParsableCommand {
         }
         signal(SIGPIPE, SIG_IGN)
         // Whatever mask the caller left us, termination signals must reach
-        // this (main) thread: it runs the loop that unmounts on them.
+        // this (main) thread: it runs the loop that unmounts on them. The
+        // synchronous ones too, for every thread started from here: a
+        // blocked SIGBUS from a revoked device mapping would kill the
+        // process without its handler.
         var term = sigset_t()
         sigemptyset(&term)
-        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&term, s) }
+        for s in [SIGINT, SIGTERM, SIGHUP, SIGBUS, SIGSEGV, SIGILL, SIGFPE] { sigaddset(&term, s) }
         pthread_sigmask(SIG_UNBLOCK, &term, nil)
         do { try configureLog(logPath, background: readyFD != nil, mountpoint: mnt) } catch {
             report(ready: readyFD, logging: false, "warpfs: \(error)")

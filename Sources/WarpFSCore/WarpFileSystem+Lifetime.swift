@@ -11,6 +11,8 @@ struct KeptFiles {
     var nodes: [Inode] = []
     /// When `retryKeptFiles` last tried (`wd_now_ns`).
     var lastTry: UInt64 = 0
+    /// Nanoseconds between tries: 1 s, doubled after a failed try up to 32 s.
+    var interval: UInt64 = 1_000_000_000
 }
 
 extension WarpFileSystem {
@@ -60,40 +62,46 @@ extension WarpFileSystem {
         }
     }
 
-    /// Tries again, about once a second (the maintenance thread calls it
-    /// more often), to store the files `keep` holds: once the accelerator
+    /// Tries again to store the files `keep` holds: once the accelerator
     /// is back, what was written while it failed is stored without waiting
-    /// for the unmount. A file open again is left to its own last close;
+    /// for the unmount. The maintenance thread calls it every 200 ms; it
+    /// tries once a second, backing off to every 32 s while tries keep
+    /// failing (a hung device makes each one wait for its time-out, and the
+    /// thread has memory and packing to see to), and skips a file whose
+    /// lock is taken. A file open again is left to its own last close;
     /// blocks that can never be stored were given up when they failed.
     public func retryKeptFiles() {
         let now = wd_now_ns()
         let due: [Inode] = keptFiles.withLock { k in
-            guard !k.nodes.isEmpty, now &- k.lastTry >= 1_000_000_000 else { return [] }
+            guard !k.nodes.isEmpty, now &- k.lastTry >= k.interval else { return [] }
             k.lastTry = now
             return k.nodes
         }
+        guard !due.isEmpty else { return }
+        var failed = false
         for node in due {
-            let settled: Bool = node.lock.withLock { _ in
-                guard node.keptUnstored.load(ordering: .acquiring), node.openHandles == 0 else { return true }
-                guard case .compressed(let f)? = node.content else {
+            node.lock.withLockIfAvailable { _ in
+                if node.keptUnstored.load(ordering: .acquiring), node.openHandles == 0 {
+                    if case .compressed(let f)? = node.content {
+                        do {
+                            try settleForLastClose(node, f)
+                            Log.info("\(f.name): stored what its last close had to keep in memory")
+                        } catch {
+                            if f.hasUnstoredBlocks { failed = true; return }
+                            FSError.log(error)     // what failed was given up, as at a last close
+                        }
+                        node.cachedSize = f.size
+                        node.content = nil
+                    }
                     node.keptUnstored.store(false, ordering: .releasing)
-                    return true
                 }
-                do {
-                    try settleForLastClose(node, f)
-                    Log.info("\(f.name): stored what its last close had to keep in memory")
-                } catch {
-                    if f.hasUnstoredBlocks { return false }
-                }
-                node.cachedSize = f.size
-                node.content = nil
-                node.keptUnstored.store(false, ordering: .releasing)
-                return true
+                // Off the list under the file's lock: a close that fails
+                // meanwhile cannot find it listed and then lose the entry.
+                keptFiles.withLock { k in k.nodes.removeAll { $0 === node } }
+                inodes.dropIfForgotten(node)
             }
-            guard settled else { continue }
-            keptFiles.withLock { k in k.nodes.removeAll { $0 === node } }
-            inodes.dropIfForgotten(node)
         }
+        keptFiles.withLock { k in k.interval = failed ? min(k.interval * 2, 32_000_000_000) : 1_000_000_000 }
     }
 
     /// Drops clean cached blocks of files nobody is using right now (their

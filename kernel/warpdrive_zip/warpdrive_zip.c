@@ -141,7 +141,7 @@ struct wdz_device {
 	struct wdz_queue *active[WDZ_MAX_QUEUES];
 	unsigned int nactive;
 	unsigned int next;		/* round robin: where the next pass starts */
-	unsigned int resets;		/* writes to the reset attribute, under engine_lock */
+	atomic_t resets;		/* fences: writes to the reset attribute, and removal */
 	z_stream strm;			/* the engine's stream; workspaces below */
 	void *deflate_ws;
 	void *inflate_ws;
@@ -154,7 +154,6 @@ struct wdz_queue {
 	void *dus;			/* region 1: SQ, CQ, status page, stop words */
 	u16 qc_type;
 	bool ctx_set;
-	bool fenced;			/* reset: stop words set, never served again */
 	struct uacce_queue *uq;
 
 	/* Engine state, under wdz->engine_lock. */
@@ -621,7 +620,6 @@ static unsigned int wdz_fence(struct wdz_device *wdz)
 			continue;
 		wdz->active[qn] = NULL;
 		wdz->nactive--;
-		wq->fenced = true;
 		stop = wq->dus + wdz->ring_size - 8;
 		WRITE_ONCE(stop[0], cpu_to_le32(1));
 		WRITE_ONCE(stop[1], cpu_to_le32(1));
@@ -631,7 +629,7 @@ static unsigned int wdz_fence(struct wdz_device *wdz)
 		wake_up_interruptible(&wq->uq->wait);
 		fenced++;
 	}
-	wdz->resets++;
+	atomic_inc(&wdz->resets);
 	mutex_unlock(&wdz->engine_lock);
 	return fenced;
 }
@@ -658,12 +656,8 @@ static DEVICE_ATTR_WO(reset);
 static ssize_t resets_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
 	struct wdz_device *wdz = dev_get_drvdata(dev);
-	unsigned int n;
 
-	mutex_lock(&wdz->engine_lock);
-	n = wdz->resets;
-	mutex_unlock(&wdz->engine_lock);
-	return sysfs_emit(buf, "%u\n", n);
+	return sysfs_emit(buf, "%d\n", atomic_read(&wdz->resets));
 }
 static DEVICE_ATTR_RO(resets);
 

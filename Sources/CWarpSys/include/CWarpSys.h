@@ -225,9 +225,11 @@ int wd_revocable_add(void *base, size_t length, long stop_offset);
 void wd_revocable_remove(void *base);
 /* How many mappings the handler has replaced so far. */
 uint64_t wd_revocable_revocations(void);
-/* Replacements begun so far (counted before the mapping is replaced): a
-   reader that reads it, reads a revocable mapping, and reads it again
-   unchanged knows its reads were of the device's memory, not the zeros. */
+/* Replacements begun so far (counted after the slot is marked, before the
+   mapping is replaced). A reader that reads it, finds its mapping not
+   revoked (wd_revocable_is_revoked), reads the mapping, and reads the
+   count again unchanged knows its reads were of the device's memory, not
+   the zeros. */
 uint64_t wd_revocable_epoch(void);
 /* 1 when the revocable mapping at `base` is being or has been replaced. */
 int wd_revocable_is_revoked(const void *base);

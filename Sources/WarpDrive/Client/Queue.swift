@@ -373,6 +373,11 @@ public final class Queue: @unchecked Sendable {
                     // taken only if no replacement began while it was read.
                     let guarded = dus.isRevocable
                     var epoch = guarded ? wd_revocable_epoch() : 0
+                    // Replaced already (a fault before this reap, e.g. on the
+                    // status page): nothing here is the device's. The slot is
+                    // marked before the epoch moves, so reading the epoch
+                    // first and then asking covers every earlier replacement.
+                    if guarded, wd_revocable_is_revoked(dus.base) != 0 { revoked = true; return }
                     var reaped = 0
                     while true {
                         if n == batch.count { more = true; break }
