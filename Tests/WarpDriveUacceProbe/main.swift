@@ -194,9 +194,11 @@ func faultChecks(_ device: UacceDevice, module: String) {
         }
         let d = try CompressionSession(device: device, configuration: SessionConfiguration(algorithm: .zlib, direction: .decompress))
         defer { c.close(); d.close() }
-        let big = sample(1 << 20, seed: 78)
+        // 256 KiB each: the 4 MiB data area holds about seven with their
+        // outputs, so a handful are in flight when the reset comes.
+        let big = sample(256 << 10, seed: 78)
         let bound = CompressionAlgorithm.zlib.compressBound(big.count)
-        let n = 40
+        let n = 24
         let outs = UnsafeMutableRawPointer.allocate(byteCount: n * bound, alignment: 64)
         defer { outs.deallocate() }
         let before = c.currentQueues[0]
@@ -205,7 +207,8 @@ func faultChecks(_ device: UacceDevice, module: String) {
                 try c.submit(s, into: UnsafeMutableRawBufferPointer(start: outs + i * bound, count: bound), tag: UInt64(i))
             }
         }
-        check(writeSysfs(reset, "1"), "reset written with \(n) requests of 1 MiB in flight")
+        let inFlight = c.currentQueues[0].inFlight
+        check(writeSysfs(reset, "1"), "reset written with \(inFlight) of \(n) requests of 256 KiB in flight")
         let t = now()
         while c.outstanding > 0 { _ = try? c.poll(minimum: 1) }
         let list = outcomes.list.withLock { $0 }
