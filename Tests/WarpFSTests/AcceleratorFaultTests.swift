@@ -16,7 +16,7 @@ import Testing
 
     /// Writes `data` to `name` and fsyncs; the errno of the first failure, or 0.
     static func writeAndSync(_ path: String, _ data: [UInt8]) -> Int32 {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { return errno }
         defer { close(fd) }
         let n = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }

@@ -18,7 +18,7 @@ import WarpFSFormat
             var r = Rng(seed)
             var model: [[UInt8]] = [[], [], []]
             let names = ["m0", "m1", "m2"]
-            var fds = names.map { open(m.path($0), O_RDWR | O_CREAT, 0o644) }
+            var fds = names.map { open(m.path($0), O_RDWR | O_CREAT | O_CLOEXEC, 0o644) }
             // An emptied container may change version (one of an older version is upgraded).
             var versions = [UInt16?](repeating: version, count: names.count)
             for step in 0..<1500 {
@@ -68,7 +68,7 @@ import WarpFSFormat
     @Test func sparseFileBeyondFourGiB() throws {
         try withMount { m in
             let p = m.path("huge")
-            let fd = open(p, O_RDWR | O_CREAT, 0o644)
+            let fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
             let far = (5 << 30) + 12345
             try FileIO.pwrite(fd, Array("tail".utf8), far)
             try FileIO.pwrite(fd, Array("head".utf8), 0)
@@ -91,7 +91,7 @@ import WarpFSFormat
     @Test func sparseTerabyteFile() throws {
         try withMount { m in
             let p = m.path("tera")
-            let fd = open(p, O_RDWR | O_CREAT, 0o644)
+            let fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
             let tera = 1 << 40
             #expect(ftruncate(fd, off_t(tera)) == 0)
             try FileIO.pwrite(fd, Array("end!".utf8), tera - 4)
@@ -164,7 +164,7 @@ import WarpFSFormat
             var fds: [Int32] = []
             defer { for fd in fds { close(fd) } }
             for i in 0..<600 {
-                let fd = open(m.path("open\(i)"), O_RDWR | O_CREAT, 0o644)
+                let fd = open(m.path("open\(i)"), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
                 #expect(fd >= 0)
                 fds.append(fd)
                 try FileIO.pwrite(fd, data, i)
@@ -190,7 +190,7 @@ import WarpFSFormat
             var fds: [Int32] = []
             defer { for fd in fds { close(fd) } }
             for i in 0..<40 {
-                let fd = open(m.path("mem\(i)"), O_RDWR | O_CREAT, 0o644)
+                let fd = open(m.path("mem\(i)"), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
                 fds.append(fd)
                 try FileIO.pwrite(fd, data, 0)
                 #expect(fsync(fd) == 0)

@@ -90,7 +90,7 @@ import WarpFSFormat
         for name in ["text", "dir/noise", "empty"] { try FileIO.write(old.path(name), want[name]!) }
         // Sparse: two pieces 3 MiB apart, the rest never written, and a
         // hole at the end (grown by ftruncate).
-        let sparse = open(old.path("dir/sparse"), O_RDWR | O_CREAT, 0o644)
+        let sparse = open(old.path("dir/sparse"), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         let head = r.text(5000), tail = r.text(3000)
         try FileIO.pwrite(sparse, head, 0)
         try FileIO.pwrite(sparse, tail, 3 << 20)

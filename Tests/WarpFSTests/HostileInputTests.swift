@@ -478,7 +478,7 @@ final class Fixture: Sendable {
             try withMount(options: "block_size=16k,\(formatOption(version))") { m in
                 for (name, data) in files {
                     if name == "sparse" {
-                        let fd = open(m.path(name), O_RDWR | O_CREAT, 0o644)
+                        let fd = open(m.path(name), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
                         try FileIO.pwrite(fd, Array(data[0..<5000]), 0)
                         try FileIO.pwrite(fd, Array(data[(data.count - 3000)...]), data.count - 3000)
                         close(fd)

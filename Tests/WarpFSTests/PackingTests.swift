@@ -208,7 +208,7 @@ import WarpFSFormat
             #expect(try FileIO.list(m.mountpoint) == ["a"])
             #expect(!FileIO.exists(m.path(PackStore.directoryName)))
             #expect(mkdir(m.path(PackStore.directoryName), 0o755) == -1 && errno == EPERM)
-            #expect(open(m.path(PackStore.directoryName), O_WRONLY | O_CREAT, 0o644) == -1 && errno == EPERM)
+            #expect(open(m.path(PackStore.directoryName), O_WRONLY | O_CREAT | O_CLOEXEC, 0o644) == -1 && errno == EPERM)
             #expect(rename(m.path("a"), m.path(PackStore.directoryName)) == -1 && errno == EPERM)
             #expect(mkdir(m.path("sub"), 0o755) == 0)
             #expect(mkdir(m.path("sub/" + PackStore.directoryName), 0o755) == -1 && errno == EPERM)
@@ -260,7 +260,7 @@ import WarpFSFormat
             let m = try TestMount(options: "pack_delay=0")
             defer { m.close() }
             for (n, d) in files {
-                let fd = open(m.path(n), O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+                let fd = open(m.path(n), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
                 try FileIO.pwrite(fd, d, 0)
                 #expect(fsync(fd) == 0)
                 close(fd)

@@ -146,7 +146,7 @@ import Testing
     @Test func syncFifosAndFallocate() throws {
         try withMount { m in
             let p = m.path("s")
-            let fd = open(p, O_RDWR | O_CREAT, 0o644)
+            let fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
             try FileIO.pwrite(fd, Array(repeating: 7, count: 200_000), 0)
             #expect(fsync(fd) == 0)
             #expect(fdatasync(fd) == 0)
@@ -210,7 +210,7 @@ import Testing
     @Test func seekDataAndHole() throws {
         try withMount(options: "block_size=64k") { m in
             let p = m.path("sparse")
-            let fd = open(p, O_RDWR | O_CREAT, 0o644)
+            let fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
             defer { close(fd) }
             try FileIO.pwrite(fd, [1], 1 << 20)           // one data block at 1 MiB
             try FileIO.pwrite(fd, [2], (3 << 20) + 10)    // another at 3 MiB

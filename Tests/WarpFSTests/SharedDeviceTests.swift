@@ -151,7 +151,7 @@ import Testing
         try FileIO.write(m.path("first"), first)
         d.stop(signal: SIGKILL)
         let lost = r.text(1 << 20)
-        let fd = open(m.path("lost"), O_WRONLY | O_CREAT, 0o644)
+        let fd = open(m.path("lost"), O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         _ = lost.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         #expect(fsync(fd) == -1 && errno == EIO)
         close(fd)
@@ -188,7 +188,7 @@ import Testing
         #expect(fsync(bfd) == 0)
         close(bfd)
         d.stop(signal: SIGKILL)
-        let fd = open(m.path("after"), O_WRONLY | O_CREAT, 0o644)
+        let fd = open(m.path("after"), O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         let data = r.text(2 << 20)
         let start = wd_now_ns()
         _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }

@@ -53,7 +53,7 @@ import Testing
         #expect(fsync(kfd) == 0)
         close(kfd)
 
-        let fd = open(m.path("fill"), O_WRONLY | O_CREAT, 0o644)
+        let fd = open(m.path("fill"), O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         let (_, writeError) = SpaceTests.fill(fd, chunks: 96)
         let syncResult = fsync(fd)
         let syncError = syncResult == 0 ? 0 : errno
@@ -101,7 +101,7 @@ import Testing
         defer { small.close() }
         let m = try TestMount(options: "no_writeback_cache", backing: small.path)
         defer { m.close() }
-        let fd = open(m.path("fill"), O_WRONLY | O_CREAT, 0o644)
+        let fd = open(m.path("fill"), O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         let (written, writeError) = SpaceTests.fill(fd, chunks: 48)
         #expect(writeError == ENOSPC)
         let accepted = written.reduce(0) { $0 + $1.count }

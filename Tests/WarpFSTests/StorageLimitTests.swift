@@ -172,7 +172,7 @@ import Testing
         defer { ext4.close() }
         let m = try TestMount(options: "no_writeback_cache", backing: ext4.path)
         defer { m.close() }
-        let fd = open(m.path("f"), O_RDWR | O_CREAT, 0o644)
+        let fd = open(m.path("f"), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         defer { close(fd) }
         var rng = Rng(5)
         let data = rng.text(1 << 16)
@@ -317,7 +317,11 @@ import Testing
         defer { fs.close() }
         let m = try TestMount(options: "no_writeback_cache", backing: fs.path)
         defer { m.close() }
-        let fd = open(m.path("f"), O_RDWR | O_CREAT, 0o644)
+        // O_CLOEXEC: a process another test spawns meanwhile must not
+        // inherit the descriptor; its exit would send FLUSH and store the
+        // blocks at a moment of its choosing, which this test's premise
+        // (nothing stored before the fsync) rules out.
+        let fd = open(m.path("f"), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         var r = Rng(21)
         // 32 partial blocks: buffered, not stored yet.
         let parts = (0..<32).map { _ in r.bytes(40 << 10) }
