@@ -16,6 +16,12 @@ final class CachedBlock {
     var lastUse: UInt64 = 0
     /// Backing space reserved for storing this block's dirty content.
     var reservation: (account: SpaceAccount, bytes: Int)?
+    /// For a block started empty (a hole, or past the end): how far from
+    /// its start writes have filled it without a gap. A loaded block is
+    /// whole (`Int.max`).
+    var coveredUpTo = Int.max
+    /// Started empty and not yet filled to its end by writes.
+    var isPartlyWritten: Bool { coveredUpTo < data.count }
     /// `zeroed: false` for a block about to be overwritten whole (a decompression target).
     init(_ buffer: BlockBuffer, zeroed: Bool = true) {
         self.buffer = buffer
@@ -172,6 +178,7 @@ extension CompressedFile {
         }
         let c = CachedBlock(codec.takeBuffer(layout.blockSize))
         c.lastUse = clock
+        c.coveredUpTo = 0
         cache[b] = c
         return c
     }
@@ -187,15 +194,23 @@ extension CompressedFile {
         // Blocks behind a sequential reader go first, then least recently used;
         // blocks read ahead of it stay (dropping them would decompress them twice).
         let behind = lastReadEnd == .max ? 0 : Int(lastReadEnd / UInt64(layout.blockSize))
-        let victims = cache.filter { !$0.value.dirty && !$0.value.busy }.sorted { a, b in
+        // A block a writer is still filling stays too (see below), also
+        // once stored (by an fsync), unless memory is short.
+        let overBudget = codec.overBudget
+        let victims = cache.filter { !$0.value.dirty && !$0.value.busy && (overBudget || !$0.value.isPartlyWritten) }.sorted { a, b in
             let aBehind = a.key < behind, bBehind = b.key < behind
             return aBehind != bBehind ? aBehind : a.value.lastUse < b.value.lastUse
         }
         for (b, _) in victims.prefix(cache.count - cacheLimit * 3 / 4) { cache[b] = nil }
         // (While stores are refused for want of space, the writer's retry
         // is the one at the door of `write`, not one per dirty block here.)
+        // A block a writer is still filling stays (unless memory is short):
+        // stored half written and dropped, it would have to be read back
+        // (decompressed) for the writer's next piece, and while the
+        // accelerator fails that read fails the write, whose data the
+        // kernel's write-back then drops.
         if cache.count > cacheLimit, storeBlocked == nil {
-            for (b, c) in cache where c.dirty && !c.busy { try? startCompression(b) }
+            for (b, c) in cache where c.dirty && !c.busy && (overBudget || !c.isPartlyWritten) { try? startCompression(b) }
         }
     }
 

@@ -22,6 +22,10 @@ extension CompressedFile {
         try beginChange()
         try unpackIfPacked()
         let end = offset + UInt64(count)
+        // A file with no block stored has nothing past its end to clear: a
+        // write past the end need not read its last block back (which
+        // needs the accelerator).
+        if size == 0 && entries.count == 0 { tailVerified = true }
         // What can never be stored is refused before any of it is accepted,
         // as the backing file system refuses a write past its largest file.
         guard end <= sizeLimit else {
@@ -88,6 +92,7 @@ extension CompressedFile {
             if block.reservation == nil, let account = codec.space, reserved.remove(b) != nil { block.reservation = (account, cost) }
             (block.data.baseAddress! + inBlock).copyMemory(from: src + Int(pos - offset), byteCount: n)
             block.dirty = true
+            if inBlock <= block.coveredUpTo { block.coveredUpTo = max(block.coveredUpTo, inBlock + n) }
             // A failure here is reported at the end, once every piece of this
             // write is buffered and the size covers it.
             if inBlock + n == layout.blockSize { do { try startCompression(b) } catch { deferWriteError(error) } }

@@ -133,6 +133,46 @@ import Testing
         }
     }
 
+    /// A block a writer has only begun is not stored while the file has
+    /// other blocks to store: stored half written and then dropped from
+    /// the cache, the writer's next piece would need it read back
+    /// (decompressed), which fails while the device does, and under the
+    /// writeback cache the kernel then drops that piece's data. Here the
+    /// next piece goes in while every request fails, and everything is
+    /// stored once the device is healthy.
+    @Test func aBlockBeingFilledNeedsNoDeviceForTheNextPiece() throws {
+        try withMount(options: "fault_injection,engine_timeout=1,no_writeback_cache") { m in
+            var r = Rng(45)
+            let bs = 64 << 10
+            let data = r.text(200 * bs)
+            let fd = open(m.path("filling"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            try #require(fd >= 0)
+            defer { close(fd) }
+            func put(_ range: Range<Int>) -> Int {
+                data[range].withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(range.lowerBound)) }
+            }
+            // The first page of 100 blocks, block 20's first: more than the
+            // file's cache holds (64 blocks), so stores and evictions run.
+            for b in 20..<120 { #expect(put((b * bs)..<(b * bs + 4096)) == 4096) }
+            usleep(300_000)
+            for b in 120..<130 { #expect(put((b * bs)..<(b * bs + 4096)) == 4096) }
+            #expect(AcceleratorFaultTests.fault(m, "error_rate=1") == 0)
+            // The rest of block 20 but its last byte (nothing completes, so
+            // nothing is sent): it must go in without the device.
+            let n = put((20 * bs + 4096)..<(21 * bs - 1))
+            #expect(n == bs - 4096 - 1, "the next piece of a block being filled: \(n), errno \(errno); log: \(m.log)")
+            #expect(AcceleratorFaultTests.fault(m, "error_rate=0") == 0)
+            #expect(put((21 * bs - 1)..<(21 * bs)) == 1)
+            #expect(fsync(fd) == 0)
+            try m.remount()
+            let back = try FileIO.read(m.path("filling"))
+            let whole = back[(20 * bs)..<(21 * bs)].elementsEqual(data[(20 * bs)..<(21 * bs)])
+            #expect(whole, "block 20 reads back as written")
+            let firstPages = (21..<130).filter { !back[($0 * bs)..<($0 * bs + 4096)].elementsEqual(data[($0 * bs)..<($0 * bs + 4096)]) }
+            #expect(firstPages.isEmpty, "blocks whose first page differs: \(firstPages)")
+        }
+    }
+
     /// Writes `megabytes` of text to `name` (with fsync) while the device is
     /// reset `resets` times, `gapMicroseconds` apart; the writer must see no
     /// error and the file must read back after a remount.
