@@ -49,10 +49,10 @@ extension CompressedFile {
         guard let c = cache[b], c.dirty, !c.busy else { return }
         var len = layout.blockSize
         while len > 0 && c.data[len - 1] == 0 { len -= 1 }
-        c.dirty = false
         let content = UnsafeRawBufferPointer(rebasing: c.data[0..<len])
         // All zeros: a hole. Random-looking bytes: raw, without spending an engine on them.
         if len == 0 || EntropyCheck.looksIncompressible(content) {
+            c.dirty = false
             do {
                 try store(block: b, encoding: len == 0 ? .zero : .raw, payload: content)
                 codec.stats.noteStored(logical: len, payload: len)
@@ -62,9 +62,13 @@ extension CompressedFile {
             }
             return
         }
+        // The block stays dirty until it is on its way: a stream that cannot
+        // be had (no queue, the device gone) must not leave it clean, or
+        // the cache would drop data that was never stored.
         let s = try compressStream()
         while s.isFull { reapCompressions(minimum: 1) }
         let out = codec.takeBuffer(layout.blockSize)
+        c.dirty = false
         c.busy = true
         do {
             try send(CompressJob(block: b, source: c, output: out, rawLength: len, tries: RetryPolicy.Record(firstSent: wd_now_ns())), on: s)
