@@ -210,7 +210,11 @@ extension CompressedFile {
         // accelerator fails that read fails the write, whose data the
         // kernel's write-back then drops.
         if cache.count > cacheLimit, storeBlocked == nil {
-            for (b, c) in cache where c.dirty && !c.busy && (overBudget || !c.isPartlyWritten) { try? startCompression(b) }
+            // The first block that cannot be sent ends the round: getting a
+            // stream may wait up to the engine time-out, once, not per block.
+            for (b, c) in cache where c.dirty && !c.busy && (overBudget || !c.isPartlyWritten) {
+                do { try startCompression(b) } catch { break }
+            }
         }
     }
 

@@ -85,6 +85,10 @@ extension CompressedFile {
                 reserved.formUnion(needing)
             }
         }
+        // After a block of this write could not be sent, the others wait for
+        // a later flush: getting a stream may wait up to the engine
+        // time-out, once per write, not once per block.
+        var sendFailed = false
         for (b, inBlock, n, pos) in pieces {
             settle(b)
             let whole = inBlock == 0 && n == layout.blockSize
@@ -95,7 +99,9 @@ extension CompressedFile {
             if inBlock <= block.coveredUpTo { block.coveredUpTo = max(block.coveredUpTo, inBlock + n) }
             // A failure here is reported at the end, once every piece of this
             // write is buffered and the size covers it.
-            if inBlock + n == layout.blockSize { do { try startCompression(b) } catch { deferWriteError(error) } }
+            if inBlock + n == layout.blockSize && !sendFailed {
+                do { try startCompression(b) } catch { sendFailed = true; deferWriteError(error) }
+            }
         }
         if end > size { size = end; headerDirty = true }
         reapCompressions(minimum: 0)
