@@ -16,11 +16,11 @@ final class CachedBlock {
     var lastUse: UInt64 = 0
     /// Backing space reserved for storing this block's dirty content.
     var reservation: (account: SpaceAccount, bytes: Int)?
-    /// For a block started empty (a hole, or past the end): how far from
-    /// its start writes have filled it without a gap. A loaded block is
-    /// whole (`Int.max`).
+    /// For a block a write started empty (a hole, or past the end): how far
+    /// from its start writes have filled it without a gap. Any other block
+    /// (loaded, or a hole a reader looked at) counts as whole (`Int.max`).
     var coveredUpTo = Int.max
-    /// Started empty and not yet filled to its end by writes.
+    /// Started empty by a write and not yet filled to its end by writes.
     var isPartlyWritten: Bool { coveredUpTo < data.count }
     /// `zeroed: false` for a block about to be overwritten whole (a decompression target).
     init(_ buffer: BlockBuffer, zeroed: Bool = true) {
@@ -178,7 +178,6 @@ extension CompressedFile {
         }
         let c = CachedBlock(codec.takeBuffer(layout.blockSize))
         c.lastUse = clock
-        c.coveredUpTo = 0
         cache[b] = c
         return c
     }
@@ -194,8 +193,12 @@ extension CompressedFile {
         // Blocks behind a sequential reader go first, then least recently used;
         // blocks read ahead of it stay (dropping them would decompress them twice).
         let behind = lastReadEnd == .max ? 0 : Int(lastReadEnd / UInt64(layout.blockSize))
-        // A block a writer is still filling stays too (see below), also
-        // once stored (by an fsync), unless memory is short.
+        // A block a writer is still filling is neither evicted (also once an
+        // fsync stored it) nor stored early, unless memory is short: stored
+        // half written and dropped, it would have to be read back
+        // (decompressed) for the writer's next piece, and while the
+        // accelerator fails that read fails the write, whose data the
+        // kernel's write-back then drops.
         let overBudget = codec.overBudget
         let victims = cache.filter { !$0.value.dirty && !$0.value.busy && (overBudget || !$0.value.isPartlyWritten) }.sorted { a, b in
             let aBehind = a.key < behind, bBehind = b.key < behind
@@ -204,11 +207,6 @@ extension CompressedFile {
         for (b, _) in victims.prefix(cache.count - cacheLimit * 3 / 4) { cache[b] = nil }
         // (While stores are refused for want of space, the writer's retry
         // is the one at the door of `write`, not one per dirty block here.)
-        // A block a writer is still filling stays (unless memory is short):
-        // stored half written and dropped, it would have to be read back
-        // (decompressed) for the writer's next piece, and while the
-        // accelerator fails that read fails the write, whose data the
-        // kernel's write-back then drops.
         if cache.count > cacheLimit, storeBlocked == nil {
             // The first block that cannot be sent ends the round: getting a
             // stream may wait up to the engine time-out, once, not per block.

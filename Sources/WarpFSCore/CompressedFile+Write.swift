@@ -92,7 +92,10 @@ extension CompressedFile {
         for (b, inBlock, n, pos) in pieces {
             settle(b)
             let whole = inBlock == 0 && n == layout.blockSize
+            // A block this write starts from nothing is filled piece by piece.
+            let fresh = cache[b] == nil && (b >= entries.count || entries[b].isHole)
             let block = try cached(b, load: !whole)
+            if fresh { block.coveredUpTo = 0 }
             if block.reservation == nil, let account = codec.space, reserved.remove(b) != nil { block.reservation = (account, cost) }
             (block.data.baseAddress! + inBlock).copyMemory(from: src + Int(pos - offset), byteCount: n)
             block.dirty = true
