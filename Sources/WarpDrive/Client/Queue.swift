@@ -119,6 +119,10 @@ public final class Queue: @unchecked Sendable {
     /// In-flight count when a request last found no room in the data area
     /// (-1: it had room): a submitter waits for a completion, not a free slot.
     private var dataAreaFullAt = -1
+    /// `wd_revocable_epoch()` as read before the last check that found the
+    /// DUS mapping not replaced: while the epoch still reads so, no
+    /// replacement has begun since, and a reap needs no table scan.
+    private var unrevokedAtEpoch = UInt64.max
     private(set) var phaseFlips = 0
     private let busyCount = Atomic<UInt64>(0)
 
@@ -376,8 +380,13 @@ public final class Queue: @unchecked Sendable {
                     // Replaced already (a fault before this reap, e.g. on the
                     // status page): nothing here is the device's. The slot is
                     // marked before the epoch moves, so reading the epoch
-                    // first and then asking covers every earlier replacement.
-                    if guarded, wd_revocable_is_revoked(dus.base) != 0 { revoked = true; return }
+                    // first and then asking covers every earlier replacement;
+                    // the answer holds while the epoch stays (reaps run in
+                    // every spin of a wait: no scan of the table each time).
+                    if guarded, epoch != unrevokedAtEpoch {
+                        if wd_revocable_is_revoked(dus.base) != 0 { revoked = true; return }
+                        unrevokedAtEpoch = epoch
+                    }
                     var reaped = 0
                     while true {
                         if n == batch.count { more = true; break }
@@ -399,6 +408,7 @@ public final class Queue: @unchecked Sendable {
                             let now = wd_revocable_epoch()
                             if wd_revocable_is_revoked(dus.base) != 0 { revoked = true; break }
                             epoch = now     // another mapping's
+                            unrevokedAtEpoch = now
                         }
                         pending[slot].waiter = nil
                         sqHead = (slot + 1) % layout.depth
