@@ -105,7 +105,9 @@ final class UacceDeviceQueue: DeviceQueue, @unchecked Sendable {
         var sqeSize: UInt32 = 0, sqDepth: UInt16 = 0, cqDepth: UInt16 = 0
         var r = wd_uacce_qp_info(fd, &sqeSize, &sqDepth, &cqDepth)
         guard r == 0 else { throw fail("UACCE_CMD_QM_SET_QP_INFO", r) }
-        guard Int(sqeSize) == RingLayout.sqeSize, sqDepth == cqDepth, sqDepth >= 2 else {
+        // The depth comes from the driver: one out of range is refused here,
+        // not trapped on by `RingLayout`.
+        guard Int(sqeSize) == RingLayout.sqeSize, sqDepth == cqDepth, RingLayout.depths.contains(Int(sqDepth)) else {
             close(fd)
             throw WarpDriveError.noDevice("\(device.name): sqe \(sqeSize) B, depths \(sqDepth)/\(cqDepth): not this protocol's rings")
         }

@@ -19,9 +19,12 @@ public struct RingLayout: Sendable, Equatable {
     /// Entries per ring (SQ and CQ have the same depth).
     public let depth: Int
 
-    /// The layout of rings `depth` entries deep (2...32768).
+    /// The depths a ring may have.
+    public static let depths = 2...(1 << 15)
+
+    /// The layout of rings `depth` entries deep (`depths`: 2...32768).
     public init(depth: Int) {
-        precondition(depth >= 2 && depth <= 1 << 15, "queue depth must be in 2...32768")
+        precondition(RingLayout.depths.contains(depth), "queue depth must be in 2...32768")
         self.depth = depth
     }
 
