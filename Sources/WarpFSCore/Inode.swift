@@ -179,10 +179,16 @@ final class InodeTable: @unchecked Sendable {
             // Unstored data kept after a failed last close keeps the inode
             // (a lookup of the same file finds it again by its key).
             guard node.lookups == 0, !node.keptUnstored.load(ordering: .acquiring) else { return nil }
-            s.byID[id] = nil
-            if s.byKey[Key(dev: node.dev, ino: node.ino)] === node { s.byKey[Key(dev: node.dev, ino: node.ino)] = nil }
-            return node
+            return InodeTable.remove(node, from: &s)
         }
+    }
+
+    /// Takes `node` out of both maps; returns it, to be released after the unlock.
+    private static func remove(_ node: Inode, from s: inout State) -> Inode {
+        s.byID[node.nodeID] = nil
+        let key = Key(dev: node.dev, ino: node.ino)
+        if s.byKey[key] === node { s.byKey[key] = nil }
+        return node
     }
 
     /// Drops `node` if the kernel has forgotten it (no lookups left): for an
@@ -191,9 +197,7 @@ final class InodeTable: @unchecked Sendable {
         _ = state.withLock { s -> Inode? in
             guard node.lookups == 0, node !== root, s.byID[node.nodeID] === node,
                   !node.keptUnstored.load(ordering: .acquiring) else { return nil }
-            s.byID[node.nodeID] = nil
-            if s.byKey[Key(dev: node.dev, ino: node.ino)] === node { s.byKey[Key(dev: node.dev, ino: node.ino)] = nil }
-            return node
+            return InodeTable.remove(node, from: &s)
         }
     }
 
