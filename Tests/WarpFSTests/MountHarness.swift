@@ -35,8 +35,14 @@ enum FileIO {
     }
 
     static func pwrite(_ fd: Int32, _ data: [UInt8], _ off: Int) throws {
-        let n = data.withUnsafeBytes { Glibc.pwrite(fd, $0.baseAddress, $0.count, off_t(off)) }
-        guard n == data.count else { throw Errno(errno, "pwrite at \(off)") }
+        // As a program writes: after a short count (the kernel may split a
+        // write into requests), the rest; errno only from a failed call.
+        var done = 0
+        while done < data.count {
+            let n = data[done...].withUnsafeBytes { Glibc.pwrite(fd, $0.baseAddress, $0.count, off_t(off + done)) }
+            guard n > 0 else { throw Errno(n < 0 ? errno : EIO, "pwrite at \(off + done) (\(done) of \(data.count) bytes written)") }
+            done += n
+        }
     }
 
     static func pread(_ fd: Int32, _ count: Int, _ off: Int) throws -> [UInt8] {

@@ -243,6 +243,33 @@ import Testing
         return (Int(st.f_bavail) * Int(st.f_frsize), Int(st.f_bfree) * Int(st.f_frsize))
     }
 
+    /// What holds the space of the file system mounted on `path`, for a
+    /// failure message: its free bytes, the mount table's entries for it,
+    /// its files with their allocated bytes, and every descriptor or
+    /// mapping of any process that points into it (deleted files included).
+    static func spaceReport(_ path: String) -> String {
+        var lines = ["\(space(path).available) bytes available on \(path)"]
+        let mountinfo = String(decoding: (try? FileIO.read("/proc/self/mountinfo")) ?? [], as: UTF8.self)
+        lines += mountinfo.split(separator: "\n").filter { $0.split(separator: " ").dropFirst(4).first.map(String.init) == path }
+            .map { "mount: \($0)" }
+        for name in (try? FileIO.list(path)) ?? [] {
+            if let st = try? FileIO.stat(path + "/" + name) { lines.append("file \(name): size \(st.st_size), allocated \(Int(st.st_blocks) * 512)") }
+        }
+        for pid in ((try? FileIO.list("/proc")) ?? []).compactMap({ pid_t($0) }) {
+            let comm = String(decoding: (try? FileIO.read("/proc/\(pid)/comm")) ?? [], as: UTF8.self).filter { $0 != "\n" }
+            for fd in (try? FileIO.list("/proc/\(pid)/fd")) ?? [] {
+                var buf = [CChar](repeating: 0, count: 4096)
+                let n = readlink("/proc/\(pid)/fd/\(fd)", &buf, 4095)
+                guard n > 0 else { continue }
+                let target = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                if target.hasPrefix(path + "/") { lines.append("process \(pid) (\(comm)) fd \(fd): \(target)") }
+            }
+            let maps = String(decoding: (try? FileIO.read("/proc/\(pid)/maps")) ?? [], as: UTF8.self)
+            for m in maps.split(separator: "\n") where m.contains(path + "/") { lines.append("process \(pid) (\(comm)) maps \(m)") }
+        }
+        return lines.joined(separator: "\n  ")
+    }
+
     /// Waits until the file system on `path` has at least `bytes` available
     /// (space of deleted files comes back asynchronously).
     static func waitForSpace(_ path: String, _ bytes: Int) {
@@ -337,7 +364,7 @@ import Testing
         let unfilled = StorageLimitTests.space(fs.path).available
         #expect(unfilled < 40 << 10, "the fillers left \(unfilled) bytes free: room for a block")
         let synced = fsync(fd), syncErrno = errno
-        #expect(synced == -1 && syncErrno == ENOSPC, "fsync: \(synced), errno \(syncErrno), \(unfilled) bytes free; log: \(m.log)")
+        #expect(synced == -1 && syncErrno == ENOSPC, "fsync: \(synced), errno \(syncErrno), \(unfilled) bytes free; \(StorageLimitTests.spaceReport(fs.path)); log: \(m.log)")
         var refused = 0
         for i in 32..<132 {
             do { try FileIO.pwrite(fd, r.bytes(1 << 16), i << 16) } catch let e as Errno where e.code == ENOSPC { refused += 1 }
@@ -347,12 +374,19 @@ import Testing
         #expect(errors.count <= 3, "\(errors.count) error lines: \(errors.prefix(8).joined(separator: "\n"))")
 
         // Space comes back: the next write stores what was kept, and goes in.
-        close(filler)
-        unlink(fs.path + "/filler")
-        close(rest)
-        unlink(fs.path + "/filler2")
+        let freed = [close(filler), unlink(fs.path + "/filler"), close(rest), unlink(fs.path + "/filler2")]
+        #expect(freed == [0, 0, 0, 0], "close and unlink of the fillers: \(freed), errno \(errno)")
         let last = r.bytes(1 << 16)
-        do { try FileIO.pwrite(fd, last, 200 << 16) } catch { Issue.record("\(error); log: \(m.log)"); close(fd); return }
+        do { try FileIO.pwrite(fd, last, 200 << 16) } catch {
+            // Whether the space came back at all, and what holds it if not.
+            let report = StorageLimitTests.spaceReport(fs.path)
+            usleep(1_000_000)
+            let later: String
+            do { try FileIO.pwrite(fd, last, 200 << 16); later = "succeeded" } catch let again { later = "failed: \(again)" }
+            Issue.record("\(error); the same write a second later \(later); \(report); log: \(m.log)")
+            close(fd)
+            return
+        }
         #expect(fsync(fd) == 0, "errno \(errno)")
         #expect(close(fd) == 0)
         try m.remount()
