@@ -142,6 +142,7 @@ struct wdz_device {
 	unsigned int nactive;
 	unsigned int next;		/* round robin: where the next pass starts */
 	atomic_t resets;		/* fences: writes to the reset attribute, and removal */
+	atomic64_t requests;		/* requests served (a CQE posted), since load */
 	z_stream strm;			/* the engine's stream; workspaces below */
 	void *deflate_ws;
 	void *inflate_ws;
@@ -391,6 +392,7 @@ static void wdz_serve_one(struct wdz_queue *wq)
 	for (i = 0; i < ARRAY_SIZE(w); i++)
 		w[i] = le32_to_cpu(READ_ONCE(sqe[i]));
 	wdz_execute(wq, w, &r);
+	atomic64_inc(&wdz->requests);
 
 	/* Only the device's words, whole, as the hardware writes them. */
 	WRITE_ONCE(sqe[SQE_CONSUMED], cpu_to_le32(r.consumed));
@@ -661,9 +663,19 @@ static ssize_t resets_show(struct device *dev, struct device_attribute *attr, ch
 }
 static DEVICE_ATTR_RO(resets);
 
+/* .../requests: how many requests the engine has served since the module loaded. */
+static ssize_t requests_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct wdz_device *wdz = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "%lld\n", (long long)atomic64_read(&wdz->requests));
+}
+static DEVICE_ATTR_RO(requests);
+
 static struct attribute *wdz_attrs[] = {
 	&dev_attr_reset.attr,
 	&dev_attr_resets.attr,
+	&dev_attr_requests.attr,
 	NULL,
 };
 ATTRIBUTE_GROUPS(wdz);
