@@ -382,7 +382,7 @@ struct Compress: ParsableCommand {
     func run() throws {
         var c = try Converter(toCompressed: true, options: try options.mountOptions())
         // Engines stop while the device is still held (see EmulatedZipDevice.shutdown).
-        defer { c.codec.device.shutdown() }
+        defer { c.codec.shutdownDevices() }
         TreeWalk.raiseOpenFileLimit()
         for p in options.paths { c.run(p) }
         print("compressed \(c.converted) file(s), \(c.alreadyDone) already compressed, \(c.skipped) skipped, \(c.failed) failed")
@@ -397,7 +397,7 @@ struct Decompress: ParsableCommand {
 
     func run() throws {
         var c = try Converter(toCompressed: false, options: try options.mountOptions())
-        defer { c.codec.device.shutdown() }
+        defer { c.codec.shutdownDevices() }
         TreeWalk.raiseOpenFileLimit()
         for p in options.paths { c.run(p) }
         print("decompressed \(c.converted) file(s), \(c.alreadyDone) already plain, \(c.skipped) skipped, \(c.failed) failed")

@@ -11,7 +11,8 @@ struct Devices: ParsableCommand {
         abstract: "List accelerator devices and their attributes, or a warpdrived's queues and clients.",
         discussion: """
         Without --device: the devices the registry knows on this host, the in-process emulated ZIP device \
-        (as a mount would create it with default settings) and any uacce devices under /sys/class/uacce. \
+        (as a mount would create it with default settings) and any uacce devices under /sys/class/uacce \
+        (a mount without device= takes one whose api this client speaks, for the algorithms it offers). \
         With --device SOCKET: the attributes of that warpdrived's device, its totals, and tables of its open \
         queues and connected clients with their live counters (this command's own connection is one of \
         the clients).
@@ -49,7 +50,9 @@ struct Devices: ParsableCommand {
                                                               engines: e.configuration.engines))
             } else {
                 let path = entry.sysfsPath ?? ""
-                texts.append(ReportRendering.attributes(a, kind: "uacce, \(path); listed only", totalQueues: nil, engines: nil))
+                // A device this client speaks is what a mount without device= takes (Accelerator.choose).
+                let use = UacceDevice.supportedAPIs.contains(a.api) ? "a mount without device= takes it for what it offers" : "listed only"
+                texts.append(ReportRendering.attributes(a, kind: "uacce, \(path); \(use)", totalQueues: nil, engines: nil))
                 objects.append(ReportRendering.attributesJSON(a, kind: "uacce", totalQueues: nil, engines: nil,
                                                               extra: [("sysfs", ReportRendering.string(path))]))
             }

@@ -129,7 +129,7 @@ struct Fsck: ParsableCommand {
         }
         // Stop the engines while this thread still holds the device: an engine
         // thread that dropped the last reference would free it under itself.
-        defer { codec.device.shutdown() }
+        defer { codec.shutdownDevices() }
         let checker = ContainerCheck(codec: codec)
         let bar = ProgressBar(total: walk.totalBytes, enabled: progress == "always" || (progress == "auto" && isatty(2) != 0))
         checker.progress = { bar.advance($0) }

@@ -105,7 +105,7 @@ struct Mount: ParsableCommand {
         }
         report(ready: readyFD, logging: logPath != nil, nil)
         Log.info("mounted \(back) at \(mnt) (block \(options.blockSize / 1024) KiB, \(options.algorithm) level \(options.level), "
-            + "\(options.engines) engines\(options.deviceSocket == nil ? ", deflate family by \(options.deflateEngine)" : ""))")
+            + "\(fs.deviceSummary))")
         let rc = server.run()
         fs.shutdown()
         Log.info("unmounted \(mnt)")

@@ -17,8 +17,13 @@ import WarpFSFormat
 /// of are closed after it is released), the atomics `liveBytes`,
 /// `quarantined` and `stats`, and the pool's free list (the pool's own leaf lock).
 public final class BlockCodec: @unchecked Sendable {
-    /// The accelerator: the in-process emulated device, or a `warpdrived` daemon.
+    /// The accelerator: a kernel uacce device, the in-process emulated
+    /// device, or a `warpdrived` daemon.
     public let device: any AcceleratorDevice
+    /// The in-process device for the algorithms `device` does not offer
+    /// (a kernel device the mount chose by itself: `Accelerator.choose`);
+    /// nil: every stream goes to `device`.
+    public let fallback: (any AcceleratorDevice)?
     /// Compression level of new containers (`level=`); a container's own
     /// blocks use the level its header records (`CompressedFile.compressionLevel`).
     public let level: Int
@@ -47,10 +52,11 @@ public final class BlockCodec: @unchecked Sendable {
     /// Whether block buffers exceed the memory budget.
     public var overBudget: Bool { liveBytes.load(ordering: .relaxed) > budgetBytes }
 
-    public init(device: any AcceleratorDevice, level: Int,
+    public init(device: any AcceleratorDevice, fallback: (any AcceleratorDevice)? = nil, level: Int,
                 poolBufferSize: Int = 64 << 10, poolBuffers: Int = 0, space: SpaceAccount? = nil,
                 timeoutMilliseconds: Int = 10_000) {
         self.device = device
+        self.fallback = fallback
         self.timeoutMilliseconds = timeoutMilliseconds
         retry = RetryPolicy(timeoutMilliseconds: timeoutMilliseconds)
         self.space = space
@@ -61,6 +67,19 @@ public final class BlockCodec: @unchecked Sendable {
         // device); a daemon reaches this process's buffers through its IOMMU
         // emulation (copies).
         pool = poolBuffers > 0 ? device.makeBufferPool(bufferSize: poolBufferSize, count: poolBuffers) : nil
+    }
+
+    /// The device streams of `algorithm` go to: `device` when it offers
+    /// the algorithm (or there is no fallback), else `fallback`.
+    public func device(for algorithm: CompressionAlgorithm) -> any AcceleratorDevice {
+        if let fallback, !device.offers(algorithm) { return fallback }
+        return device
+    }
+
+    /// Stops both devices' in-process parts (their owner's last step).
+    public func shutdownDevices() {
+        device.shutdown()
+        fallback?.shutdown()
     }
 
     /// A buffer of `size` bytes, from the registered pool when it fits and one is free.
@@ -270,8 +289,8 @@ final class BlockStream<Job: BlockRequest>: @unchecked Sendable {
 }
 
 extension BlockCodec {
-    /// A new asynchronous stream on this codec's device.
-    /// A stream for one file: a returned idle one when there is one (opening a
+    /// A stream for one file, on the device for its algorithm
+    /// (`device(for:)`): a returned idle one when there is one (opening a
     /// queue costs a memfd, two mappings and an eventfd), else a new one.
     ///
     /// When the device has no queue left, idle streams of every kind are
@@ -283,13 +302,20 @@ extension BlockCodec {
     func stream<Job>(_ direction: Direction, algorithm: CompressionAlgorithm, level: Int? = nil, capacity: Int,
                      of: Job.Type = Job.self) throws -> BlockStream<Job> {
         let level = direction == .compress ? level ?? self.level : 0
+        let target = device(for: algorithm)
+        // A kernel device named alone may lack a file's algorithm: no verdict
+        // on the data (fsck), EIO for the reader, and the log says why.
+        guard target.offers(algorithm) else {
+            throw WarpDriveError.noDevice("\(target.name) does not offer \(algorithm), the encoding of this file "
+                + "(a mount without device=, or with device=emulated, reads it)")
+        }
         let key = StreamKey(direction: direction, algorithm: algorithm, level: level, capacity: capacity, job: ObjectIdentifier(Job.self))
         let deadline = wd_now_ns() + UInt64(timeoutMilliseconds) * 1_000_000
         while true {
             // The key names the job type: what is parked under it is a BlockStream<Job>.
             if let s = idleStreams.withLock({ $0[key]?.popLast() }) { return s as! BlockStream<Job> }
             do {
-                return try BlockStream(device: device, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
+                return try BlockStream(device: target, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
                                        timeoutMilliseconds: timeoutMilliseconds, poolKey: key, stats: stats)
             } catch WarpDriveError.busy(let d) {
                 let parked = idleStreams.withLock { idle -> [AnyObject] in

@@ -102,8 +102,10 @@ extension MountOptions {
               "seconds a request may wait for the accelerator before it fails (each request is tried 3 times)"),
         .init("queues=N", ["queues"], value: .required, .warpfs, default: "1024",
               "accelerator queues for the mount, 2..1024 (files wait for one when all are busy)"),
-        .init("device=SOCKET", ["device"], value: .required, .warpfs, default: "in-process accelerator",
-              "use the accelerator of a running warpdrived, shared by many processes; or a kernel uacce device by name (warpdrive_zip-0)"),
+        .init("device=DEVICE", ["device"], value: .required, .warpfs, default: "a kernel device that fits, else in-process",
+              "the accelerator: a kernel uacce device by name (warpdrive_zip-0); emulated for the in-process one; a socket path for "
+              + "a running warpdrived's, shared by many processes. Without it: a kernel uacce device this client speaks that offers "
+              + "the algorithm and has a free queue (the in-process accelerator takes the algorithms it lacks), else the in-process one"),
         .init("acl, noacl", ["acl", "noacl"], .warpfs, default: "acl",
               "POSIX ACLs kept in the backing files' ACL attributes and enforced by the kernel; with noacl setting one fails with EOPNOTSUPP"),
         .init("allow_other", ["allow_other"], .warpfs, default: "off", "other users may use the mount"),

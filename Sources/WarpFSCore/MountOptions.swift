@@ -64,8 +64,12 @@ public struct MountOptions: Sendable, Equatable {
     /// Accept fault-injection commands on the mount root's `user.warpfs.fault`
     /// extended attribute (for testing error paths; see docs/RELIABILITY.md).
     public var faultInjection = false
-    /// A `warpdrived` socket to use instead of the in-process emulated device.
+    /// `device=`: a `warpdrived` socket, a kernel uacce device's name, or
+    /// `emulated`; nil: a kernel device when one fits, else the in-process
+    /// emulated device (`Accelerator.choose`).
     public var deviceSocket: String?
+    /// The `device=` value that asks for the in-process emulated device.
+    public static let emulatedDevice = "emulated"
     /// POSIX ACLs: stored in the backing objects' ACL attributes and
     /// enforced by the kernel (`noacl`: neither, as ext4 mounted noacl).
     public var posixACL = true

@@ -120,6 +120,6 @@ extension WarpFileSystem {
     /// Stops the accelerator, after the unmount: the server has stored
     /// every buffered block (`flushAll`) before it unmounted.
     public func shutdown() {
-        device.shutdown()
+        codec.shutdownDevices()
     }
 }

@@ -175,7 +175,8 @@ extension WarpFileSystem {
     }
 
     private var deviceReport: String {
-        "\(device.statusSummary), buffers set aside after time-outs=\(codec.quarantined.load(ordering: .relaxed))\n"
+        "\(device.statusSummary)\(codec.fallback.map { "; other algorithms: " + $0.statusSummary } ?? ""), "
+            + "buffers set aside after time-outs=\(codec.quarantined.load(ordering: .relaxed))\n"
     }
 
     // MARK: POSIX ACLs

@@ -53,8 +53,11 @@ public final class WarpFileSystem: @unchecked Sendable {
 
     public let backingPath: String
     public let options: MountOptions
-    /// The accelerator the mount uses.
+    /// The accelerator the mount uses (for the algorithms it offers; the
+    /// codec's fallback takes the rest).
     public let device: any AcceleratorDevice
+    /// Which device serves what, and why (`Accelerator.Choice.summary`).
+    public let deviceSummary: String
     /// Blocks to and from the accelerator: streams, registered buffers, backing space.
     let codec: BlockCodec
     /// Node ids to inodes (its own lock, a leaf); each inode's content under its lock.
@@ -85,18 +88,21 @@ public final class WarpFileSystem: @unchecked Sendable {
         guard fstat(fd, &st) == 0 else { let e = FSError.last("stat '\(backing)'"); close(fd); throw e }
         backingPath = backing
         self.options = options
-        if options.faultInjection, let socket = options.deviceSocket {
+        if options.faultInjection, let socket = options.deviceSocket, socket != MountOptions.emulatedDevice {
             close(fd)
             throw FSError(EINVAL, "option 'fault_injection' drives the in-process device; it cannot be combined with 'device=\(socket)'")
         }
-        do { device = try Accelerator.device(options) } catch {
+        let choice: Accelerator.Choice
+        do { choice = try Accelerator.choose(options) } catch {
             close(fd)
             throw error
         }
+        device = choice.device
+        deviceSummary = choice.summary
         // Registered buffers for the cache and the blocks in flight: the
         // engines reach them without copies. Sized to the memory budget.
-        codec = Accelerator.codec(on: device, options, poolBuffers: max(64, options.memoryBudgetMiB << 20 / options.blockSize),
-                                  space: SpaceAccount(fd: fd))
+        codec = Accelerator.codec(on: device, fallback: choice.fallback, options,
+                                  poolBuffers: max(64, options.memoryBudgetMiB << 20 / options.blockSize), space: SpaceAccount(fd: fd))
         inodes = InodeTable(rootFD: fd, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
         do {
             let handles = try StableHandles(rootFD: fd, readOnly: options.readOnly)

@@ -149,9 +149,15 @@ import Testing
         try FileIO.write(dev + "/api", Array("hisi_qm_v3\n".utf8))
         try FileIO.write(dev + "/algorithms", Array("deflate\ngzip\n".utf8))
         try FileIO.write(dev + "/available_instances", Array("5\n".utf8))
+        // One this client speaks: what a mount without device= takes.
+        let own = root + "/class/uacce/warpdrive_zip-3"
+        #expect(mkdir(own, 0o755) == 0)
+        try FileIO.write(own + "/api", Array("warpdrive_zip_v1\n".utf8))
+        try FileIO.write(own + "/algorithms", Array("deflate\nzlib\ngzip\n".utf8))
         let r = runCommand([warpfsBinary, "devices", "--sysfs", root])
         #expect(r.status == 0, "\(r.output)")
         #expect(r.output.contains("hisi_zip-7 (uacce, \(dev); listed only)"), "\(r.output)")
+        #expect(r.output.contains("warpdrive_zip-3 (uacce, \(own); a mount without device= takes it for what it offers)"), "\(r.output)")
         #expect(r.output.contains("api                  hisi_qm_v3"))
         let j = runCommand([warpfsBinary, "devices", "--sysfs", root, "--json"])
         #expect(j.output.contains("{\"name\":\"hisi_zip-7\",\"kind\":\"uacce\",\"api\":\"hisi_qm_v3\""), "\(j.output)")

@@ -21,6 +21,9 @@ public protocol AcceleratorDevice: AnyObject, Sendable {
     /// without copies), or nil when the device offers none (a device in
     /// another process reaches unregistered memory through its IOMMU).
     func makeBufferPool(bufferSize: Int, count: Int) -> SharedBufferPool?
+    /// Whether the device's engines run `algorithm` (its `algorithms`
+    /// attribute): a client with a choice sends other algorithms elsewhere.
+    func offers(_ algorithm: CompressionAlgorithm) -> Bool
 }
 
 extension AcceleratorDevice {
@@ -30,6 +33,8 @@ extension AcceleratorDevice {
     public var statusSummary: String { name }
     /// No registered buffers.
     public func makeBufferPool(bufferSize: Int, count: Int) -> SharedBufferPool? { nil }
+    /// Every algorithm: the emulated device, and a daemon serving one, run them all.
+    public func offers(_ algorithm: CompressionAlgorithm) -> Bool { true }
 }
 
 /// A device that injects faults on request, for tests of callers' error

@@ -62,6 +62,9 @@ public final class UacceDevice: AcceleratorDevice, @unchecked Sendable {
     /// Opens `/dev/<name>`: one queue in INIT.
     public func openDeviceQueue() throws -> any DeviceQueue { try UacceDeviceQueue(device: self) }
 
+    /// Whether the module's engine runs `algorithm` (its `algorithms` attribute).
+    public func offers(_ algorithm: CompressionAlgorithm) -> Bool { attributes.algorithms.contains(algorithm.rawValue) }
+
     /// Name, api and free queues.
     public var statusSummary: String {
         let a = currentAttributes
