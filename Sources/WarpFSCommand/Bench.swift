@@ -125,6 +125,7 @@ struct BenchCommand: ParsableCommand {
         print("warpfs bench: data \(data) (\(pattern.description)), \(sizeMiB) MiB sequential, \(randomOps) random 4 KiB ops, "
             + "\(files) small files, \(runs) runs, cores \(sysconf(Int32(_SC_NPROCESSORS_ONLN)))")
         print("targets: " + targets.map(\.name).joined(separator: ", ") + "; warpfs -o " + warpfs.options)
+        if let w = targets.last(where: { $0.name == "warpfs" }) as? WarpFSTarget { print("warpfs mount: " + w.accelerator) }
         let workloads = Workload.allCases
         var results: [String: [Workload: [Measurement]]] = [:]
         var spaces: [String: [SpaceUse]] = [:]

@@ -128,6 +128,17 @@ final class WarpFSTarget: BenchTarget, @unchecked Sendable {
 
     override func stop() { Cleanup.shared.run(cleanupID) }
 
+    /// The accelerator the mount took, from its log's `mounted` line (a
+    /// kernel device or the in-process one: the figures depend on it).
+    var accelerator: String {
+        let fd = open(backing + ".log", O_RDONLY | O_CLOEXEC)
+        let raw = fd < 0 ? "" : String(decoding: readToEnd(fd), as: UTF8.self)
+        if fd >= 0 { close(fd) }
+        guard let line = raw.split(separator: "\n").last(where: { $0.contains(" mounted ") }),
+              let open = line.lastIndex(of: "(") else { return "unknown (no mounted line in \(backing).log)" }
+        return String(line[line.index(after: open)...].dropLast())
+    }
+
     /// Unmounts and waits for the server to store its data and exit. A
     /// busy mount (a file still open, as on an interruption) is detached
     /// lazily and its server told to stop with SIGTERM; a server that did

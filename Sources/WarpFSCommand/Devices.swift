@@ -50,11 +50,13 @@ struct Devices: ParsableCommand {
                                                               engines: e.configuration.engines))
             } else {
                 let path = entry.sysfsPath ?? ""
-                // A device this client speaks is what a mount without device= takes (Accelerator.choose).
-                let use = UacceDevice.supportedAPIs.contains(a.api) ? "a mount without device= takes it for what it offers" : "listed only"
+                // A device this client speaks is what a mount without device=
+                // takes when it has the algorithm and a free queue (Accelerator.choose).
+                let spoken = UacceDevice.supportedAPIs.contains(a.api)
+                let use = spoken ? "a mount without device= may take it for what it offers" : "listed only"
                 texts.append(ReportRendering.attributes(a, kind: "uacce, \(path); \(use)", totalQueues: nil, engines: nil))
                 objects.append(ReportRendering.attributesJSON(a, kind: "uacce", totalQueues: nil, engines: nil,
-                                                              extra: [("sysfs", ReportRendering.string(path))]))
+                                                              extra: [("sysfs", ReportRendering.string(path)), ("driven", spoken ? "true" : "false")]))
             }
         }
         if json {

@@ -13,8 +13,10 @@ import WarpDrive
 ///   options' algorithm and has a free queue (`DeviceRegistry`), with the
 ///   in-process emulated device for the algorithms it lacks (a file's own
 ///   encoding may be another); without one, the in-process device alone.
-/// - `device=emulated`, or `fault_injection`: the in-process emulated ZIP
-///   device with `engines` engine threads and `queues` queue pairs.
+/// - `device=emulated`, `fault_injection`, or a setting of the in-process
+///   device (`engines=`, `deflate_engine=`, `queues=`): the in-process
+///   emulated ZIP device with `engines` engine threads and `queues` queue
+///   pairs.
 /// - `device=NAME` (no `/`, and `/sys/class/uacce/NAME` exists): that
 ///   kernel uacce device (`UacceDevice`, the `warpdrive_zip` module), alone.
 /// - `device=SOCKET`: a running `warpdrived`, reconnected after a daemon
@@ -49,7 +51,7 @@ public enum Accelerator {
         }
         let emulated = EmulatedZipDevice(configuration: emulatedConfiguration(options))
         let inProcess = "in-process emulated device, \(options.engines) engines, deflate family by \(options.deflateEngine)"
-        if options.deviceSocket != nil || options.faultInjection {
+        if options.deviceSocket != nil || options.faultInjection || !options.inProcessSettings.isEmpty {
             return Choice(device: emulated, fallback: nil, summary: inProcess)
         }
         let registry = DeviceRegistry(emulated: [], sysfsRoot: sysfsRoot, devRoot: devRoot)

@@ -65,8 +65,10 @@ public final class BlockCodec: @unchecked Sendable {
         budgetBytes = poolBuffers > 0 ? poolBuffers * poolBufferSize : Int.max
         // Registered buffers where the device offers them (the in-process
         // device); a daemon reaches this process's buffers through its IOMMU
-        // emulation (copies).
-        pool = poolBuffers > 0 ? device.makeBufferPool(bufferSize: poolBufferSize, count: poolBuffers) : nil
+        // emulation (copies). A kernel device copies every buffer through
+        // its data area: the fallback's pool serves both then.
+        pool = poolBuffers > 0 ? device.makeBufferPool(bufferSize: poolBufferSize, count: poolBuffers)
+            ?? fallback?.makeBufferPool(bufferSize: poolBufferSize, count: poolBuffers) : nil
     }
 
     /// The device streams of `algorithm` go to: `device` when it offers
@@ -74,6 +76,15 @@ public final class BlockCodec: @unchecked Sendable {
     public func device(for algorithm: CompressionAlgorithm) -> any AcceleratorDevice {
         if let fallback, !device.offers(algorithm) { return fallback }
         return device
+    }
+
+    /// Whether `e`, from opening a queue, says the device takes no stream
+    /// now (no queue free, gone, isolated) rather than what it was asked.
+    static func takesNoStream(_ e: WarpDriveError) -> Bool {
+        switch e {
+        case .busy, .deviceRemoved, .deviceIsolated, .noDevice: return true
+        default: return false
+        }
     }
 
     /// Stops both devices' in-process parts (their owner's last step).
@@ -295,7 +306,9 @@ extension BlockCodec {
     ///
     /// When the device has no queue left, idle streams of every kind are
     /// closed (their queues freed) and the call waits, up to the engine
-    /// time-out, for a queue to come back.
+    /// time-out, for a queue to come back; but when it is a kernel device
+    /// with a fallback, the fallback takes the stream at once (also when
+    /// the kernel device has gone).
     ///
     /// `level` is a compressing stream's level (nil: the codec's); it must
     /// be one `algorithm` has. Decompressing streams ignore it.
@@ -307,7 +320,7 @@ extension BlockCodec {
         // on the data (fsck), EIO for the reader, and the log says why.
         guard target.offers(algorithm) else {
             throw WarpDriveError.noDevice("\(target.name) does not offer \(algorithm), the encoding of this file "
-                + "(a mount without device=, or with device=emulated, reads it)")
+                + "(use -o device=emulated, or no device=)")
         }
         let key = StreamKey(direction: direction, algorithm: algorithm, level: level, capacity: capacity, job: ObjectIdentifier(Job.self))
         let deadline = wd_now_ns() + UInt64(timeoutMilliseconds) * 1_000_000
@@ -317,6 +330,19 @@ extension BlockCodec {
             do {
                 return try BlockStream(device: target, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
                                        timeoutMilliseconds: timeoutMilliseconds, poolKey: key, stats: stats)
+            } catch let e as WarpDriveError where fallback != nil && target !== fallback && BlockCodec.takesNoStream(e) {
+                // A kernel device the mount chose by itself, with no queue
+                // free (every process on the host shares its few) or gone:
+                // the in-process device serves this stream (its output is
+                // the same format; a parked stream of either kind serves
+                // the key later).
+                do {
+                    return try BlockStream(device: fallback!, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
+                                           timeoutMilliseconds: timeoutMilliseconds, poolKey: key, stats: stats)
+                } catch WarpDriveError.busy {
+                    guard wd_now_ns() < deadline else { throw e }
+                    usleep(2000)
+                }
             } catch WarpDriveError.busy(let d) {
                 let parked = idleStreams.withLock { idle -> [AnyObject] in
                     defer { idle = [:] }

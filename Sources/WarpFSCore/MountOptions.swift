@@ -70,6 +70,10 @@ public struct MountOptions: Sendable, Equatable {
     public var deviceSocket: String?
     /// The `device=` value that asks for the in-process emulated device.
     public static let emulatedDevice = "emulated"
+    /// The options given that set up the in-process device (`engines`,
+    /// `deflate_engine`, `queues`): a kernel device has none of them, so
+    /// they ask for the in-process device as `device=emulated` does.
+    public var inProcessSettings: Set<String> = []
     /// POSIX ACLs: stored in the backing objects' ACL attributes and
     /// enforced by the kernel (`noacl`: neither, as ext4 mounted noacl).
     public var posixACL = true
@@ -138,9 +142,9 @@ public struct MountOptions: Sendable, Equatable {
             blockSize = n
         case "algorithm", "compression": algorithm = try choice(CompressionAlgorithm.self)
         case "level": level = try number(0...19)
-        case "engines": engines = try number(1...64)
+        case "engines": engines = try number(1...64); inProcessSettings.insert(key)
         case "format_version": formatVersion = UInt16(try number(Int(FileHeader.versions.lowerBound)...Int(FileHeader.versions.upperBound)))
-        case "deflate_engine": deflateEngine = try choice(DeflateEngine.self)
+        case "deflate_engine": deflateEngine = try choice(DeflateEngine.self); inProcessSettings.insert(key)
         case "cache_blocks": cacheBlocksPerFile = try number(4...65536)
         case "pack": packSmallFiles = true
         case "nopack": packSmallFiles = false
@@ -169,7 +173,7 @@ public struct MountOptions: Sendable, Equatable {
         case "readahead": readaheadKiB = try number(0...65536)
         case "memory": memoryBudgetMiB = try number(8...65536)
         case "engine_timeout": engineTimeoutSeconds = try number(1...3600)
-        case "queues": queues = try number(2...1024)
+        case "queues": queues = try number(2...1024); inProcessSettings.insert(key)
         case "fault_injection": faultInjection = true
         case "device": deviceSocket = try need()
         case "acl": posixACL = true

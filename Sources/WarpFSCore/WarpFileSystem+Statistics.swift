@@ -19,7 +19,7 @@ extension WarpFileSystem {
     }
 
     /// The record now.
-    public var statisticsRecord: String { statistics.snapshot(device: device).record }
+    public var statisticsRecord: String { statistics.snapshot(device: codec.fallback ?? device).record }
 
     /// getxattr of the statistics attribute: copies the record into `buf`,
     /// or, when `buf` is empty, gives a size the record fits in (a bound:

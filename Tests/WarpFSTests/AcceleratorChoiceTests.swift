@@ -110,10 +110,39 @@ import WarpDrive
         }
     }
 
-    @Test func emulatedOrFaultInjectionAskForTheInProcessDevice() throws {
+    /// A kernel device the mount took by itself that has gone (its node
+    /// removed: `open` fails as after `rmmod`): the next stream goes to
+    /// the in-process device instead of failing.
+    @Test func aStreamGoesInProcessWhenTheChosenKernelDeviceIsGone() throws {
         let f = try Fixture()
         defer { f.close() }
-        for options in ["device=emulated", "fault_injection", "device=emulated,fault_injection"] {
+        let c = try f.choose("")
+        defer { AcceleratorChoiceTests.shutdown(c) }
+        #expect(c.device is UacceDevice)
+        unlink(f.dev + "/warpdrive_zip-0")
+        let codec = Accelerator.codec(on: c.device, fallback: c.fallback, try MountOptions(lists: []), poolBuffers: 8)
+        struct One: BlockRequest {
+            let engineInput: UnsafeRawBufferPointer
+            let engineOutput: UnsafeMutableRawBufferPointer
+        }
+        let s = try codec.stream(.compress, algorithm: .deflate, capacity: 1, of: One.self)
+        #expect(s.session.device === c.fallback!)
+        // And it compresses there.
+        let input = Array(repeating: UInt8(ascii: "w"), count: 4096)
+        let output = codec.takeBuffer(4096)
+        try input.withUnsafeBytes { src in
+            try s.submit(One(engineInput: src, engineOutput: output.bytes))
+            let done = s.reap(minimum: 1)
+            guard case .success(let n)? = done.first?.result else { Issue.record("\(done.map(\.result))"); return }
+            #expect(n > 0 && n < 100)
+        }
+        codec.recycle(s)
+    }
+
+    @Test func emulatedFaultInjectionOrInProcessSettingsAskForTheInProcessDevice() throws {
+        let f = try Fixture()
+        defer { f.close() }
+        for options in ["device=emulated", "fault_injection", "device=emulated,fault_injection", "engines=4", "deflate_engine=zlib", "queues=64"] {
             let c = try f.choose(options)
             defer { AcceleratorChoiceTests.shutdown(c) }
             #expect(c.device is FaultInjectingDevice && c.fallback == nil, "\(options)")
