@@ -243,33 +243,6 @@ import Testing
         return (Int(st.f_bavail) * Int(st.f_frsize), Int(st.f_bfree) * Int(st.f_frsize))
     }
 
-    /// What holds the space of the file system mounted on `path`, for a
-    /// failure message: its free bytes, the mount table's entries for it,
-    /// its files with their allocated bytes, and every descriptor or
-    /// mapping of any process that points into it (deleted files included).
-    static func spaceReport(_ path: String) -> String {
-        var lines = ["\(space(path).available) bytes available on \(path)"]
-        let mountinfo = String(decoding: (try? FileIO.read("/proc/self/mountinfo")) ?? [], as: UTF8.self)
-        lines += mountinfo.split(separator: "\n").filter { $0.split(separator: " ").dropFirst(4).first.map(String.init) == path }
-            .map { "mount: \($0)" }
-        for name in (try? FileIO.list(path)) ?? [] {
-            if let st = try? FileIO.stat(path + "/" + name) { lines.append("file \(name): size \(st.st_size), allocated \(Int(st.st_blocks) * 512)") }
-        }
-        for pid in ((try? FileIO.list("/proc")) ?? []).compactMap({ pid_t($0) }) {
-            let comm = String(decoding: (try? FileIO.read("/proc/\(pid)/comm")) ?? [], as: UTF8.self).filter { $0 != "\n" }
-            for fd in (try? FileIO.list("/proc/\(pid)/fd")) ?? [] {
-                var buf = [CChar](repeating: 0, count: 4096)
-                let n = readlink("/proc/\(pid)/fd/\(fd)", &buf, 4095)
-                guard n > 0 else { continue }
-                let target = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                if target.hasPrefix(path + "/") { lines.append("process \(pid) (\(comm)) fd \(fd): \(target)") }
-            }
-            let maps = String(decoding: (try? FileIO.read("/proc/\(pid)/maps")) ?? [], as: UTF8.self)
-            for m in maps.split(separator: "\n") where m.contains(path + "/") { lines.append("process \(pid) (\(comm)) maps \(m)") }
-        }
-        return lines.joined(separator: "\n  ")
-    }
-
     /// Waits until the file system on `path` has at least `bytes` available
     /// (space of deleted files comes back asynchronously).
     static func waitForSpace(_ path: String, _ bytes: Int) {
@@ -334,6 +307,77 @@ import Testing
         #expect(try FileIO.read(m.path("root-file")) == rootData)
     }
 
+    /// The writer of `storesRefusedForSpace...`, in a process of its own
+    /// (the test process spawns programs from other tests' threads all the
+    /// time, and every child holds a copy of each descriptor from its clone
+    /// to its exec: its close sends FUSE a FLUSH of the mount's file, which
+    /// stores blocks at a moment of its choosing, and keeps a filler's pages
+    /// allocated after the test unlinked it). Prints one line per step:
+    /// its name, the errno (0 for success) or figure, and on a failure what
+    /// the backing file system holds.
+    static let spaceRefusalWriter = """
+    import os, sys, errno, random
+    path, backing, expected = sys.argv[1], sys.argv[2], sys.argv[3]
+    rng = random.Random(21)
+    def write_all(fd, data, off):
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], off + done)
+    def avail():
+        s = os.statvfs(backing)
+        return s.f_bavail * s.f_frsize
+    def held():
+        files = ["%s %d/%d" % (n, st.st_size, st.st_blocks * 512) for n in sorted(os.listdir(backing))
+                 for st in [os.stat(backing + "/" + n)]]
+        return "(%d bytes available; size/allocated: %s)" % (avail(), ", ".join(files))
+    def fill(fd, step):
+        free = avail()
+        while free > 0:
+            try:
+                os.posix_fallocate(fd, 0, free)
+                return
+            except OSError:
+                free -= step
+    def step(name, call):
+        try:
+            call()
+            print(name, 0)
+        except OSError as e:
+            print(name, e.errno, held())
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # 32 partial blocks: buffered, not stored yet.
+    parts = [rng.randbytes(40 << 10) for _ in range(32)]
+    for i, p in enumerate(parts):
+        write_all(fd, p, i << 16)
+    # Someone else takes every free byte; what the first filler could not
+    # take (up to 64 KiB) goes to a second, page by page.
+    filler = os.open(backing + "/filler", os.O_RDWR | os.O_CREAT, 0o600)
+    fill(filler, 1 << 16)
+    rest = os.open(backing + "/filler2", os.O_RDWR | os.O_CREAT, 0o600)
+    fill(rest, 4096)
+    print("unfilled", avail())
+    step("fsync", lambda: os.fsync(fd))
+    refused = other = 0
+    for i in range(32, 132):
+        try:
+            write_all(fd, rng.randbytes(1 << 16), i << 16)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                refused += 1
+            else:
+                other = e.errno
+    print("refused", refused, other)
+    # Space comes back: the next write stores what was kept, and goes in.
+    os.close(filler); os.unlink(backing + "/filler")
+    os.close(rest); os.unlink(backing + "/filler2")
+    last = rng.randbytes(1 << 16)
+    step("last", lambda: write_all(fd, last, 200 << 16))
+    step("synced", lambda: os.fsync(fd))
+    step("closed", lambda: os.close(fd))
+    with open(expected, "wb") as f:
+        f.write(b"".join(parts) + last)
+    """
+
     /// Blocks accepted with space reserved, then the backing file system
     /// filled behind the mount's back (as a quota, which the space account
     /// cannot see, refuses data): fsync reports ENOSPC, the log says so once
@@ -344,56 +388,33 @@ import Testing
         defer { fs.close() }
         let m = try TestMount(options: "no_writeback_cache", backing: fs.path)
         defer { m.close() }
-        // O_CLOEXEC: a process another test spawns meanwhile must not
-        // inherit the descriptor; its exit would send FLUSH and store the
-        // blocks at a moment of its choosing, which this test's premise
-        // (nothing stored before the fsync) rules out.
-        let fd = open(m.path("f"), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        var r = Rng(21)
-        // 32 partial blocks: buffered, not stored yet.
-        let parts = (0..<32).map { _ in r.bytes(40 << 10) }
-        for (i, p) in parts.enumerated() { try FileIO.pwrite(fd, p, i << 16) }
-        // Someone else takes every free byte.
-        let filler = open(fs.path + "/filler", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        var free = StorageLimitTests.space(fs.path).available
-        while free > 0 && wd_fallocate(filler, 0, 0, Int64(free)) != 0 { free -= 1 << 16 }
-        // What the first could not take (up to 64 KiB) goes to a second, page by page.
-        let rest = open(fs.path + "/filler2", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        var left = StorageLimitTests.space(fs.path).available
-        while left > 0 && wd_fallocate(rest, 0, 0, Int64(left)) != 0 { left -= 4096 }
-        let unfilled = StorageLimitTests.space(fs.path).available
-        #expect(unfilled < 40 << 10, "the fillers left \(unfilled) bytes free: room for a block")
-        let synced = fsync(fd), syncErrno = errno
-        #expect(synced == -1 && syncErrno == ENOSPC, "fsync: \(synced), errno \(syncErrno), \(unfilled) bytes free; \(StorageLimitTests.spaceReport(fs.path)); log: \(m.log)")
-        var refused = 0
-        for i in 32..<132 {
-            do { try FileIO.pwrite(fd, r.bytes(1 << 16), i << 16) } catch let e as Errno where e.code == ENOSPC { refused += 1 }
+        let expected = m.root + "/expected"
+        let run = runCommand(["/usr/bin/python3", "-c", StorageLimitTests.spaceRefusalWriter, m.path("f"), fs.path, expected])
+        try #require(run.status == 0, "\(run.output)")
+        var steps: [String: [String]] = [:]
+        for line in run.output.split(separator: "\n") {
+            let words = line.split(separator: " ", maxSplits: 1).map(String.init)
+            steps[words[0]] = words.count > 1 ? words[1].split(separator: " ", maxSplits: 1).map(String.init) : []
         }
-        #expect(refused == 100)
+        let unfilled = Int(steps["unfilled"]?.first ?? "") ?? -1
+        #expect(unfilled >= 0 && unfilled < 40 << 10, "the fillers left \(unfilled) bytes free: room for a block")
+        #expect(steps["fsync"]?.first == "\(ENOSPC)", "fsync: \(steps["fsync"] ?? []); log: \(m.log)")
+        #expect(steps["refused"] == ["100", "0"], "refused writes (ENOSPC, another errno): \(steps["refused"] ?? [])")
+        #expect(steps["last"] == ["0"], "the write after space came back: \(steps["last"] ?? []); log: \(m.log)")
+        #expect(steps["synced"] == ["0"], "fsync after space came back: \(steps["synced"] ?? []); log: \(m.log)")
+        #expect(steps["closed"] == ["0"], "close: \(steps["closed"] ?? [])")
         let errors = m.log.split(separator: "\n").filter { $0.contains(" ERROR: ") }
         #expect(errors.count <= 3, "\(errors.count) error lines: \(errors.prefix(8).joined(separator: "\n"))")
 
-        // Space comes back: the next write stores what was kept, and goes in.
-        let freed = [close(filler), unlink(fs.path + "/filler"), close(rest), unlink(fs.path + "/filler2")]
-        #expect(freed == [0, 0, 0, 0], "close and unlink of the fillers: \(freed), errno \(errno)")
-        let last = r.bytes(1 << 16)
-        do { try FileIO.pwrite(fd, last, 200 << 16) } catch {
-            // Whether the space came back at all, and what holds it if not.
-            let report = StorageLimitTests.spaceReport(fs.path)
-            usleep(1_000_000)
-            let later: String
-            do { try FileIO.pwrite(fd, last, 200 << 16); later = "succeeded" } catch let again { later = "failed: \(again)" }
-            Issue.record("\(error); the same write a second later \(later); \(report); log: \(m.log)")
-            close(fd)
-            return
-        }
-        #expect(fsync(fd) == 0, "errno \(errno)")
-        #expect(close(fd) == 0)
         try m.remount()
         let back = try FileIO.read(m.path("f"))
-        #expect(back.count == 201 << 16)
-        for (i, p) in parts.enumerated() { #expect(Array(back[(i << 16)..<((i << 16) + p.count)]) == p, "block \(i)") }
-        #expect(Array(back[(200 << 16)...]) == last)
+        let want = try FileIO.read(expected)
+        #expect(back.count == 201 << 16 && want.count == 32 * (40 << 10) + (1 << 16), "\(back.count) bytes read back, \(want.count) expected")
+        guard back.count == 201 << 16, want.count == 32 * (40 << 10) + (1 << 16) else { return }
+        for i in 0..<32 {
+            #expect(back[(i << 16)..<((i << 16) + (40 << 10))].elementsEqual(want[(i * (40 << 10))..<((i + 1) * (40 << 10))]), "block \(i)")
+        }
+        #expect(back[(200 << 16)...].elementsEqual(want[(32 * (40 << 10))...]), "the last block")
     }
 
     // MARK: Quotas
