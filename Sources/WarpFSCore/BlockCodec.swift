@@ -358,6 +358,10 @@ extension BlockCodec {
     /// Takes back a drained stream for reuse by another file (16 kept per kind).
     func recycle<Job>(_ s: BlockStream<Job>) {
         guard s.inFlight == 0 else { return }
+        // A failed queue of a kernel device with a fallback is not kept: the
+        // next file opens a fresh stream, on the kernel device once it is
+        // back, in-process while it is gone.
+        if fallback != nil, s.session.device !== fallback, s.session.currentQueues.contains(where: \.hasFailed) { return }
         idleStreams.withLock { idle in
             if idle[s.poolKey, default: []].count < 16 { idle[s.poolKey, default: []].append(s) }
         }
