@@ -37,6 +37,12 @@ import WarpDrive
         func close() { removeTree(root) }
     }
 
+    /// One request of a stream: a buffer in, a buffer out.
+    struct One: BlockRequest {
+        let engineInput: UnsafeRawBufferPointer
+        let engineOutput: UnsafeMutableRawBufferPointer
+    }
+
     static func shutdown(_ c: Accelerator.Choice) {
         c.device.shutdown()
         c.fallback?.shutdown()
@@ -98,10 +104,6 @@ import WarpDrive
         let c = try f.choose("device=warpdrive_zip-0")
         #expect(c.device is UacceDevice && c.fallback == nil)
         let codec = Accelerator.codec(on: c.device, fallback: c.fallback, try MountOptions(lists: []))
-        struct One: BlockRequest {
-            let engineInput: UnsafeRawBufferPointer
-            let engineOutput: UnsafeMutableRawBufferPointer
-        }
         do {
             _ = try codec.stream(.decompress, algorithm: .zstd, capacity: 1, of: One.self)
             Issue.record("a zstd stream on a device without zstd")
@@ -121,10 +123,6 @@ import WarpDrive
         #expect(c.device is UacceDevice)
         unlink(f.dev + "/warpdrive_zip-0")
         let codec = Accelerator.codec(on: c.device, fallback: c.fallback, try MountOptions(lists: []), poolBuffers: 8)
-        struct One: BlockRequest {
-            let engineInput: UnsafeRawBufferPointer
-            let engineOutput: UnsafeMutableRawBufferPointer
-        }
         let s = try codec.stream(.compress, algorithm: .deflate, capacity: 1, of: One.self)
         #expect(s.session.device === c.fallback!)
         // And it compresses there.
