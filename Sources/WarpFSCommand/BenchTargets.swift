@@ -135,8 +135,8 @@ final class WarpFSTarget: BenchTarget, @unchecked Sendable {
         let raw = fd < 0 ? "" : String(decoding: readToEnd(fd), as: UTF8.self)
         if fd >= 0 { close(fd) }
         guard let line = raw.split(separator: "\n").last(where: { $0.contains(" mounted ") }),
-              let open = line.lastIndex(of: "(") else { return "unknown (no mounted line in \(backing).log)" }
-        return String(line[line.index(after: open)...].dropLast())
+              let open = line.firstRange(of: " (block ") else { return "unknown (no mounted line in \(backing).log)" }
+        return String(line[line.index(after: open.lowerBound)...].dropFirst().dropLast())
     }
 
     /// Unmounts and waits for the server to store its data and exit. A

@@ -332,26 +332,49 @@ extension BlockCodec {
                                        timeoutMilliseconds: timeoutMilliseconds, poolKey: key, stats: stats)
             } catch let e as WarpDriveError where fallback != nil && target !== fallback && BlockCodec.takesNoStream(e) {
                 // A kernel device the mount chose by itself, with no queue
-                // free (every process on the host shares its few) or gone:
-                // the in-process device serves this stream (its output is
-                // the same format; a parked stream of either kind serves
+                // free (every process on the host shares its few) or gone.
+                // Its parked streams go first: they hold its queues, or are
+                // dead with it.
+                let parked = takeParked(on: target)
+                if case .busy = e, !parked.isEmpty { continue }
+                // Then the in-process device serves this stream (its output
+                // is the same format; a parked stream of either kind serves
                 // the key later).
                 do {
                     return try BlockStream(device: fallback!, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
                                            timeoutMilliseconds: timeoutMilliseconds, poolKey: key, stats: stats)
-                } catch WarpDriveError.busy {
-                    guard wd_now_ns() < deadline else { throw e }
+                } catch WarpDriveError.busy(let d) {
+                    if !takeParked(on: nil).isEmpty { continue }
+                    guard wd_now_ns() < deadline else { throw WarpDriveError.busy(device: d) }
                     usleep(2000)
                 }
             } catch WarpDriveError.busy(let d) {
-                let parked = idleStreams.withLock { idle -> [AnyObject] in
-                    defer { idle = [:] }
-                    return idle.values.flatMap { $0 }
-                }
-                if !parked.isEmpty { continue }     // dropping them released their queues
+                if !takeParked(on: nil).isEmpty { continue }     // dropping them released their queues
                 guard wd_now_ns() < deadline else { throw WarpDriveError.busy(device: d) }
                 usleep(2000)
             }
+        }
+    }
+
+    /// Takes the parked streams on `device` (every one when nil) out of
+    /// the pool; they close, giving their queues back, when the caller
+    /// lets go of them (after the pool's lock).
+    private func takeParked(on device: (any AcceleratorDevice)?) -> [AnyObject] {
+        idleStreams.withLock { idle -> [AnyObject] in
+            guard let device else {
+                defer { idle = [:] }
+                return idle.values.flatMap { $0 }
+            }
+            var taken: [AnyObject] = []
+            for (key, streams) in idle {
+                let (on, off) = streams.reduce(into: ([AnyObject](), [AnyObject]())) { parts, s in
+                    if (s as? any ParkedStream)?.session.device === device { parts.0.append(s) } else { parts.1.append(s) }
+                }
+                guard !on.isEmpty else { continue }
+                taken += on
+                idle[key] = off.isEmpty ? nil : off
+            }
+            return taken
         }
     }
 
@@ -361,12 +384,25 @@ extension BlockCodec {
         // A failed queue of a kernel device with a fallback is not kept: the
         // next file opens a fresh stream, on the kernel device once it is
         // back, in-process while it is gone.
-        if fallback != nil, s.session.device !== fallback, s.session.currentQueues.contains(where: \.hasFailed) { return }
+        // Nor are the others parked on it: a reset or a removal fails
+        // every queue of the device, and they would fail the next files.
+        if fallback != nil, s.session.device !== fallback, s.session.currentQueues.contains(where: \.hasFailed) {
+            _ = takeParked(on: s.session.device)
+            return
+        }
         idleStreams.withLock { idle in
             if idle[s.poolKey, default: []].count < 16 { idle[s.poolKey, default: []].append(s) }
         }
     }
 }
+
+/// What the stream pool needs of a parked stream whatever its job type:
+/// the session, whose device says where its queues are.
+protocol ParkedStream: AnyObject {
+    var session: CompressionSession { get }
+}
+
+extension BlockStream: ParkedStream {}
 
 /// A block-sized buffer: a registered pool slot or a heap allocation,
 /// returned when released.

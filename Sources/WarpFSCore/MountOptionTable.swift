@@ -74,11 +74,12 @@ extension MountOptions {
               "codec of new files: deflate, zlib, gzip, zstd or lz4; every mount reads every codec; also spelled compression (a directory's properties may set another)"),
         .init("level=N", ["level"], value: .required, .warpfs, default: "1",
               "compression level of new files: 0..9 for the deflate family, 1..19 for zstd, 1..12 for lz4 (3 and up: lz4 HC); a file keeps its level"),
-        .init("engines=N", ["engines"], value: .required, .warpfs, default: "2", "engine threads of the emulated accelerator, 1..64"),
+        .init("engines=N", ["engines"], value: .required, .warpfs, default: "2", "engine threads of the emulated accelerator, 1..64 (given, it asks for the in-process accelerator)"),
         .init("format_version=3|2", ["format_version"], value: .required, .warpfs, default: "3",
               "container format of new files: 3 packs payloads byte by byte; 2 is the older page-per-payload layout, for trees older builds must read"),
         .init("deflate_engine=isal|zlib", ["deflate_engine"], value: .required, .warpfs, default: "isal",
-              "what compresses deflate, zlib and gzip on the emulated accelerator: ISA-L at levels 1-3, or zlib, stock zlib's output byte for byte"),
+              "what compresses deflate, zlib and gzip on the emulated accelerator: ISA-L at levels 1-3, or zlib, stock zlib's output byte for byte "
+              + "(given, it asks for the in-process accelerator)"),
         .init("pack, nopack", ["pack", "nopack"], .warpfs, default: "pack",
               "pack: small files (one block, at most 3816 bytes stored) share pages of the backing directory's pack file instead of a page each; nopack: they stay in containers of their own (packed files are read either way)"),
         .init("pack_delay=S", ["pack_delay"], value: .required, .warpfs, default: "5",
@@ -101,7 +102,8 @@ extension MountOptions {
         .init("engine_timeout=S", ["engine_timeout"], value: .required, .warpfs, default: "10",
               "seconds a request may wait for the accelerator before it fails (each request is tried 3 times)"),
         .init("queues=N", ["queues"], value: .required, .warpfs, default: "1024",
-              "accelerator queues for the mount, 2..1024 (files wait for one when all are busy)"),
+              "queues of the in-process accelerator for the mount, 2..1024 (files wait for one when all are busy; given, it asks for "
+              + "the in-process accelerator)"),
         .init("device=DEVICE", ["device"], value: .required, .warpfs, default: "a kernel device that fits, else in-process",
               "the accelerator: a kernel uacce device by name (warpdrive_zip-0); emulated for the in-process one; a socket path for "
               + "a running warpdrived's, shared by many processes. Without it: a kernel uacce device this client speaks that offers "

@@ -394,7 +394,8 @@ import Testing
         var steps: [String: [String]] = [:]
         for line in run.output.split(separator: "\n") {
             let words = line.split(separator: " ", maxSplits: 1).map(String.init)
-            steps[words[0]] = words.count > 1 ? words[1].split(separator: " ", maxSplits: 1).map(String.init) : []
+            guard let name = words.first else { continue }
+            steps[name] = words.count > 1 ? words[1].split(separator: " ", maxSplits: 1).map(String.init) : []
         }
         let unfilled = Int(steps["unfilled"]?.first ?? "") ?? -1
         #expect(unfilled >= 0 && unfilled < 40 << 10, "the fillers left \(unfilled) bytes free: room for a block")
@@ -413,7 +414,10 @@ import Testing
         guard back.count == 201 << 16, want.count == 32 * (40 << 10) + (1 << 16) else { return }
         for i in 0..<32 {
             #expect(back[(i << 16)..<((i << 16) + (40 << 10))].elementsEqual(want[(i * (40 << 10))..<((i + 1) * (40 << 10))]), "block \(i)")
+            #expect(!back[((i << 16) + (40 << 10))..<((i + 1) << 16)].contains { $0 != 0 }, "block \(i) past its data")
         }
+        // The refused writes left nothing behind.
+        #expect(!back[(32 << 16)..<(200 << 16)].contains { $0 != 0 }, "blocks 32..<200 hold refused data")
         #expect(back[(200 << 16)...].elementsEqual(want[(32 * (40 << 10))...]), "the last block")
     }
 
