@@ -81,9 +81,10 @@ import Testing
 
     /// A range allocated while there was room is written after another file
     /// filled the backing file system: the write and its fsync succeed, and
-    /// the data reads back, also after a remount.
+    /// the data reads back, also after a remount. What was written is kept
+    /// off the full file system (argument 3), so it is what was written.
     static let fullDisk = helpers + """
-    d, mode = sys.argv[1], int(sys.argv[2])
+    d, mode, keep = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     fd = os.open(os.path.join(d, "allocated"), os.O_RDWR | os.O_CREAT, 0o644)
     print("allocate", falloc(fd, mode, 0, 4 << 20))
     print("fill", fill(os.path.join(d, "filler")))
@@ -96,7 +97,8 @@ import Testing
         print("write", e.errno)
     os.close(fd)
     print("read", open(os.path.join(d, "allocated"), "rb").read() == data)
-    open(os.path.join(d, "data"), "wb").write(data)
+    with open(os.path.join(keep, "data"), "wb") as f:
+        f.write(data)
     """
 
     @Test(arguments: [0, 1]) func anAllocatedRangeIsWrittenOnAFullDisk(mode: Int32) throws {
@@ -106,11 +108,12 @@ import Testing
         defer { removeTree(data) }
         let m = try TestMount(backing: small.path)
         defer { m.close() }
-        let r = runCommand(["/usr/bin/python3", "-c", AllocationTests.fullDisk, m.mountpoint, "\(mode)"])
+        let r = runCommand(["/usr/bin/python3", "-c", AllocationTests.fullDisk, m.mountpoint, "\(mode)", data])
         let lines = r.output.split(separator: "\n").map(String.init)
         #expect(lines.count >= 4 && lines[0] == "allocate 0" && lines[1] == "fill \(ENOSPC)" && lines[2] == "write 0" && lines[3] == "read True",
                 "mode \(mode): \(r.output)")
-        let written = try FileIO.read(m.path("data"))
+        let written = try FileIO.read(data + "/data")
+        #expect(written.count == 4 << 20)
         try m.remount()
         #expect(try FileIO.read(m.path("allocated")) == written)
     }
