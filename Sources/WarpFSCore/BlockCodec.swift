@@ -324,12 +324,15 @@ extension BlockCodec {
         }
         let key = StreamKey(direction: direction, algorithm: algorithm, level: level, capacity: capacity, job: ObjectIdentifier(Job.self))
         let deadline = wd_now_ns() + UInt64(timeoutMilliseconds) * 1_000_000
+        func open(on d: any AcceleratorDevice) throws -> BlockStream<Job> {
+            try BlockStream(device: d, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
+                            timeoutMilliseconds: timeoutMilliseconds, poolKey: key, stats: stats)
+        }
         while true {
             // The key names the job type: what is parked under it is a BlockStream<Job>.
             if let s = idleStreams.withLock({ $0[key]?.popLast() }) { return s as! BlockStream<Job> }
             do {
-                return try BlockStream(device: target, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
-                                       timeoutMilliseconds: timeoutMilliseconds, poolKey: key, stats: stats)
+                return try open(on: target)
             } catch let e as WarpDriveError where fallback != nil && target !== fallback && BlockCodec.takesNoStream(e) {
                 // A kernel device the mount chose by itself, with no queue
                 // free (every process on the host shares its few) or gone.
@@ -341,8 +344,7 @@ extension BlockCodec {
                 // is the same format; a parked stream of either kind serves
                 // the key later).
                 do {
-                    return try BlockStream(device: fallback!, algorithm: algorithm, direction: direction, level: level, capacity: capacity,
-                                           timeoutMilliseconds: timeoutMilliseconds, poolKey: key, stats: stats)
+                    return try open(on: fallback!)
                 } catch WarpDriveError.busy(let d) {
                     if !takeParked(on: nil).isEmpty { continue }
                     guard wd_now_ns() < deadline else { throw WarpDriveError.busy(device: d) }

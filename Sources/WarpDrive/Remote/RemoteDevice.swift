@@ -71,7 +71,7 @@ public final class RemoteDevice: AcceleratorDevice, @unchecked Sendable {
     deinit { close(fd) }
 
     /// A ring depth a daemon may answer: a power of two in 2...32768.
-    static func validDepth(_ d: UInt64) -> Bool { d <= UInt64(RingLayout.depths.upperBound) && RingLayout.depths.contains(Int(d)) && d & (d - 1) == 0 }
+    static func validDepth(_ d: UInt64) -> Bool { RingLayout.depths.contains(Int(clamping: d)) && d & (d - 1) == 0 }
 
     private static func exchange(_ fd: Int32, _ socket: String, _ m: DaemonMessage, fds: [Int32] = []) throws -> (DaemonMessage, [Int32]) {
         let s = m.send(fd, fds: fds)
